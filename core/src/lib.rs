@@ -1,0 +1,10 @@
+//! PHP-free, tokio-free logic shared by the extension, the agent and the
+//! collector: the socket frame codec, endpoint naming, URL redaction and
+//! record ids. Everything here is pure and unit-tested on its own; it must
+//! never allocate on a path the extension calls per instrumented call.
+#![forbid(unsafe_code)]
+
+pub mod endpoint;
+pub mod frame;
+pub mod ids;
+pub mod redact;
