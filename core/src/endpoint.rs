@@ -117,10 +117,7 @@ mod tests {
     fn drops_query_and_ids() {
         assert_eq!(n("/api/v6/photos?lang=ko&hash=abc"), "/api/v6/photos");
         assert_eq!(n("/users/42/posts/7"), "/users/{num}/posts/{num}");
-        assert_eq!(
-            n("/a/123e4567-e89b-12d3-a456-426614174000"),
-            "/a/{uuid}"
-        );
+        assert_eq!(n("/a/123e4567-e89b-12d3-a456-426614174000"), "/a/{uuid}");
         assert_eq!(n("/"), "/");
         assert_eq!(n(""), "/");
         assert_eq!(n("http://example.com"), "/");

@@ -63,7 +63,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 /// Parses lower- or upper-case hex; `None` on odd length or a non-hex digit.
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let nib = |c: u8| match c {

@@ -8,3 +8,4 @@ pub mod endpoint;
 pub mod frame;
 pub mod ids;
 pub mod redact;
+pub mod trace;

@@ -4,7 +4,15 @@
 /// Query parameter names redacted by default (matched case-insensitively,
 /// also as a suffix such as `api_key` or `access_token`).
 pub const DEFAULT_SENSITIVE: &[&str] = &[
-    "password", "passwd", "pwd", "secret", "token", "key", "auth", "session", "signature",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "auth",
+    "session",
+    "signature",
     "sig",
 ];
 
@@ -61,7 +69,11 @@ mod tests {
     #[test]
     fn redacts_values() {
         assert_eq!(
-            redact_query("/login?user=a&password=hunter2&api_key=k", DEFAULT_SENSITIVE).unwrap(),
+            redact_query(
+                "/login?user=a&password=hunter2&api_key=k",
+                DEFAULT_SENSITIVE
+            )
+            .unwrap(),
             "/login?user=a&password=[redacted]&api_key=[redacted]"
         );
         assert_eq!(redact_query("/x?monkey=1", DEFAULT_SENSITIVE), None);

@@ -1,1 +1,25 @@
+//! sonde-php: the PHP extension (loaded as `sonde.so`).
+//!
+//! It owns what happens inside the PHP process: timing each request and
+//! handing one record per request to the local agent. It must never crash,
+//! block, print or change the behaviour of the application: every Zend
+//! callback catches panics and switches the extension off for the process,
+//! and sending is one non-blocking datagram that is dropped (and counted)
+//! when the agent is away or busy.
+//!
+//! Layout: `sys` (bindgen + C shim), `zend` (the only code that touches Zend
+//! state), `module` (the callbacks Zend calls), `record` (building the
+//! `sonde.v1.RequestRecord`, PHP-free), `ipc` (the agent socket, PHP-free).
 
+pub mod ipc;
+pub mod record;
+
+#[cfg(not(test))]
+mod module;
+#[cfg(not(test))]
+mod sys;
+#[cfg(not(test))]
+mod zend;
+
+/// This extension's version, reported to PHP and in every record.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,339 @@
+//! The Zend side: module entry and the callbacks PHP calls (MINIT, RINIT,
+//! RSHUTDOWN, MINFO, MSHUTDOWN).
+//!
+//! Every callback runs inside `boundary`, which catches a panic, switches the
+//! extension off for this process and lets PHP carry on. Nothing here
+//! prints, blocks or touches the network in MINIT (php-fpm forks after it).
+
+use std::cell::UnsafeCell;
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::mem::MaybeUninit;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::addr_of_mut;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::ipc::AgentSocket;
+use crate::record::{Builder, Captured};
+use crate::{sys, zend};
+
+const SUCCESS: sys::zend_result = sys::ZEND_RESULT_CODE_SUCCESS;
+/// Longest URI kept; longer ones are cut and counted as truncated.
+const MAX_URI: usize = 8192;
+
+/// Set when a panic was caught: the extension stays off in this process.
+static DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// Process-wide state of a non-thread-safe (NTS) PHP build.
+struct Global<T>(UnsafeCell<T>);
+
+// SAFETY: NTS PHP runs one request at a time on a single thread per process,
+// and Zend calls our callbacks only from that thread; ZTS builds never reach
+// `state()` (see `request_startup`).
+unsafe impl<T> Sync for Global<T> {}
+
+#[derive(Default)]
+struct State {
+    /// The current request, between RINIT and RSHUTDOWN.
+    request: Option<Request>,
+    /// Set up lazily on the first traced request of each process.
+    process: Option<Process>,
+    socket: AgentSocket,
+    socket_path: Option<CString>,
+}
+
+struct Process {
+    pid: u32,
+    builder: Builder,
+}
+
+struct Request {
+    start: Instant,
+    start_unix_ns: i64,
+    cpu_start: (u64, u64),
+}
+
+static STATE: Global<Option<State>> = Global(UnsafeCell::new(None));
+
+/// The process state. Callers must not hold the reference across another
+/// call to `state()`; the callbacks are not re-entrant.
+fn state() -> &'static mut State {
+    // SAFETY: see `Global`: one thread, callbacks never nest, and each
+    // callback takes this reference once.
+    unsafe { (*STATE.0.get()).get_or_insert_with(State::default) }
+}
+
+/// Runs `f` with panics caught; a panic switches the extension off.
+fn boundary(f: impl FnOnce()) {
+    if DISABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        DISABLED.store(true, Ordering::Relaxed);
+    }
+}
+
+unsafe extern "C" fn module_startup(_type: c_int, module_number: c_int) -> sys::zend_result {
+    // A panic must never print into the application's output or logs; it is
+    // caught at the boundary and shown by phpinfo().
+    std::panic::set_hook(Box::new(|_| {}));
+    // SAFETY: called once by Zend during MINIT with our module number.
+    unsafe { sys::sonde_shim_register_ini(module_number) };
+    SUCCESS
+}
+
+unsafe extern "C" fn module_shutdown(_type: c_int, module_number: c_int) -> sys::zend_result {
+    // SAFETY: called once by Zend during MSHUTDOWN with our module number.
+    unsafe { sys::sonde_shim_unregister_ini(module_number) };
+    boundary(|| {
+        if let Some(st) = state_if_any() {
+            st.request = None;
+        }
+    });
+    SUCCESS
+}
+
+fn state_if_any() -> Option<&'static mut State> {
+    // SAFETY: as in `state()`.
+    unsafe { (*STATE.0.get()).as_mut() }
+}
+
+unsafe extern "C" fn request_startup(_type: c_int, _module_number: c_int) -> sys::zend_result {
+    #[cfg(not(php_zts))]
+    boundary(request_start);
+    SUCCESS
+}
+
+unsafe extern "C" fn request_shutdown(_type: c_int, _module_number: c_int) -> sys::zend_result {
+    #[cfg(not(php_zts))]
+    boundary(request_end);
+    SUCCESS
+}
+
+fn request_start() {
+    let st = state();
+    st.request = None;
+    if zend::ini_long(c"sonde.enabled") == 0 {
+        return;
+    }
+    let sapi = zend::sapi_name();
+    if matches!(sapi, "cli" | "phpdbg" | "embed") && zend::ini_long(c"sonde.trace_cli") == 0 {
+        return;
+    }
+    let start_unix_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    st.request = Some(Request {
+        start: Instant::now(),
+        start_unix_ns,
+        cpu_start: cpu_times(),
+    });
+}
+
+fn request_end() {
+    let st = state();
+    let Some(req) = st.request.take() else {
+        return;
+    };
+    let end = Instant::now();
+    let wall_ns = end.duration_since(req.start).as_nanos() as u64;
+    let cpu = cpu_times();
+    let pid = std::process::id();
+
+    // The socket path may differ per pool (PHP_INI_PERDIR); keep ours in sync.
+    let path = zend::ini_str(c"sonde.agent_socket").unwrap_or(c"/run/sonde/agent.sock");
+    if st.socket_path.as_deref() != Some(path) {
+        st.socket_path = Some(path.to_owned());
+        st.socket = AgentSocket::default();
+    }
+
+    let mut uri_buf = [0u8; MAX_URI];
+    let mut truncated = 0u32;
+    let uri_owned;
+    let uri: &str = match zend::sapi_env(c"REQUEST_URI", &mut uri_buf) {
+        Some((u, cut)) => {
+            truncated += cut as u32;
+            u
+        }
+        None => {
+            // CLI and SAPIs without a REQUEST_URI: the script and its query.
+            let base = zend::request_uri().map(|s| s.to_string_lossy().into_owned());
+            let query = zend::query_string().map(|s| s.to_string_lossy().into_owned());
+            uri_owned = match (base, query) {
+                (Some(b), Some(q)) if !q.is_empty() => format!("{b}?{q}"),
+                (Some(b), _) => b,
+                (None, _) => String::new(),
+            };
+            &uri_owned
+        }
+    };
+    let mut host_buf = [0u8; 256];
+    let http_host = zend::sapi_env(c"HTTP_HOST", &mut host_buf).map_or("", |(h, _)| h);
+    let mut ip_buf = [0u8; 64];
+    let client_ip = zend::sapi_env(c"REMOTE_ADDR", &mut ip_buf).map_or("", |(h, _)| h);
+    let mut tp_buf = [0u8; 128];
+    let traceparent = zend::sapi_env(c"HTTP_TRACEPARENT", &mut tp_buf).map(|(t, _)| t);
+    let method_owned = zend::request_method().map(|m| m.to_string_lossy().into_owned());
+    let sapi = zend::sapi_name();
+    let method = match (&method_owned, sapi) {
+        (Some(m), _) => m.as_str(),
+        (None, "cli" | "phpdbg") => "CLI",
+        (None, _) => "",
+    };
+    let app = zend::ini_str(c"sonde.app_name")
+        .and_then(|s| s.to_str().ok())
+        .unwrap_or("");
+    let extra_redact = zend::ini_str(c"sonde.redact_params")
+        .and_then(|s| s.to_str().ok())
+        .unwrap_or("");
+
+    let process = match &mut st.process {
+        Some(p) if p.pid == pid => p,
+        _ => st.process.insert(Process {
+            pid,
+            builder: Builder::new(seed(pid)),
+        }),
+    };
+    let captured = Captured {
+        app,
+        pid,
+        start_unix_ns: req.start_unix_ns,
+        wall_ns,
+        method,
+        uri,
+        status: zend::response_code(),
+        cpu_user_ns: cpu.0.saturating_sub(req.cpu_start.0),
+        cpu_sys_ns: cpu.1.saturating_sub(req.cpu_start.1),
+        peak_memory_bytes: zend::peak_memory(),
+        client_ip,
+        http_host,
+        traceparent,
+        sapi,
+        php_version: zend::php_version(),
+        extra_redact,
+        truncated_texts: truncated,
+        dropped_records: st.socket.dropped_since_sent,
+    };
+    let record = process.builder.record(&captured);
+    let frame = process.builder.frame(record);
+    if frame.len() > sonde_core::frame::MAX_FRAME_BYTES {
+        st.socket.dropped_total += 1;
+        st.socket.dropped_since_sent += 1;
+        return;
+    }
+    let path = st
+        .socket_path
+        .as_deref()
+        .unwrap_or(c"/run/sonde/agent.sock");
+    st.socket.send(path, frame, pid, end);
+}
+
+/// User and system CPU time of this process so far, ns.
+fn cpu_times() -> (u64, u64) {
+    let mut ru = MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a full rusage into the valid pointer given.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+    if rc != 0 {
+        return (0, 0);
+    }
+    // SAFETY: initialised above (zeroed, then filled by a successful call).
+    let ru = unsafe { ru.assume_init() };
+    let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
+    (ns(ru.ru_utime), ns(ru.ru_stime))
+}
+
+/// Per-process id seed: 16 bytes from the kernel, mixed with pid and time so
+/// a failed getrandom still gives distinct workers distinct ids.
+fn seed(pid: u32) -> [u64; 2] {
+    let mut bytes = [0u8; 16];
+    // SAFETY: `bytes` is valid for 16 bytes; GRND_NONBLOCK never waits.
+    let _ = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), libc::GRND_NONBLOCK) };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let a = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default()) ^ now;
+    let b = u64::from_le_bytes(bytes[8..].try_into().unwrap_or_default()) ^ ((pid as u64) << 32);
+    [a, b]
+}
+
+unsafe extern "C" fn module_info(_module: *mut sys::zend_module_entry) {
+    let (sent, dropped, connected) = state_if_any()
+        .map(|s| {
+            (
+                s.socket.sent_total,
+                s.socket.dropped_total,
+                s.socket.is_connected(),
+            )
+        })
+        .unwrap_or_default();
+    let status = if DISABLED.load(Ordering::Relaxed) {
+        c"disabled after an internal error".to_owned()
+    } else {
+        c"enabled".to_owned()
+    };
+    let version = CString::new(crate::VERSION).unwrap_or_default();
+    let sent = CString::new(sent.to_string()).unwrap_or_default();
+    let dropped = CString::new(dropped.to_string()).unwrap_or_default();
+    let connected = if connected { c"yes" } else { c"no" };
+    // SAFETY: MINFO runs inside phpinfo() with output available; every
+    // argument is a valid NUL-terminated string living across the calls.
+    unsafe {
+        sys::php_info_print_table_start();
+        sys::php_info_print_table_row(2, c"sonde support".as_ptr(), status.as_ptr());
+        sys::php_info_print_table_row(2, c"version".as_ptr(), version.as_ptr());
+        sys::php_info_print_table_row(
+            2,
+            c"agent connected (this process)".as_ptr(),
+            connected.as_ptr(),
+        );
+        sys::php_info_print_table_row(2, c"records sent (this process)".as_ptr(), sent.as_ptr());
+        sys::php_info_print_table_row(
+            2,
+            c"records dropped (this process)".as_ptr(),
+            dropped.as_ptr(),
+        );
+        sys::php_info_print_table_end();
+    }
+}
+
+static mut MODULE: MaybeUninit<sys::zend_module_entry> = MaybeUninit::uninit();
+static MODULE_INIT: AtomicBool = AtomicBool::new(false);
+
+/// The entry point PHP looks up after `dlopen("sonde.so")`.
+#[no_mangle]
+pub extern "C" fn get_module() -> *mut sys::zend_module_entry {
+    let module = addr_of_mut!(MODULE);
+    if !MODULE_INIT.swap(true, Ordering::AcqRel) {
+        let entry = sys::zend_module_entry {
+            size: std::mem::size_of::<sys::zend_module_entry>() as u16,
+            zend_api: sys::ZEND_MODULE_API_NO,
+            zend_debug: sys::ZEND_DEBUG as u8,
+            zts: sys::USING_ZTS as u8,
+            name: c"sonde".as_ptr(),
+            module_startup_func: Some(module_startup),
+            module_shutdown_func: Some(module_shutdown),
+            request_startup_func: Some(request_startup),
+            request_shutdown_func: Some(request_shutdown),
+            info_func: Some(module_info),
+            version: VERSION_C.as_ptr().cast::<c_char>(),
+            // SAFETY: returns a pointer to a static string literal in the shim.
+            build_id: unsafe { sys::sonde_shim_build_id() },
+            ..Default::default()
+        };
+        // SAFETY: `get_module` is called by PHP's loader on one thread,
+        // before any other use of MODULE; the swap above makes the write
+        // happen once. Zend keeps and updates the entry for the process life.
+        unsafe { (*module).write(entry) };
+    }
+    // SAFETY: initialised above; MaybeUninit<T> has T's layout.
+    unsafe { (*module).as_mut_ptr() }
+}
+
+/// `VERSION` as a NUL-terminated string for the module entry.
+static VERSION_C: &CStr =
+    match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(s) => s,
+        Err(_) => c"0",
+    };
