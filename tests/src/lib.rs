@@ -1,1 +1,408 @@
+//! The end-to-end harness: starts the real collector, agent, php-fpm (with
+//! the real extension) and nginx on loopback, with a temp directory and
+//! ports chosen at run time, and stops all of them when dropped — also when
+//! a test fails. Binaries come from the workspace target directory, so the
+//! test command builds the workspace first.
+#![forbid(unsafe_code)]
 
+pub mod http;
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// The workspace root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The directory holding the built binaries: `SONDE_BIN_DIR`, else the
+/// profile directory this test binary was built into (target/debug).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SONDE_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a built artifact, with a clear error when it is missing.
+pub fn artifact(name: &str) -> Result<PathBuf> {
+    let p = bin_dir().join(name);
+    if !p.exists() {
+        bail!(
+            "{} not found: build the workspace first (`cargo build --workspace`), \
+             or set SONDE_BIN_DIR",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Waits until `cond` holds or `timeout` passes.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// A started process, in a process group of its own; stopped on drop
+/// (SIGTERM to the group, SIGKILL after a grace period).
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr going to `log`.
+    pub fn start(name: &str, mut cmd: Command, log: PathBuf) -> Result<Proc> {
+        let out = fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone()?;
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {name}: {cmd:?}"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `sig` to the process group and waits up to `grace` for the
+    /// process to exit; kills the group when it does not. Returns the exit
+    /// status when it exited by itself.
+    pub fn stop_with(&mut self, sig: Signal, grace: Duration) -> Option<std::process::ExitStatus> {
+        let pgid = Pid::from_raw(self.child.id() as i32);
+        if let Ok(Some(st)) = self.child.try_wait() {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            return Some(st);
+        }
+        let _ = killpg(pgid, sig);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                // Children of the group (php-fpm workers) go too.
+                let _ = killpg(pgid, Signal::SIGKILL);
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop_with(Signal::SIGTERM, Duration::from_secs(5));
+    }
+}
+
+/// Ports and paths of one running stack.
+#[derive(Debug)]
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub web_port: u16,
+    pub fpm_port: u16,
+    pub agent_socket: PathBuf,
+    pub agent_token: String,
+    // Dropped in reverse start order: nginx, php-fpm, agent, collector.
+    pub procs: Vec<Proc>,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub collector: bool,
+    pub agent: bool,
+    /// Load the extension into php-fpm.
+    pub extension: bool,
+    pub app_name: String,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            collector: true,
+            agent: true,
+            extension: true,
+            app_name: "fanapp".into(),
+        }
+    }
+}
+
+/// php-fpm's binary (Debian names it by version).
+pub fn php_fpm_bin() -> Result<PathBuf> {
+    for cand in ["/usr/sbin/php-fpm8.2", "/usr/sbin/php-fpm"] {
+        if Path::new(cand).exists() {
+            return Ok(cand.into());
+        }
+    }
+    bail!("php-fpm not found (the README's test command installs php8.2-fpm)")
+}
+
+impl Stack {
+    /// Starts the requested parts and waits until each answers.
+    pub fn start(opts: &StackOptions) -> Result<Stack> {
+        let dir = tempfile::Builder::new().prefix("sonde-e2e-").tempdir()?;
+        let mut stack = Stack {
+            grpc_port: free_port(),
+            http_port: free_port(),
+            web_port: free_port(),
+            fpm_port: free_port(),
+            agent_socket: dir.path().join("agent.sock"),
+            agent_token: "e2e-agent-token".into(),
+            dir,
+            procs: Vec::new(),
+        };
+        if opts.collector {
+            stack.start_collector()?;
+        }
+        if opts.agent {
+            let token = stack.agent_token.clone();
+            let socket = stack.agent_socket.clone();
+            stack.start_agent("agent", &token, &socket)?;
+        }
+        stack.start_php_fpm(opts)?;
+        stack.start_nginx()?;
+        Ok(stack)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn start_collector(&mut self) -> Result<()> {
+        let cfg = self.path("collector.toml");
+        fs::write(
+            &cfg,
+            format!(
+                "[grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n\
+                 [storage]\npath = \"{}\"\n[auth]\nagent_tokens = [\"{}\"]\n",
+                self.grpc_port,
+                self.http_port,
+                self.path("collector-data").display(),
+                self.agent_token
+            ),
+        )?;
+        let mut cmd = Command::new(artifact("sonde-collector")?);
+        cmd.arg("--config").arg(&cfg).env("RUST_LOG", "info");
+        let p = Proc::start("collector", cmd, self.path("collector.log"))?;
+        self.procs.push(p);
+        let (g, h) = (self.grpc_port, self.http_port);
+        self.wait_alive("collector", || port_open(g) && port_open(h))
+    }
+
+    /// Starts an agent named `name` with `token`, listening on `socket`.
+    pub fn start_agent(&mut self, name: &str, token: &str, socket: &Path) -> Result<()> {
+        let cfg = self.path(&format!("{name}.toml"));
+        fs::write(
+            &cfg,
+            format!(
+                "collector = \"http://127.0.0.1:{}\"\ntoken = \"{}\"\nsocket = \"{}\"\n\
+                 socket_group = \"root\"\nspool_dir = \"{}\"\nflush_interval_ms = 200\n\
+                 hostname = \"{name}-host\"\n",
+                self.grpc_port,
+                token,
+                socket.display(),
+                self.path(&format!("{name}-spool")).display(),
+            ),
+        )?;
+        let mut cmd = Command::new(artifact("sonde-agent")?);
+        cmd.arg("--config").arg(&cfg).env("RUST_LOG", "info");
+        let p = Proc::start(name, cmd, self.path(&format!("{name}.log")))?;
+        self.procs.push(p);
+        let s = socket.to_path_buf();
+        self.wait_alive(name, move || s.exists())
+    }
+
+    fn start_php_fpm(&mut self, opts: &StackOptions) -> Result<()> {
+        let fpm_port = self.fpm_port;
+        let cfg = self.path("php-fpm.conf");
+        fs::write(
+            &cfg,
+            format!(
+                "[global]\npid = {dir}/php-fpm.pid\nerror_log = {dir}/php-fpm-error.log\n\
+                 daemonize = no\n\n[www]\nlisten = 127.0.0.1:{fpm_port}\n\
+                 pm = static\npm.max_children = 4\ncatch_workers_output = yes\n\
+                 clear_env = no\n\
+                 php_admin_value[error_log] = {dir}/php-errors.log\n\
+                 php_admin_value[log_errors] = On\n\
+                 php_admin_value[sonde.app_name] = {app_name}\n\
+                 php_admin_value[sonde.agent_socket] = {sock}\n\
+                 env[SONDE_DEMO_DB] = {dir}/demo.sqlite\n",
+                dir = self.dir.path().display(),
+                app_name = opts.app_name,
+                sock = self.agent_socket.display(),
+            ),
+        )?;
+        let mut cmd = Command::new(php_fpm_bin()?);
+        cmd.arg("--nodaemonize")
+            .arg("--fpm-config")
+            .arg(&cfg)
+            .arg("--allow-to-run-as-root");
+        if opts.extension {
+            cmd.arg("-d").arg(format!(
+                "extension={}",
+                artifact("libsonde_php.so")?.display()
+            ));
+        }
+        let p = Proc::start("php-fpm", cmd, self.path("php-fpm.log"))?;
+        self.procs.push(p);
+        self.wait_alive("php-fpm", move || port_open(fpm_port))
+    }
+
+    fn start_nginx(&mut self) -> Result<()> {
+        let app = repo_root().join("demo/app");
+        let dir = self.dir.path().display().to_string();
+        let cfg = self.path("nginx.conf");
+        fs::write(
+            &cfg,
+            format!(
+                "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
+                 daemon off;\nuser root;\nevents {{ worker_connections 256; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {dir}/nginx-body;\n\
+                 proxy_temp_path {dir}/nginx-proxy;\n  fastcgi_temp_path {dir}/nginx-fastcgi;\n\
+                 uwsgi_temp_path {dir}/nginx-uwsgi;\n  scgi_temp_path {dir}/nginx-scgi;\n\
+                 server {{\n    listen 127.0.0.1:{web};\n    root {app};\n\
+                 location / {{\n      include /etc/nginx/fastcgi_params;\n\
+                 fastcgi_param SCRIPT_FILENAME {app}/index.php;\n\
+                 fastcgi_param SCRIPT_NAME /index.php;\n\
+                 fastcgi_pass 127.0.0.1:{fpm};\n    }}\n  }}\n}}\n",
+                web = self.web_port,
+                app = app.display(),
+                fpm = self.fpm_port,
+            ),
+        )?;
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-c").arg(&cfg).arg("-p").arg(self.dir.path());
+        let p = Proc::start("nginx", cmd, self.path("nginx.log"))?;
+        self.procs.push(p);
+        let port = self.web_port;
+        self.wait_alive("nginx", move || port_open(port))
+    }
+
+    /// Waits for `ready`, failing early (with the log) if the last started
+    /// process exits.
+    fn wait_alive(&mut self, name: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if ready() {
+                return Ok(());
+            }
+            let p = self.procs.last_mut().expect("a process was started");
+            if !p.alive() {
+                bail!("{name} exited during start-up; its log:\n{}", p.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = self.procs.last().map(Proc::log_text).unwrap_or_default();
+        bail!("{name} did not become ready within 30 s; its log:\n{log}")
+    }
+
+    /// The named process.
+    pub fn proc(&mut self, name: &str) -> Option<&mut Proc> {
+        self.procs.iter_mut().find(|p| p.name == name)
+    }
+
+    /// GET/POST through nginx.
+    pub fn web(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<http::Response> {
+        http::request(self.web_port, method, path_and_query, headers, body)
+    }
+
+    /// A JSON API call to the collector.
+    pub fn api(&self, path_and_query: &str) -> Result<serde_json::Value> {
+        let r = http::request(self.http_port, "GET", path_and_query, &[], "")?;
+        if r.status != 200 {
+            bail!("GET {path_and_query}: status {} body {}", r.status, r.body);
+        }
+        serde_json::from_str(&r.body)
+            .with_context(|| format!("GET {path_and_query}: not JSON: {}", r.body))
+    }
+
+    /// Every log of the stack, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(rd) = fs::read_dir(self.dir.path()) {
+            let mut paths: Vec<_> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            paths.sort();
+            for p in paths {
+                out.push_str(&format!(
+                    "==> {} <==\n{}\n",
+                    p.display(),
+                    fs::read_to_string(&p).unwrap_or_default()
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Stop in reverse start order.
+        while let Some(p) = self.procs.pop() {
+            drop(p);
+        }
+    }
+}
