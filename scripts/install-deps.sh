@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Sonde builds and tests with, when missing.
+# Idempotent; needs root (or sudo) the first time only.
+set -euo pipefail
+
+PKGS=(
+  php8.2-dev php8.2-cli php8.2-fpm php8.2-sqlite3  # extension headers, php-fpm, demo app DB
+  nginx                                           # the web server in front of php-fpm
+  libclang-dev                                    # bindgen
+  protobuf-compiler                               # protoc for sonde-proto
+  curl ca-certificates
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "==> installing: ${missing[*]}"
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  # Debian's nginx package tries to start the service; keep it from taking port 80.
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
