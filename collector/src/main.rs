@@ -1,1 +1,194 @@
-fn main() {}
+//! sonde-collector: receives agents' batches over gRPC (`ingest`), stores
+//! them (`storage`), and serves the JSON API (`api`). This file only wires
+//! them together: configuration, listeners, the shutdown signal.
+#![forbid(unsafe_code)]
+
+mod api;
+mod auth;
+mod clock;
+mod config;
+mod ingest;
+mod live;
+mod shutdown;
+mod storage;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::auth::Tokens;
+use crate::config::Config;
+use crate::storage::sqlite::SqliteStore;
+use crate::storage::SharedStore;
+
+/// Exit code for a configuration that cannot be used (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// How long streams and requests in progress get to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The Sonde collector.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long, value_name = "FILE", default_value = "/etc/sonde/collector.toml")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sonde-collector: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let agent_tokens = Tokens::new(config.auth.agent_tokens.clone());
+    let api_tokens = Tokens::new(config.auth.api_tokens.clone());
+    if agent_tokens.is_open() {
+        warn!(listen = %config.grpc.listen, "auth.agent_tokens is empty: the collector is open and accepts data from any agent");
+    }
+    if api_tokens.is_open() && !config.http.listen.ip().is_loopback() {
+        warn!(listen = %config.http.listen, "auth.api_tokens is empty: the JSON API is open on a non-loopback address");
+    }
+
+    let dir = config.storage.path.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot open storage at {} (storage.path)",
+                config.storage.path.display()
+            )
+        })?;
+    let store: SharedStore = Arc::new(store);
+
+    let grpc_listener = TcpListener::bind(config.grpc.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (grpc.listen)", config.grpc.listen))?;
+    let http_listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let (trigger, shutdown) = shutdown::channel();
+    let live = Arc::new(live::LiveState::default());
+    let counters = Arc::new(ingest::IngestCounters::default());
+    let ingest = ingest::Ingest {
+        store: Arc::clone(&store),
+        tokens: agent_tokens,
+        live: Arc::clone(&live),
+        counters: Arc::clone(&counters),
+        shutdown: shutdown.clone(),
+        heartbeat_interval_ms: config.grpc.heartbeat_interval_ms,
+        max_message_bytes: config.grpc.max_message_bytes,
+    };
+    let api = api::ApiState {
+        store: Arc::clone(&store),
+        live,
+        counters,
+        tokens: api_tokens,
+        down_after_ms: 3 * i64::from(config.grpc.heartbeat_interval_ms),
+    };
+
+    let mut servers = JoinSet::new();
+    let sd = shutdown.clone();
+    servers.spawn(async move {
+        ingest::serve(grpc_listener, ingest, sd)
+            .await
+            .context("gRPC server failed")
+    });
+    servers.spawn(async move {
+        api::serve(http_listener, api, shutdown)
+            .await
+            .context("HTTP server failed")
+    });
+    info!(
+        grpc = %grpc_addr,
+        http = %http_addr,
+        storage = %config.storage.path.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "sonde-collector listening"
+    );
+
+    let mut result = Ok(());
+    tokio::select! {
+        signal = shutdown::os_signal() => {
+            info!(signal = signal.context("cannot install signal handlers")?, "shutting down");
+        }
+        Some(ended) = servers.join_next() => {
+            result = Err(match ended {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => anyhow!("a server stopped unexpectedly"),
+                Err(e) => anyhow!("a server task failed: {e}"),
+            });
+        }
+    }
+    trigger.fire();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while let Some(ended) = servers.join_next().await {
+            match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %format!("{e:#}"), "server stopped with an error"),
+                Err(e) => warn!(error = %e, "server task failed"),
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "connections still open after the grace period; closing them"
+        );
+        servers.abort_all();
+    }
+    // Waits for a write still in progress, then checkpoints the WAL.
+    match tokio::task::spawn_blocking(move || store.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "final storage flush failed"),
+        Err(e) => warn!(error = %e, "final storage flush failed"),
+    }
+    if result.is_ok() {
+        info!("stopped");
+    }
+    result
+}

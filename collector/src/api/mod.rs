@@ -1,0 +1,223 @@
+//! The JSON API (`/api/v1/*`, CONTRACT.md) and `/healthz`, over axum. Owns
+//! request parsing, API-token checks and the JSON shapes; it only reads the
+//! store and the live state, never writes them.
+
+mod agents;
+mod transactions;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, OriginalUri, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tracing::{error, warn};
+
+use crate::auth::{AuthError, Tokens};
+use crate::clock::now_ms;
+use crate::ingest::IngestCounters;
+use crate::live::LiveState;
+use crate::shutdown::Shutdown;
+use crate::storage::{SharedStore, StoreError};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: SharedStore,
+    pub live: Arc<LiveState>,
+    pub counters: Arc<IngestCounters>,
+    pub tokens: Tokens,
+    /// An agent silent for longer than this is `down` (3 heartbeats).
+    pub down_after_ms: i64,
+}
+
+/// Why a request failed; each becomes `{"error": "…"}` with its status.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("{name}: {reason}")]
+    BadParam { name: &'static str, reason: String },
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("storage error")]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    fn bad(name: &'static str, reason: impl Into<String>) -> Self {
+        ApiError::BadParam {
+            name,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadParam { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Store(e) => {
+                error!(error = %e, "API request failed in storage");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+        }
+        response
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/transactions", get(transactions::list))
+        .route("/transactions/:id", get(transactions::detail))
+        .route("/agents", get(agents::list))
+        .route("/active", get(agents::active))
+        .route("/stats", get(stats))
+        .fallback(|| async { ApiError::NotFound("no such endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .nest("/api/v1", api)
+        .with_state(state)
+}
+
+/// With `api_tokens` set, `/api/v1/*` needs `Authorization: Bearer TOKEN`.
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if let Err(e) = state.tokens.check(header) {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.to_string())
+            .unwrap_or_default();
+        let path = request
+            .extensions()
+            .get::<OriginalUri>()
+            .map_or_else(|| request.uri().path(), |u| u.path())
+            .to_owned();
+        warn!(error = %e, %peer, %path, "API request refused");
+        return ApiError::Unauthorized(match e {
+            AuthError::Missing => "missing API token",
+            AuthError::Unknown => "unknown API token",
+        })
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// `GET /api/v1/stats`: the collector's own counters.
+async fn stats(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "now_ms": now_ms(),
+        "ingest": state.counters.view(),
+    }))
+}
+
+/// `?app=` for endpoints that take only that.
+#[derive(Debug, Deserialize)]
+struct AppParam {
+    app: Option<String>,
+}
+
+type AppQuery = Query<AppParam>;
+
+/// Serves the API on `listener` until `shutdown` fires, then finishes the
+/// requests in progress.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::storage::sqlite::SqliteStore;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    pub(crate) fn state(tokens: &[&str]) -> (tempfile::TempDir, ApiState) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let state = ApiState {
+            store: Arc::new(store),
+            live: Arc::default(),
+            counters: Arc::default(),
+            tokens: Tokens::new(tokens.iter().map(|t| t.to_string()).collect()),
+            down_after_ms: 15_000,
+        };
+        (dir, state)
+    }
+
+    /// GETs `uri` and returns the status and the body as JSON (or as a
+    /// JSON string when it is not JSON).
+    pub(crate) async fn get(
+        state: &ApiState,
+        uri: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = axum::http::Request::get(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let response = router(state.clone())
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        let json = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+        (status, json)
+    }
+
+    #[tokio::test]
+    async fn tokens_guard_the_api_but_not_healthz() {
+        let (_dir, s) = state(&["t1"]);
+        assert_eq!(
+            get(&s, "/healthz", None).await,
+            (StatusCode::OK, "ok".into())
+        );
+        let (status, body) = get(&s, "/api/v1/agents", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body, json!({"error": "missing API token"}));
+        let (status, body) = get(&s, "/api/v1/agents", Some("t2")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"], "unknown API token");
+        let (status, body) = get(&s, "/api/v1/agents", Some("t1")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"agents": []}));
+        let (status, _) = get(&s, "/api/v1/nope", Some("t1")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, body) = get(&s, "/api/v1/stats", Some("t1")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["ingest"]["batches"], 0);
+    }
+}

@@ -1,0 +1,335 @@
+//! The collector's configuration file (TOML). Every key has a default, so an
+//! empty file is a working loopback-only collector; unknown keys are refused
+//! so a typo never falls back to a default silently. The `///` comments on
+//! the fields are the operator reference (docs/collector.md repeats them).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The whole `collector.toml`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The gRPC listener agents connect to.
+    pub grpc: GrpcConfig,
+    /// The HTTP listener for the JSON API and the web console.
+    pub http: HttpConfig,
+    /// Where data is kept.
+    pub storage: StorageConfig,
+    /// Who may send data and who may read it.
+    pub auth: AuthConfig,
+    /// The web console.
+    pub console: ConsoleConfig,
+}
+
+/// `[grpc]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Address agents connect to, `IP:port`.
+    pub listen: SocketAddr,
+    /// Largest message an agent may send, bytes. Agents learn it from the
+    /// Register answer and size their batches below it.
+    pub max_message_bytes: u32,
+    /// How often agents send heartbeats, milliseconds. An agent with no
+    /// heartbeat for 3 intervals is shown as `down`.
+    pub heartbeat_interval_ms: u32,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7717)),
+            max_message_bytes: 16 * 1024 * 1024,
+            heartbeat_interval_ms: 5000,
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the JSON API and web console, `IP:port`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7718)),
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory of the embedded database (created if absent).
+    pub path: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::from("/var/lib/sonde/collector"),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Tokens agents may present (`authorization: Bearer TOKEN`). Empty: any
+    /// agent is accepted, and the collector warns at start that it is open.
+    pub agent_tokens: Vec<String>,
+    /// Bearer tokens for `/api/v1/*`. Empty: the API is open (meant for a
+    /// loopback `http.listen`).
+    pub api_tokens: Vec<String>,
+}
+
+// Tokens are secrets: never print them, even in debug logs.
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("agent_tokens", &self.agent_tokens.len())
+            .field("api_tokens", &self.api_tokens.len())
+            .finish()
+    }
+}
+
+/// `[console]`
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// The first console user, created at start if absent.
+    pub admin_user: String,
+    /// That user's password. Empty: no console login is created.
+    pub admin_password: String,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            admin_user: "admin".into(),
+            admin_password: String::new(),
+        }
+    }
+}
+
+impl fmt::Debug for ConsoleConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsoleConfig")
+            .field("admin_user", &self.admin_user)
+            .field("admin_password", &"…")
+            .finish()
+    }
+}
+
+/// Why a configuration file was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {cause}", path.display())]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("invalid config file {}: {at}{problem}", path.display())]
+    Invalid {
+        path: PathBuf,
+        /// Where: "key `grpc.listen` (line 2, column 10): ", or empty.
+        at: String,
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
+        Config::parse(&text).map_err(|(at, problem)| ConfigError::Invalid {
+            path: path.to_owned(),
+            at,
+            problem,
+        })
+    }
+
+    /// Parses and checks a configuration text; on error, where and what.
+    fn parse(text: &str) -> Result<Config, (String, String)> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let at = match e.span() {
+                Some(span) => locate(text, span.start),
+                None => String::new(),
+            };
+            // One line: toml sometimes splits a message over several.
+            let problem = e.message().trim().lines().collect::<Vec<_>>().join("; ");
+            (at, problem)
+        })?;
+        config
+            .validate()
+            .map_err(|(key, problem)| (format!("key `{key}`: "), problem.to_owned()))?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot: the key and the problem.
+    fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.grpc.max_message_bytes < 64 * 1024 {
+            return Err(("grpc.max_message_bytes", "must be at least 65536"));
+        }
+        if self.grpc.heartbeat_interval_ms < 100 {
+            return Err(("grpc.heartbeat_interval_ms", "must be at least 100"));
+        }
+        if self.storage.path.as_os_str().is_empty() {
+            return Err(("storage.path", "must not be empty"));
+        }
+        if self.auth.agent_tokens.iter().any(|t| t.trim().is_empty()) {
+            return Err(("auth.agent_tokens", "a token must not be empty"));
+        }
+        if self.auth.api_tokens.iter().any(|t| t.trim().is_empty()) {
+            return Err(("auth.api_tokens", "a token must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// "key `table.key` (line L, column C): " for the byte `offset` of a parse
+/// error. toml reports a span, not the key path, so the key is read back
+/// from the text: the nearest `key =` line at or above the error and the
+/// `[table]` header above that.
+fn locate(text: &str, offset: usize) -> String {
+    let offset = (0..=offset.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let before = &text[..offset];
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..offset].chars().count() + 1;
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+
+    let mut key = None;
+    let mut table = None;
+    for line in text[..line_end].lines().rev().map(str::trim) {
+        if let Some(header) = line.strip_prefix('[') {
+            let header = header.trim_end_matches(']').trim_matches(['[', ']', ' ']);
+            table = Some(header.to_owned());
+            break;
+        }
+        if key.is_none() {
+            if let Some((k, _)) = line.split_once('=') {
+                key = Some(k.trim().trim_matches('"').to_owned());
+            }
+        }
+    }
+    let key = match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (Some(t), None) => t,
+        (None, Some(k)) => k,
+        (None, None) => return format!("line {line_no}, column {column}: "),
+    };
+    format!("key `{key}` (line {line_no}, column {column}): ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        let (at, problem) = Config::parse(text).unwrap_err();
+        format!("{at}{problem}")
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.grpc.listen.to_string(), "127.0.0.1:7717");
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:7718");
+        assert_eq!(c.storage.path, Path::new("/var/lib/sonde/collector"));
+        assert!(c.auth.agent_tokens.is_empty());
+        assert!(c.auth.api_tokens.is_empty());
+        assert_eq!(c.console.admin_user, "admin");
+        assert_eq!(c.console.admin_password, "");
+        assert_eq!(c.grpc.heartbeat_interval_ms, 5000);
+        assert_eq!(c.grpc.max_message_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let c = Config::parse(
+            r#"
+[grpc]
+listen = "0.0.0.0:7717"
+[http]
+listen = "127.0.0.1:8000"
+[storage]
+path = "/tmp/x"
+[auth]
+agent_tokens = ["a", "b"]
+api_tokens = ["c"]
+[console]
+admin_user = "root"
+admin_password = "pw"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.grpc.listen.port(), 7717);
+        assert_eq!(c.http.listen.port(), 8000);
+        assert_eq!(c.auth.agent_tokens, ["a", "b"]);
+        assert_eq!(c.console.admin_user, "root");
+        // Secrets stay out of debug output.
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("pw") && !debug.contains("\"c\""), "{debug}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let m = err("[grpc]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n");
+        assert!(m.contains("key `grpc.listne`"), "{m}");
+        assert!(m.contains("unknown field `listne`"), "{m}");
+        assert!(m.contains("line 3"), "{m}");
+
+        let m = err("[grcp]\nlisten = \"127.0.0.1:1\"\n");
+        assert!(m.contains("unknown field `grcp`"), "{m}");
+    }
+
+    #[test]
+    fn bad_listen_address_names_the_key() {
+        let m = err("[http]\nlisten = \"localhost\"\n");
+        assert!(m.contains("key `http.listen`"), "{m}");
+        assert!(m.contains("socket address"), "{m}");
+    }
+
+    #[test]
+    fn wrong_type_and_validation() {
+        let m = err("[auth]\nagent_tokens = \"abc\"\n");
+        assert!(m.contains("auth.agent_tokens"), "{m}");
+        let m = err("[auth]\nagent_tokens = [\"\"]\n");
+        assert!(
+            m.contains("key `auth.agent_tokens`: a token must not be empty"),
+            "{m}"
+        );
+        let m = err("[grpc]\nheartbeat_interval_ms = 5\n");
+        assert!(m.contains("grpc.heartbeat_interval_ms"), "{m}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("cannot read"), "{e}");
+        std::fs::write(&path, "[storage]\npaht = 1\n").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("storage.paht"), "{e}");
+    }
+}

@@ -1,0 +1,335 @@
+//! gRPC ingest: the `sonde.v1.Collector` service agents call. Owns agent
+//! authentication, registration and the per-agent batch streams (see
+//! `stream`). It must never acknowledge a batch before the store has
+//! committed it: the agent deletes what was acknowledged.
+
+mod stream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sonde_proto::v1::collector_server::{Collector, CollectorServer};
+use sonde_proto::v1::deregister_request::Reason;
+use sonde_proto::v1::{DeregisterRequest, DeregisterResponse, RegisterRequest, RegisterResponse};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::auth::{AuthError, Tokens};
+use crate::clock::now_ms;
+use crate::live::LiveState;
+use crate::shutdown::Shutdown;
+use crate::storage::{run_blocking, AgentState, SharedStore};
+
+/// Cumulative ingest counters, exposed on `/api/v1/stats`.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    pub batches: AtomicU64,
+    pub records_stored: AtomicU64,
+    pub records_duplicate: AtomicU64,
+    pub records_invalid: AtomicU64,
+    /// Calls refused for a missing or unknown agent token.
+    pub auth_rejected: AtomicU64,
+    /// Batches not acknowledged because the store failed.
+    pub store_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`IngestCounters`].
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CountersView {
+    pub batches: u64,
+    pub records_stored: u64,
+    pub records_duplicate: u64,
+    pub records_invalid: u64,
+    pub auth_rejected: u64,
+    pub store_errors: u64,
+}
+
+impl IngestCounters {
+    pub fn view(&self) -> CountersView {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CountersView {
+            batches: get(&self.batches),
+            records_stored: get(&self.records_stored),
+            records_duplicate: get(&self.records_duplicate),
+            records_invalid: get(&self.records_invalid),
+            auth_rejected: get(&self.auth_rejected),
+            store_errors: get(&self.store_errors),
+        }
+    }
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// What the service needs; one per collector.
+#[derive(Clone)]
+pub struct Ingest {
+    pub store: SharedStore,
+    pub tokens: Tokens,
+    pub live: Arc<LiveState>,
+    pub counters: Arc<IngestCounters>,
+    pub shutdown: Shutdown,
+    pub heartbeat_interval_ms: u32,
+    pub max_message_bytes: u32,
+}
+
+impl Ingest {
+    /// Checks the call's agent token; logs and counts a refusal.
+    fn authorize<T>(&self, request: &Request<T>, call: &'static str) -> Result<(), AuthError> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        self.tokens.check(header).inspect_err(|error| {
+            add(&self.counters.auth_rejected, 1);
+            let peer = peer(request);
+            warn!(%error, %peer, call, "agent refused");
+        })
+    }
+}
+
+/// The answer to a refused agent.
+fn refused(error: AuthError) -> Status {
+    Status::unauthenticated(match error {
+        AuthError::Missing => "missing agent token",
+        AuthError::Unknown => "unknown agent token",
+    })
+}
+
+/// The caller's address, for logs.
+fn peer<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map_or_else(|| "unknown".to_owned(), |a: SocketAddr| a.to_string())
+}
+
+fn unavailable(error: &crate::storage::StoreError) -> Status {
+    Status::unavailable(format!("storage unavailable: {error}"))
+}
+
+#[tonic::async_trait]
+impl Collector for Ingest {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        self.authorize(&request, "Register").map_err(refused)?;
+        let peer = peer(&request);
+        let Some(mut identity) = request.into_inner().identity else {
+            return Err(Status::invalid_argument("identity is required"));
+        };
+        if identity.agent_id.is_empty() {
+            if identity.hostname.is_empty() {
+                return Err(Status::invalid_argument(
+                    "identity needs an agent_id or a hostname",
+                ));
+            }
+            identity.agent_id = identity.hostname.clone();
+        }
+        let agent_id = identity.agent_id.clone();
+        let hostname = identity.hostname.clone();
+        run_blocking(&self.store, move |s| s.upsert_agent(&identity, now_ms()))
+            .await
+            .map_err(|error| {
+                warn!(%error, agent = %agent_id, %peer, "registering agent failed");
+                unavailable(&error)
+            })?;
+        info!(agent = %agent_id, %hostname, %peer, "agent registered");
+        Ok(Response::new(RegisterResponse {
+            agent_id,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            max_message_bytes: self.max_message_bytes,
+            collector_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+
+    type StreamStream = ReceiverStream<Result<sonde_proto::v1::CollectorMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<sonde_proto::v1::AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        self.authorize(&request, "Stream").map_err(refused)?;
+        let peer = request.remote_addr();
+        let (tx, rx) = tokio::sync::mpsc::channel(stream::OUTBOUND_QUEUE);
+        let session = stream::Session::new(self.clone(), peer, tx);
+        tokio::spawn(session.run(request.into_inner()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterResponse>, Status> {
+        self.authorize(&request, "Deregister").map_err(refused)?;
+        let peer = peer(&request);
+        let req = request.into_inner();
+        if req.agent_id.is_empty() {
+            return Err(Status::invalid_argument("agent_id is required"));
+        }
+        let state = match req.reason() {
+            Reason::Terminating => AgentState::Terminated,
+            Reason::Shutdown | Reason::Unspecified => AgentState::Stopped,
+        };
+        self.live.remove(&req.agent_id);
+        let agent_id = req.agent_id.clone();
+        let known = run_blocking(&self.store, move |s| {
+            s.set_agent_state(&agent_id, state, now_ms())
+        })
+        .await
+        .map_err(|error| {
+            warn!(%error, agent = %req.agent_id, %peer, "deregistering agent failed");
+            unavailable(&error)
+        })?;
+        if known {
+            info!(agent = %req.agent_id, state = state.as_str(), %peer, "agent deregistered");
+        } else {
+            warn!(agent = %req.agent_id, %peer, "deregister from an agent that never registered");
+        }
+        Ok(Response::new(DeregisterResponse {}))
+    }
+}
+
+/// Serves the ingest service on `listener` until `shutdown` fires, then
+/// lets calls in progress finish (streams end after their current batch).
+pub async fn serve(
+    listener: TcpListener,
+    ingest: Ingest,
+    mut shutdown: Shutdown,
+) -> Result<(), tonic::transport::Error> {
+    let max = ingest.max_message_bytes as usize;
+    let service = CollectorServer::new(ingest)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max);
+    tonic::transport::Server::builder()
+        // Notice agents that vanished without closing their connection.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.wait().await
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{
+        AgentRecord, InsertOutcome, Store, StoreError, TxDetail, TxFilter, TxPage,
+    };
+    use sonde_proto::v1::agent_message::Msg;
+    use sonde_proto::v1::collector_client::CollectorClient;
+    use sonde_proto::v1::{AgentIdentity, AgentMessage, Batch, RequestRecord};
+    use tonic::Code;
+
+    /// A store whose disk is full: every write fails.
+    struct FullDisk;
+
+    fn full<T>() -> Result<T, StoreError> {
+        Err(StoreError::Backend("database or disk is full".into()))
+    }
+
+    impl Store for FullDisk {
+        fn insert_records(
+            &self,
+            _: &[RequestRecord],
+            _: &str,
+        ) -> Result<InsertOutcome, StoreError> {
+            full()
+        }
+        fn query_transactions(&self, _: &TxFilter) -> Result<TxPage, StoreError> {
+            full()
+        }
+        fn transaction(&self, _: &[u8]) -> Result<Option<TxDetail>, StoreError> {
+            full()
+        }
+        fn upsert_agent(&self, _: &AgentIdentity, _: i64) -> Result<(), StoreError> {
+            full()
+        }
+        fn heartbeat(&self, _: &str, _: i64) -> Result<bool, StoreError> {
+            full()
+        }
+        fn set_agent_state(&self, _: &str, _: AgentState, _: i64) -> Result<bool, StoreError> {
+            full()
+        }
+        fn add_agent_apps(&self, _: &str, _: &[String]) -> Result<(), StoreError> {
+            full()
+        }
+        fn agent(&self, _: &str) -> Result<Option<AgentRecord>, StoreError> {
+            full()
+        }
+        fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+            full()
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            full()
+        }
+    }
+
+    #[tokio::test]
+    async fn storage_failure_is_never_acknowledged() {
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let counters = Arc::new(IngestCounters::default());
+        let ingest = Ingest {
+            store: Arc::new(FullDisk),
+            tokens: Tokens::new(vec![]),
+            live: Arc::default(),
+            counters: Arc::clone(&counters),
+            shutdown: shutdown.clone(),
+            heartbeat_interval_ms: 5000,
+            max_message_bytes: 1 << 20,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, ingest, shutdown));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = CollectorClient::new(channel);
+
+        let e = client
+            .register(RegisterRequest {
+                identity: Some(AgentIdentity {
+                    agent_id: "a".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+
+        let batch = AgentMessage {
+            msg: Some(Msg::Batch(Batch {
+                batch_id: 1,
+                records: vec![RequestRecord {
+                    id: vec![1; 16],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+        };
+        let mut replies = client
+            .stream(tokio_stream::iter(vec![batch]))
+            .await
+            .unwrap()
+            .into_inner();
+        let e = replies.message().await.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert_eq!(counters.view().store_errors, 1);
+        assert_eq!(counters.view().records_stored, 0);
+
+        trigger.fire();
+        drop(client);
+        server.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,233 @@
+//! One agent's `Stream` call: hello, then batches (stored, then
+//! acknowledged), heartbeats and live snapshots, until the agent closes the
+//! stream, the store fails, or the collector shuts down.
+//!
+//! Messages are handled one at a time: the next is not read until the
+//! current batch is committed and its Ack queued, so a slow store pushes
+//! back on the agent through HTTP/2 flow control rather than piling up here.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use sonde_proto::v1::agent_message::Msg;
+use sonde_proto::v1::collector_message::Msg as Reply;
+use sonde_proto::v1::{Ack, AgentMessage, Batch, CollectorMessage};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::{add, Ingest};
+use crate::clock::now_ms;
+use crate::storage::run_blocking;
+
+/// Replies queued for the agent before the session waits for it to read
+/// them. Acks are small and one per batch, so a few suffice.
+pub const OUTBOUND_QUEUE: usize = 16;
+
+type Outbound = mpsc::Sender<Result<CollectorMessage, Status>>;
+
+pub struct Session {
+    ingest: Ingest,
+    peer: String,
+    tx: Outbound,
+    /// From the hello; empty until then.
+    agent_id: String,
+    /// Host of records that carry none: the agent's hostname, else the
+    /// peer's IP address.
+    hostname: String,
+    /// Apps already known for this agent, so each is written once.
+    apps: HashSet<String>,
+}
+
+/// Why a session ended early.
+enum End {
+    /// The agent went away or closed its side.
+    Closed,
+    /// Tell the agent, then stop.
+    Error(Status),
+}
+
+impl Session {
+    pub fn new(ingest: Ingest, peer: Option<SocketAddr>, tx: Outbound) -> Self {
+        Session {
+            ingest,
+            peer: peer.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
+            hostname: peer.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string()),
+            tx,
+            agent_id: String::new(),
+            apps: HashSet::new(),
+        }
+    }
+
+    pub async fn run(mut self, mut inbound: Streaming<AgentMessage>) {
+        let mut shutdown = self.ingest.shutdown.clone();
+        let mut first = true;
+        let end = loop {
+            let next = tokio::select! {
+                // Shutdown wins over a waiting message: the batch in hand
+                // was already stored and acknowledged.
+                biased;
+                _ = shutdown.wait() => {
+                    break End::Error(Status::unavailable("collector is shutting down"));
+                }
+                next = inbound.message() => next,
+            };
+            let msg = match next {
+                Ok(Some(AgentMessage { msg: Some(msg) })) => msg,
+                Ok(Some(AgentMessage { msg: None })) => {
+                    debug!(peer = %self.peer, "empty agent message ignored");
+                    continue;
+                }
+                Ok(None) => break End::Closed,
+                Err(status) => {
+                    debug!(peer = %self.peer, %status, "agent stream broke");
+                    break End::Closed;
+                }
+            };
+            if first && !matches!(msg, Msg::Hello(_)) {
+                warn!(peer = %self.peer, "stream did not start with a hello; accepting it anyway");
+            }
+            first = false;
+            let result = match msg {
+                Msg::Hello(hello) => {
+                    self.hello(hello.agent_id).await;
+                    Ok(())
+                }
+                Msg::Batch(batch) => self.batch(batch).await,
+                Msg::Heartbeat(_) => {
+                    self.seen().await;
+                    Ok(())
+                }
+                Msg::Live(snapshot) => {
+                    if !self.agent_id.is_empty() {
+                        self.ingest
+                            .live
+                            .update(&self.agent_id, &self.hostname, snapshot, now_ms());
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(end) = result {
+                break end;
+            }
+        };
+        if let End::Error(status) = end {
+            // The agent may already be gone; nothing more to do then.
+            let _ = self.tx.send(Err(status)).await;
+        }
+        if !self.agent_id.is_empty() {
+            self.ingest.live.remove(&self.agent_id);
+        }
+        debug!(agent = %self.agent_id, peer = %self.peer, "stream ended");
+    }
+
+    async fn hello(&mut self, agent_id: String) {
+        if agent_id.is_empty() {
+            warn!(peer = %self.peer, "hello without an agent_id");
+            return;
+        }
+        self.agent_id = agent_id.clone();
+        let now = now_ms();
+        let found = run_blocking(&self.ingest.store, move |s| {
+            s.heartbeat(&agent_id, now)?;
+            s.agent(&agent_id)
+        })
+        .await;
+        match found {
+            Ok(Some(agent)) => {
+                if !agent.identity.hostname.is_empty() {
+                    self.hostname = agent.identity.hostname;
+                }
+                self.apps = agent.apps.into_iter().collect();
+            }
+            Ok(None) => {
+                warn!(agent = %self.agent_id, peer = %self.peer, "stream from an agent that has not registered")
+            }
+            Err(error) => {
+                warn!(%error, agent = %self.agent_id, peer = %self.peer, "looking up agent failed")
+            }
+        }
+        info!(agent = %self.agent_id, peer = %self.peer, "agent stream open");
+    }
+
+    /// Records the agent as alive. Failures are logged, not fatal: the next
+    /// heartbeat tries again.
+    async fn seen(&self) {
+        if self.agent_id.is_empty() {
+            return;
+        }
+        let agent_id = self.agent_id.clone();
+        let now = now_ms();
+        if let Err(error) =
+            run_blocking(&self.ingest.store, move |s| s.heartbeat(&agent_id, now)).await
+        {
+            warn!(%error, agent = %self.agent_id, "recording heartbeat failed");
+        }
+    }
+
+    async fn batch(&mut self, batch: Batch) -> Result<(), End> {
+        let counters = &self.ingest.counters;
+        add(&counters.batches, 1);
+        let batch_id = batch.batch_id;
+        let count = batch.records.len();
+        let new_apps: Vec<String> = batch
+            .records
+            .iter()
+            .map(|r| r.app.as_str())
+            .filter(|a| !a.is_empty() && !self.apps.contains(*a))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        // Host metrics are not stored yet.
+        let records = batch.records;
+        let host = self.hostname.clone();
+        let outcome = run_blocking(&self.ingest.store, move |s| {
+            s.insert_records(&records, &host)
+        })
+        .await;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(error) => {
+                add(&counters.store_errors, 1);
+                warn!(%error, agent = %self.agent_id, peer = %self.peer, batch_id, "storing batch failed; ending the stream so the agent resends it");
+                return Err(End::Error(Status::unavailable(
+                    "storage unavailable; resend later",
+                )));
+            }
+        };
+        add(&counters.records_stored, outcome.stored.into());
+        add(&counters.records_duplicate, outcome.duplicates.into());
+        add(&counters.records_invalid, outcome.invalid.into());
+        if outcome.invalid > 0 {
+            warn!(agent = %self.agent_id, peer = %self.peer, batch_id, invalid = outcome.invalid, "records without a usable id were not stored");
+        }
+        debug!(agent = %self.agent_id, batch_id, count, stored = outcome.stored, duplicates = outcome.duplicates, replay = batch.replay, "batch stored");
+
+        let ack = CollectorMessage {
+            msg: Some(Reply::Ack(Ack {
+                batch_id,
+                stored: outcome.stored,
+                duplicates: outcome.duplicates,
+            })),
+        };
+        if self.tx.send(Ok(ack)).await.is_err() {
+            // The agent is gone; it will resend and get duplicates.
+            return Err(End::Closed);
+        }
+
+        if !new_apps.is_empty() && !self.agent_id.is_empty() {
+            let agent_id = self.agent_id.clone();
+            let apps = new_apps.clone();
+            match run_blocking(&self.ingest.store, move |s| {
+                s.add_agent_apps(&agent_id, &apps)
+            })
+            .await
+            {
+                Ok(()) => self.apps.extend(new_apps),
+                Err(error) => warn!(%error, agent = %self.agent_id, "recording agent apps failed"),
+            }
+        }
+        Ok(())
+    }
+}

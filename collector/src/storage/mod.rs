@@ -1,0 +1,413 @@
+//! Storage: the one [`Store`] interface every backend implements, and the
+//! backend-independent meaning of a record (its end time, endpoint, whether
+//! it failed, the detail view). Backends live below this module (`sqlite`
+//! today, ClickHouse later); nothing above it knows which one runs.
+//!
+//! A `Store` blocks. Async code calls it through [`run_blocking`] and never
+//! directly on the runtime.
+
+pub mod detail;
+pub mod sqlite;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde::Serialize;
+use sonde_core::endpoint::EndpointNamer;
+use sonde_proto::v1::{AgentIdentity, RequestRecord};
+use thiserror::Error;
+
+pub use detail::TxDetail;
+
+/// What a storage operation can fail with.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    // Causes are part of the message (not `source()`), so a log line with
+    // `%error` says everything and an error chain repeats nothing.
+    #[error("cannot create storage directory {}: {cause}", path.display())]
+    CreateDir {
+        path: std::path::PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("database schema version {found} is newer than this collector's ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("storage backend: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+    #[error("stored record {id} cannot be decoded: {cause}")]
+    Corrupt {
+        id: String,
+        cause: prost::DecodeError,
+    },
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+/// The storage interface: durable transactions and the agent registry.
+/// Every method blocks until its work is done; a write that returns `Ok`
+/// has been committed.
+pub trait Store: Send + Sync {
+    /// Stores each record once (by `RequestRecord.id`); records already
+    /// stored are counted as duplicates. `fallback_host` is used for records
+    /// whose `host` is empty (the sending agent's hostname).
+    fn insert_records(
+        &self,
+        records: &[RequestRecord],
+        fallback_host: &str,
+    ) -> Result<InsertOutcome, StoreError>;
+
+    /// Transaction summaries matching `filter`, oldest first.
+    fn query_transactions(&self, filter: &TxFilter) -> Result<TxPage, StoreError>;
+
+    /// One transaction with everything recorded about it.
+    fn transaction(&self, id: &[u8]) -> Result<Option<TxDetail>, StoreError>;
+
+    /// Creates or updates an agent from its identity (the id is
+    /// `identity.agent_id`), marks it running and seen at `now_ms`, and adds
+    /// its `apps`.
+    fn upsert_agent(&self, identity: &AgentIdentity, now_ms: i64) -> Result<(), StoreError>;
+
+    /// The agent was heard from at `now_ms`. False if it is unknown.
+    fn heartbeat(&self, agent_id: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Sets an agent's state. False if it is unknown.
+    fn set_agent_state(
+        &self,
+        agent_id: &str,
+        state: AgentState,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Adds applications seen in an agent's records.
+    fn add_agent_apps(&self, agent_id: &str, apps: &[String]) -> Result<(), StoreError>;
+
+    /// One agent.
+    fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError>;
+
+    /// Every agent ever registered, by id.
+    fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// Waits for writes in progress and makes them durable; called once at
+    /// shutdown.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// A store shared between tasks.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Runs `f` against the store on tokio's blocking pool.
+pub async fn run_blocking<T, F>(store: &SharedStore, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(&*store))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// What happened to a batch's records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InsertOutcome {
+    /// Newly stored.
+    pub stored: u32,
+    /// Stored before (a replay or a resend).
+    pub duplicates: u32,
+    /// Not stored: no usable record id.
+    pub invalid: u32,
+}
+
+/// A transactions query. Ranges are inclusive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxFilter {
+    /// End time from, epoch ms.
+    pub from_ms: i64,
+    /// End time to, epoch ms.
+    pub to_ms: i64,
+    pub app: Option<String>,
+    pub endpoint: Option<String>,
+    pub host: Option<String>,
+    pub trace_id: Option<Vec<u8>>,
+    /// Elapsed at least, ms.
+    pub min_ms: Option<f64>,
+    /// Elapsed at most, ms.
+    pub max_ms: Option<f64>,
+    pub errors_only: bool,
+    /// At most this many; when more match, the most recent are kept.
+    pub limit: usize,
+}
+
+/// A page of transaction summaries, exactly as `GET /api/v1/transactions`
+/// returns it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TxPage {
+    pub transactions: Vec<TxSummary>,
+    /// More matched than the limit allowed.
+    pub truncated: bool,
+}
+
+/// One point of the X-View.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TxSummary {
+    /// Lower-case hex record id.
+    pub id: String,
+    /// End time, epoch ms.
+    pub ts_ms: i64,
+    pub elapsed_ms: f64,
+    pub app: String,
+    pub host: String,
+    pub endpoint: String,
+    pub status: u32,
+    /// The transaction failed ([`is_failure`]).
+    pub error: bool,
+    /// Lower-case hex W3C trace id, if any.
+    pub trace_id: Option<String>,
+}
+
+/// An agent's own state, as last reported by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentState {
+    /// Registered and not deregistered since.
+    Running,
+    /// Deregistered on purpose (service stopped).
+    Stopped,
+    /// Deregistered because its instance is going away.
+    Terminated,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Running => "up",
+            AgentState::Stopped => "stopped",
+            AgentState::Terminated => "terminated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "up" => Some(AgentState::Running),
+            "stopped" => Some(AgentState::Stopped),
+            "terminated" => Some(AgentState::Terminated),
+            _ => None,
+        }
+    }
+}
+
+/// A registered agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRecord {
+    /// As last registered; `identity.agent_id` is the agent's id.
+    pub identity: AgentIdentity,
+    pub state: AgentState,
+    pub last_seen_ms: i64,
+    pub registered_ms: i64,
+    /// Applications announced by the agent or seen in its records, sorted.
+    pub apps: Vec<String>,
+}
+
+impl AgentRecord {
+    /// The status the API shows: `up`, `down` (silent for longer than
+    /// `down_after_ms`), `stopped` or `terminated`.
+    pub fn status_at(&self, now_ms: i64, down_after_ms: i64) -> &'static str {
+        match self.state {
+            AgentState::Running if now_ms.saturating_sub(self.last_seen_ms) > down_after_ms => {
+                "down"
+            }
+            state => state.as_str(),
+        }
+    }
+}
+
+/// Longest record id accepted. The protocol's ids are 16 bytes; anything
+/// non-empty up to this length still deduplicates correctly.
+pub const MAX_RECORD_ID_LEN: usize = 64;
+
+/// Whether a transaction failed: an uncaught exception or fatal error, or
+/// an HTTP status of 500 or more (CONTRACT.md).
+pub fn is_failure(record: &RequestRecord) -> bool {
+    record.error.as_ref().is_some_and(|e| e.fatal) || record.status >= 500
+}
+
+/// End time of a record, epoch ms.
+pub fn end_ms(record: &RequestRecord) -> i64 {
+    let wall = i64::try_from(record.wall_ns).unwrap_or(i64::MAX);
+    record
+        .start_unix_ns
+        .saturating_add(wall)
+        .div_euclid(1_000_000)
+}
+
+/// Wall time of a record, ms.
+pub fn elapsed_ms(record: &RequestRecord) -> f64 {
+    record.wall_ns as f64 / 1e6
+}
+
+/// The indexed columns of one record, as every backend stores them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxRow<'a> {
+    pub id: &'a [u8],
+    pub end_ms: i64,
+    pub elapsed_ms: f64,
+    pub app: &'a str,
+    pub host: &'a str,
+    pub endpoint: Cow<'a, str>,
+    pub method: &'a str,
+    pub url: &'a str,
+    pub status: u32,
+    pub error: bool,
+    pub trace_id: Option<&'a [u8]>,
+}
+
+impl<'a> TxRow<'a> {
+    /// The row for `record`, or `None` when its id is unusable. An empty
+    /// endpoint is derived from the URL, an empty host is `fallback_host`.
+    pub fn from_record(
+        record: &'a RequestRecord,
+        fallback_host: &'a str,
+        namer: &EndpointNamer,
+    ) -> Option<Self> {
+        if record.id.is_empty() || record.id.len() > MAX_RECORD_ID_LEN {
+            return None;
+        }
+        let endpoint = if record.endpoint.is_empty() {
+            Cow::Owned(namer.name(&record.url))
+        } else {
+            Cow::Borrowed(record.endpoint.as_str())
+        };
+        let host = if record.host.is_empty() {
+            fallback_host
+        } else {
+            &record.host
+        };
+        let trace_id = record
+            .trace
+            .as_ref()
+            .map(|t| t.trace_id.as_slice())
+            .filter(|t| !t.is_empty());
+        Some(TxRow {
+            id: &record.id,
+            end_ms: end_ms(record),
+            elapsed_ms: elapsed_ms(record),
+            app: &record.app,
+            host,
+            endpoint,
+            method: &record.method,
+            url: &record.url,
+            status: record.status,
+            error: is_failure(record),
+            trace_id,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use sonde_proto::v1::{ErrorInfo, TraceContext};
+
+    /// A record ending at `end_ms` after `elapsed_ms`.
+    pub(crate) fn record(id: u8, end_ms: i64, elapsed_ms: u64) -> RequestRecord {
+        let wall_ns = elapsed_ms * 1_000_000;
+        RequestRecord {
+            id: vec![id; 16],
+            app: "shop".into(),
+            start_unix_ns: end_ms * 1_000_000 - wall_ns as i64,
+            wall_ns,
+            method: "GET".into(),
+            url: format!("/users/{id}?x=1"),
+            status: 200,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn failure_rule() {
+        let mut r = record(1, 1000, 5);
+        assert!(!is_failure(&r));
+        r.status = 499;
+        assert!(!is_failure(&r));
+        r.status = 500;
+        assert!(is_failure(&r));
+        r.status = 503;
+        assert!(is_failure(&r));
+        r.status = 200;
+        r.error = Some(ErrorInfo {
+            class: "RuntimeException".into(),
+            fatal: false,
+            ..Default::default()
+        });
+        assert!(
+            !is_failure(&r),
+            "a caught, non-fatal error does not fail it"
+        );
+        r.error.as_mut().unwrap().fatal = true;
+        assert!(is_failure(&r));
+        r.status = 0;
+        assert!(is_failure(&r), "a CLI script with a fatal error failed");
+    }
+
+    #[test]
+    fn end_time_and_elapsed() {
+        let mut r = record(1, 0, 0);
+        r.start_unix_ns = 1_700_000_000_123_400_000;
+        r.wall_ns = 2_500_000;
+        assert_eq!(end_ms(&r), 1_700_000_000_125);
+        assert_eq!(elapsed_ms(&r), 2.5);
+        r.wall_ns = u64::MAX;
+        assert_eq!(end_ms(&r), i64::MAX / 1_000_000);
+    }
+
+    #[test]
+    fn row_fills_endpoint_and_host() {
+        let namer = EndpointNamer::default();
+        let mut r = record(7, 5000, 10);
+        let row = TxRow::from_record(&r, "web-1", &namer).unwrap();
+        assert_eq!(row.endpoint, "/users/{num}");
+        assert_eq!(row.host, "web-1");
+        assert_eq!(row.trace_id, None);
+        r.endpoint = "/custom".into();
+        r.host = "web-2".into();
+        r.trace = Some(TraceContext {
+            trace_id: vec![0xab; 16],
+            ..Default::default()
+        });
+        let row = TxRow::from_record(&r, "web-1", &namer).unwrap();
+        assert_eq!((row.endpoint.as_ref(), row.host), ("/custom", "web-2"));
+        assert_eq!(row.id, [7; 16]);
+        assert_eq!(row.trace_id, Some(&[0xab; 16][..]));
+        assert_eq!((row.end_ms, row.elapsed_ms), (5000, 10.0));
+        r.id.clear();
+        assert!(TxRow::from_record(&r, "h", &namer).is_none());
+    }
+
+    #[test]
+    fn agent_status() {
+        let a = AgentRecord {
+            identity: AgentIdentity::default(),
+            state: AgentState::Running,
+            last_seen_ms: 10_000,
+            registered_ms: 0,
+            apps: vec![],
+        };
+        assert_eq!(a.status_at(25_000, 15_000), "up");
+        assert_eq!(a.status_at(25_001, 15_000), "down");
+        let stopped = AgentRecord {
+            state: AgentState::Stopped,
+            ..a.clone()
+        };
+        assert_eq!(stopped.status_at(99_999, 15_000), "stopped");
+        let gone = AgentRecord {
+            state: AgentState::Terminated,
+            ..a
+        };
+        assert_eq!(gone.status_at(0, 15_000), "terminated");
+        for s in [
+            AgentState::Running,
+            AgentState::Stopped,
+            AgentState::Terminated,
+        ] {
+            assert_eq!(AgentState::parse(s.as_str()), Some(s));
+        }
+    }
+}

@@ -1,0 +1,639 @@
+//! The embedded backend: one SQLite database (`sonde.db`) under
+//! `[storage] path`, in WAL mode so API reads never wait for ingest writes.
+//!
+//! One writer connection (writes are serialised; a batch is one
+//! transaction, committed before `insert_records` returns) and one reader
+//! connection. Exactly-once storage rests on the UNIQUE `record_id` column
+//! and `INSERT OR IGNORE`. `synchronous = NORMAL`: a commit survives a crash
+//! of the collector; a power loss may lose the last commits, which agents
+//! then no longer hold (the trade-off for not syncing every batch).
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use prost::Message;
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use sonde_core::endpoint::EndpointNamer;
+use sonde_core::ids::to_hex;
+use sonde_proto::v1::{AgentIdentity, RequestRecord};
+
+use super::{
+    AgentRecord, AgentState, InsertOutcome, Store, StoreError, TxDetail, TxFilter, TxPage, TxRow,
+    TxSummary,
+};
+
+/// The database file inside `[storage] path`.
+pub const DB_FILE: &str = "sonde.db";
+
+/// Bumped whenever `SCHEMA` changes incompatibly.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS transactions (
+    seq        INTEGER PRIMARY KEY,
+    record_id  BLOB    NOT NULL UNIQUE,
+    end_ms     INTEGER NOT NULL,
+    elapsed_ms REAL    NOT NULL,
+    app        TEXT    NOT NULL,
+    host       TEXT    NOT NULL,
+    endpoint   TEXT    NOT NULL,
+    method     TEXT    NOT NULL,
+    url        TEXT    NOT NULL,
+    status     INTEGER NOT NULL,
+    error      INTEGER NOT NULL,
+    trace_id   BLOB,
+    record     BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transactions_end_ms ON transactions (end_ms);
+CREATE INDEX IF NOT EXISTS transactions_trace_id ON transactions (trace_id)
+    WHERE trace_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS agents (
+    id            TEXT    PRIMARY KEY,
+    hostname      TEXT    NOT NULL,
+    identity      BLOB    NOT NULL,
+    state         TEXT    NOT NULL,
+    last_seen_ms  INTEGER NOT NULL,
+    registered_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agent_apps (
+    agent_id TEXT NOT NULL,
+    app      TEXT NOT NULL,
+    PRIMARY KEY (agent_id, app)
+) WITHOUT ROWID;
+";
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    namer: EndpointNamer,
+}
+
+/// A connection from a mutex whose holder panicked is still usable: an
+/// unfinished transaction was rolled back when it was dropped.
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in directory `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|cause| StoreError::CreateDir {
+            path: dir.to_owned(),
+            cause,
+        })?;
+        let file = dir.join(DB_FILE);
+        let writer = Connection::open(&file)?;
+        writer.busy_timeout(Duration::from_secs(5))?;
+        let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(file = %file.display(), mode, "SQLite did not switch to WAL mode");
+        }
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        let found: i64 = writer.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        writer.execute_batch(SCHEMA)?;
+        writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+
+        let reader = Connection::open_with_flags(
+            &file,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.busy_timeout(Duration::from_secs(5))?;
+        Ok(SqliteStore {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+            namer: EndpointNamer::default(),
+        })
+    }
+}
+
+fn read_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Vec<u8>, String, i64, i64)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+fn agent_record(
+    (id, identity, state, last_seen_ms, registered_ms): (String, Vec<u8>, String, i64, i64),
+    apps: Vec<String>,
+) -> Result<AgentRecord, StoreError> {
+    let mut identity =
+        AgentIdentity::decode(identity.as_slice()).map_err(|cause| StoreError::Corrupt {
+            id: id.clone(),
+            cause,
+        })?;
+    identity.agent_id = id;
+    Ok(AgentRecord {
+        identity,
+        // A state written by a newer collector reads as running.
+        state: AgentState::parse(&state).unwrap_or(AgentState::Running),
+        last_seen_ms,
+        registered_ms,
+        apps,
+    })
+}
+
+const AGENT_COLUMNS: &str = "id, identity, state, last_seen_ms, registered_ms";
+
+impl Store for SqliteStore {
+    fn insert_records(
+        &self,
+        records: &[RequestRecord],
+        fallback_host: &str,
+    ) -> Result<InsertOutcome, StoreError> {
+        let mut outcome = InsertOutcome::default();
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO transactions
+                 (record_id, end_ms, elapsed_ms, app, host, endpoint, method, url, status,
+                  error, trace_id, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            let mut blob = Vec::new();
+            for record in records {
+                let Some(row) = TxRow::from_record(record, fallback_host, &self.namer) else {
+                    outcome.invalid += 1;
+                    continue;
+                };
+                blob.clear();
+                record
+                    .encode(&mut blob)
+                    .map_err(|e| StoreError::Backend(e.into()))?;
+                let n = insert.execute(params![
+                    row.id,
+                    row.end_ms,
+                    row.elapsed_ms,
+                    row.app,
+                    row.host,
+                    row.endpoint.as_ref(),
+                    row.method,
+                    row.url,
+                    row.status,
+                    row.error,
+                    row.trace_id,
+                    blob,
+                ])?;
+                if n == 1 {
+                    outcome.stored += 1;
+                } else {
+                    outcome.duplicates += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn query_transactions(&self, filter: &TxFilter) -> Result<TxPage, StoreError> {
+        let mut sql = String::from(
+            "SELECT record_id, end_ms, elapsed_ms, app, host, endpoint, status, error, trace_id
+             FROM transactions WHERE end_ms >= ?1 AND end_ms <= ?2",
+        );
+        let mut args: Vec<Value> = vec![filter.from_ms.into(), filter.to_ms.into()];
+        let mut cond = |sql: &mut String, clause: &str, v: Value| {
+            args.push(v);
+            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+        };
+        if let Some(app) = &filter.app {
+            cond(&mut sql, "app =", app.clone().into());
+        }
+        if let Some(endpoint) = &filter.endpoint {
+            cond(&mut sql, "endpoint =", endpoint.clone().into());
+        }
+        if let Some(host) = &filter.host {
+            cond(&mut sql, "host =", host.clone().into());
+        }
+        if let Some(trace_id) = &filter.trace_id {
+            cond(&mut sql, "trace_id =", trace_id.clone().into());
+        }
+        if let Some(min) = filter.min_ms {
+            cond(&mut sql, "elapsed_ms >=", min.into());
+        }
+        if let Some(max) = filter.max_ms {
+            cond(&mut sql, "elapsed_ms <=", max.into());
+        }
+        if filter.errors_only {
+            sql.push_str(" AND error <> 0");
+        }
+        // The most recent `limit` (plus one, to know whether more matched),
+        // returned oldest first.
+        let fetch = i64::try_from(filter.limit)
+            .unwrap_or(i64::MAX)
+            .saturating_add(1);
+        args.push(fetch.into());
+        sql.push_str(&format!(
+            " ORDER BY end_ms DESC, seq DESC LIMIT ?{}",
+            args.len()
+        ));
+
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut transactions = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                let id: Vec<u8> = r.get(0)?;
+                let trace_id: Option<Vec<u8>> = r.get(8)?;
+                Ok(TxSummary {
+                    id: to_hex(&id),
+                    ts_ms: r.get(1)?,
+                    elapsed_ms: r.get(2)?,
+                    app: r.get(3)?,
+                    host: r.get(4)?,
+                    endpoint: r.get(5)?,
+                    status: r.get(6)?,
+                    error: r.get(7)?,
+                    trace_id: trace_id.as_deref().map(to_hex),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let truncated = transactions.len() > filter.limit;
+        transactions.truncate(filter.limit);
+        transactions.reverse();
+        Ok(TxPage {
+            transactions,
+            truncated,
+        })
+    }
+
+    fn transaction(&self, id: &[u8]) -> Result<Option<TxDetail>, StoreError> {
+        let conn = lock(&self.reader);
+        let row: Option<(String, String, Vec<u8>)> = conn
+            .prepare_cached("SELECT host, endpoint, record FROM transactions WHERE record_id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((host, endpoint, blob)) = row else {
+            return Ok(None);
+        };
+        let record =
+            RequestRecord::decode(blob.as_slice()).map_err(|cause| StoreError::Corrupt {
+                id: to_hex(id),
+                cause,
+            })?;
+        Ok(Some(TxDetail::from_record(&record, &host, &endpoint)))
+    }
+
+    fn upsert_agent(&self, identity: &AgentIdentity, now_ms: i64) -> Result<(), StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        tx.prepare_cached(
+            "INSERT INTO agents (id, hostname, identity, state, last_seen_ms, registered_ms)
+             VALUES (?1, ?2, ?3, 'up', ?4, ?4)
+             ON CONFLICT (id) DO UPDATE SET
+                hostname = excluded.hostname, identity = excluded.identity, state = 'up',
+                last_seen_ms = excluded.last_seen_ms, registered_ms = excluded.registered_ms",
+        )?
+        .execute(params![
+            identity.agent_id,
+            identity.hostname,
+            identity.encode_to_vec(),
+            now_ms
+        ])?;
+        {
+            let mut add = tx.prepare_cached(
+                "INSERT OR IGNORE INTO agent_apps (agent_id, app) VALUES (?1, ?2)",
+            )?;
+            for app in identity.apps.iter().filter(|a| !a.is_empty()) {
+                add.execute(params![identity.agent_id, app])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn heartbeat(&self, agent_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let conn = lock(&self.writer);
+        let n = conn
+            .prepare_cached("UPDATE agents SET last_seen_ms = max(last_seen_ms, ?2) WHERE id = ?1")?
+            .execute(params![agent_id, now_ms])?;
+        Ok(n > 0)
+    }
+
+    fn set_agent_state(
+        &self,
+        agent_id: &str,
+        state: AgentState,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let conn = lock(&self.writer);
+        let n = conn
+            .prepare_cached(
+                "UPDATE agents SET state = ?2, last_seen_ms = max(last_seen_ms, ?3) WHERE id = ?1",
+            )?
+            .execute(params![agent_id, state.as_str(), now_ms])?;
+        Ok(n > 0)
+    }
+
+    fn add_agent_apps(&self, agent_id: &str, apps: &[String]) -> Result<(), StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        {
+            let mut add = tx.prepare_cached(
+                "INSERT OR IGNORE INTO agent_apps (agent_id, app) VALUES (?1, ?2)",
+            )?;
+            for app in apps.iter().filter(|a| !a.is_empty()) {
+                add.execute(params![agent_id, app])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        let conn = lock(&self.reader);
+        let Some(row) = conn
+            .prepare_cached(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1"))?
+            .query_row([agent_id], read_agent)
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let apps = conn
+            .prepare_cached("SELECT app FROM agent_apps WHERE agent_id = ?1 ORDER BY app")?
+            .query_map([agent_id], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        agent_record(row, apps).map(Some)
+    }
+
+    fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let conn = lock(&self.reader);
+        let rows = conn
+            .prepare_cached(&format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY id"))?
+            .query_map([], read_agent)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut apps: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut stmt = conn.prepare_cached("SELECT agent_id, app FROM agent_apps ORDER BY app")?;
+        for pair in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
+            let (agent, app) = pair?;
+            apps.entry(agent).or_default().push(app);
+        }
+        rows.into_iter()
+            .map(|row| {
+                let a = apps.remove(&row.0).unwrap_or_default();
+                agent_record(row, a)
+            })
+            .collect()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // Taking the writer lock waits for a write in progress; the
+        // checkpoint moves the WAL into the main file.
+        let conn = lock(&self.writer);
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::tests::record;
+    use sonde_proto::v1::{ErrorInfo, TraceContext, Versions};
+
+    fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("nested/dir")).unwrap();
+        (dir, store)
+    }
+
+    fn all(limit: usize) -> TxFilter {
+        TxFilter {
+            from_ms: 0,
+            to_ms: i64::MAX,
+            app: None,
+            endpoint: None,
+            host: None,
+            trace_id: None,
+            min_ms: None,
+            max_ms: None,
+            errors_only: false,
+            limit,
+        }
+    }
+
+    #[test]
+    fn insert_then_duplicates() {
+        let (_dir, s) = open();
+        let batch = vec![record(1, 1000, 10), record(2, 2000, 20)];
+        let o = s.insert_records(&batch, "web-1").unwrap();
+        assert_eq!(
+            o,
+            InsertOutcome {
+                stored: 2,
+                duplicates: 0,
+                invalid: 0
+            }
+        );
+        let o = s.insert_records(&batch, "web-1").unwrap();
+        assert_eq!((o.stored, o.duplicates), (0, 2));
+        // A re-batched replay: one old, one new, one repeated inside the batch.
+        let mut bad = record(9, 1, 1);
+        bad.id.clear();
+        let o = s
+            .insert_records(
+                &[
+                    record(2, 2000, 20),
+                    record(3, 3000, 30),
+                    record(3, 3000, 30),
+                    bad,
+                ],
+                "web-1",
+            )
+            .unwrap();
+        assert_eq!(
+            o,
+            InsertOutcome {
+                stored: 1,
+                duplicates: 2,
+                invalid: 1
+            }
+        );
+        let page = s.query_transactions(&all(100)).unwrap();
+        let ids: Vec<_> = page.transactions.iter().map(|t| &t.id[..2]).collect();
+        assert_eq!(ids, ["01", "02", "03"]);
+        assert!(!page.truncated);
+        let t = &page.transactions[0];
+        assert_eq!((t.ts_ms, t.elapsed_ms), (1000, 10.0));
+        assert_eq!(
+            (t.host.as_str(), t.endpoint.as_str()),
+            ("web-1", "/users/{num}")
+        );
+        assert_eq!((t.app.as_str(), t.status, t.error), ("shop", 200, false));
+        assert_eq!(t.trace_id, None);
+    }
+
+    #[test]
+    fn filters() {
+        let (_dir, s) = open();
+        let mut recs: Vec<_> = (1..=10u8)
+            .map(|i| record(i, i as i64 * 1000, i as u64))
+            .collect();
+        recs[1].app = "blog".into();
+        recs[2].host = "web-2".into();
+        recs[3].status = 500;
+        recs[4].error = Some(ErrorInfo {
+            fatal: true,
+            ..Default::default()
+        });
+        recs[5].endpoint = "/checkout".into();
+        recs[6].trace = Some(TraceContext {
+            trace_id: vec![0xee; 16],
+            ..Default::default()
+        });
+        s.insert_records(&recs, "web-1").unwrap();
+        let q = |f: TxFilter| -> Vec<u8> {
+            s.query_transactions(&f)
+                .unwrap()
+                .transactions
+                .iter()
+                .map(|t| u8::from_str_radix(&t.id[..2], 16).unwrap())
+                .collect()
+        };
+        assert_eq!(
+            q(TxFilter {
+                from_ms: 3000,
+                to_ms: 5000,
+                ..all(100)
+            }),
+            [3, 4, 5]
+        );
+        assert_eq!(
+            q(TxFilter {
+                app: Some("blog".into()),
+                ..all(100)
+            }),
+            [2]
+        );
+        assert_eq!(
+            q(TxFilter {
+                host: Some("web-2".into()),
+                ..all(100)
+            }),
+            [3]
+        );
+        assert_eq!(
+            q(TxFilter {
+                errors_only: true,
+                ..all(100)
+            }),
+            [4, 5]
+        );
+        assert_eq!(
+            q(TxFilter {
+                endpoint: Some("/checkout".into()),
+                ..all(100)
+            }),
+            [6]
+        );
+        assert_eq!(
+            q(TxFilter {
+                trace_id: Some(vec![0xee; 16]),
+                ..all(100)
+            }),
+            [7]
+        );
+        assert_eq!(
+            q(TxFilter {
+                min_ms: Some(8.0),
+                max_ms: Some(9.0),
+                ..all(100)
+            }),
+            [8, 9]
+        );
+        // The cap keeps the most recent, still oldest first.
+        let page = s.query_transactions(&all(3)).unwrap();
+        assert!(page.truncated);
+        let ids: Vec<_> = page.transactions.iter().map(|t| t.ts_ms).collect();
+        assert_eq!(ids, [8000, 9000, 10000]);
+        assert!(!s.query_transactions(&all(10)).unwrap().truncated);
+    }
+
+    #[test]
+    fn detail_round_trip() {
+        let (_dir, s) = open();
+        let mut r = record(5, 5000, 50);
+        r.cpu_user_ns = 1_000_000;
+        s.insert_records(&[r], "web-9").unwrap();
+        let d = s.transaction(&[5; 16]).unwrap().unwrap();
+        assert_eq!(d.id, "05".repeat(16));
+        assert_eq!(
+            (d.host.as_str(), d.endpoint.as_str()),
+            ("web-9", "/users/{num}")
+        );
+        assert_eq!((d.ts_ms, d.elapsed_ms, d.cpu_ms), (5000, 50.0, 1.0));
+        assert!(s.transaction(&[6; 16]).unwrap().is_none());
+    }
+
+    #[test]
+    fn agents() {
+        let (_dir, s) = open();
+        let id = AgentIdentity {
+            agent_id: "i-0abc".into(),
+            hostname: "web-1".into(),
+            instance_id: "i-0abc".into(),
+            group: "asg-web".into(),
+            apps: vec!["shop".into()],
+            versions: Some(Versions {
+                agent: "0.1.0".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        s.upsert_agent(&id, 1000).unwrap();
+        assert!(s.heartbeat("i-0abc", 2000).unwrap());
+        assert!(!s.heartbeat("nobody", 2000).unwrap());
+        s.add_agent_apps("i-0abc", &["blog".into(), "shop".into()])
+            .unwrap();
+        let a = s.agent("i-0abc").unwrap().unwrap();
+        assert_eq!(a.identity, id);
+        assert_eq!(
+            (a.state, a.last_seen_ms, a.registered_ms),
+            (AgentState::Running, 2000, 1000)
+        );
+        assert_eq!(a.apps, ["blog", "shop"]);
+
+        assert!(s
+            .set_agent_state("i-0abc", AgentState::Terminated, 3000)
+            .unwrap());
+        let list = s.list_agents().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].state, AgentState::Terminated);
+        assert_eq!(list[0].apps, ["blog", "shop"]);
+        // Re-registering after a restart is the same agent, running again.
+        s.upsert_agent(&id, 4000).unwrap();
+        let a = s.agent("i-0abc").unwrap().unwrap();
+        assert_eq!((a.state, a.last_seen_ms), (AgentState::Running, 4000));
+        assert!(s.agent("nobody").unwrap().is_none());
+        s.flush().unwrap();
+    }
+
+    #[test]
+    fn reopen_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SqliteStore::open(dir.path()).unwrap();
+            s.insert_records(&[record(1, 1, 1)], "h").unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let o = s.insert_records(&[record(1, 1, 1)], "h").unwrap();
+        assert_eq!(o.duplicates, 1);
+    }
+}
