@@ -1,1 +1,169 @@
-fn main() {}
+//! `sonde-agent`: the per-host daemon between the PHP extension and the
+//! collector. It receives one frame per finished PHP request on a Unix
+//! socket, batches the records, and streams them to the collector over gRPC,
+//! spooling to disk what is unacknowledged at shutdown. `main` only wires the
+//! parts together; each lives in its own module.
+#![forbid(unsafe_code)]
+
+mod buffer;
+mod config;
+mod counters;
+mod identity;
+mod live;
+mod ratelimit;
+mod shutdown;
+mod sink;
+mod sources;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tracing::{error, info};
+
+use crate::buffer::batch::Limits;
+use crate::buffer::queue;
+use crate::buffer::spool::Spool;
+use crate::config::Config;
+use crate::counters::Counters;
+use crate::identity::{Identity, Seen};
+use crate::live::LiveTable;
+use crate::sink::grpc::{GrpcSink, Settings, Shared};
+use crate::sources::socket::{Context, SocketSource};
+
+/// Exit code for a missing or invalid configuration (EX_CONFIG is 78, but
+/// Sonde's contract, like linkerd's, uses EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+/// How often the counters are logged.
+const COUNTERS_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Sonde host agent.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long, value_name = "FILE", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sonde-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing(&config.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = format!("{e:#}"), "sonde-agent failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let spool = Spool::open(&config.spool_dir).context("spool_dir")?;
+    let identity = Identity::resolve(&config)?;
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        agent_id = %identity.agent_id,
+        hostname = %identity.hostname,
+        collector = %config.collector,
+        "sonde-agent starting"
+    );
+
+    let counters = Arc::new(Counters::default());
+    let live = Arc::new(LiveTable::default());
+    let seen = Arc::new(Seen::default());
+    let (queue_tx, queue_rx) = queue::bounded(
+        config.queue_capacity,
+        config.queue_max_bytes,
+        counters.clone(),
+    );
+
+    let sink = GrpcSink::new(
+        Settings {
+            collector: config.collector.clone(),
+            token: config.token.clone(),
+            limits: Limits {
+                max_records: config.batch_max_records,
+                max_bytes: config.batch_max_bytes,
+                max_age: Duration::from_millis(config.flush_interval_ms),
+            },
+        },
+        Shared {
+            identity: identity.clone(),
+            seen: seen.clone(),
+            live: live.clone(),
+            counters: counters.clone(),
+        },
+        queue_rx,
+        spool,
+    )?;
+
+    let source = SocketSource::bind(&config.socket, &config.socket_group, config.socket_mode.0)?;
+    let ctx = Arc::new(Context::new(
+        queue_tx,
+        live,
+        seen,
+        counters.clone(),
+        identity.hostname.clone(),
+    ));
+
+    let (stop, shutdown) = shutdown::channel();
+    let mut signals = tokio::spawn(shutdown::on_signal(stop));
+    let source_task = tokio::spawn(source.run(ctx, shutdown.clone()));
+    let log_task = tokio::spawn(log_counters(counters.clone()));
+    let mut sink_task = tokio::spawn(sink.run(shutdown));
+
+    // The sink returns only after shutdown (or if it panicked: a bug).
+    tokio::select! {
+        r = &mut signals => {
+            r.context("signal handler")?.context("cannot install signal handlers")?;
+            sink_task.await.context("collector sink")?;
+        }
+        r = &mut sink_task => r.context("collector sink")?,
+    }
+    source_task.await.context("extension socket")?;
+    log_task.abort();
+    counters.log("sonde-agent stopped");
+    Ok(())
+}
+
+async fn log_counters(counters: Arc<Counters>) {
+    let mut every = tokio::time::interval(COUNTERS_LOG_EVERY);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        counters.log("agent counters");
+    }
+}
