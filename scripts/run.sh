@@ -98,10 +98,13 @@ CONF
 
 PIDS=()
 cleanup() {
+  local rc=$?
   trap - INT TERM EXIT
+  trap '' INT TERM
   echo; echo "==> stopping"
   for ((i=${#PIDS[@]}-1; i>=0; i--)); do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  exit "$rc"
 }
 trap cleanup INT TERM EXIT
 
@@ -122,10 +125,10 @@ cat <<MSG
 
 Sonde is running (logs and configs in $RUN):
   demo app     http://127.0.0.1:$WEB_PORT/api/v6/photos?lang=ko   ($RPS requests/s of traffic)
-  console      http://127.0.0.1:$HTTP_PORT/
   transactions http://127.0.0.1:$HTTP_PORT/api/v1/transactions
   agents       http://127.0.0.1:$HTTP_PORT/api/v1/agents
 Press Ctrl-C to stop.
 MSG
 wait -n "${PIDS[@]}" || true
-echo "a process exited; see $RUN/*.log" >&2
+echo "a process exited on its own; see $RUN/*.log" >&2
+exit 1

@@ -17,8 +17,10 @@ const PAGES: &[(&str, &str, &str)] = &[
     ("GET", "/api/v6/slow?ms=5", ""),
 ];
 
-/// (status, headers without Date, body) per page.
-fn capture(stack: &Stack) -> Vec<(u16, Vec<(String, String)>, String)> {
+/// Status, headers without Date, and body of one page.
+type Page = (u16, Vec<(String, String)>, String);
+
+fn capture(stack: &Stack) -> Vec<Page> {
     PAGES
         .iter()
         .map(|(m, u, b)| {
