@@ -8,4 +8,5 @@ pub mod endpoint;
 pub mod frame;
 pub mod ids;
 pub mod redact;
+pub mod sql;
 pub mod trace;
