@@ -4,6 +4,7 @@
 //! never allocate on a path the extension calls per instrumented call.
 #![forbid(unsafe_code)]
 
+pub mod dsn;
 pub mod endpoint;
 pub mod frame;
 pub mod ids;

@@ -1,4 +1,7 @@
 #include "shim.h"
+#include "zend_exceptions.h"
+#include "zend_extensions.h"
+#include "ext/pdo/php_pdo_driver.h"
 
 const char *sonde_shim_build_id(void) { return ZEND_MODULE_BUILD_ID; }
 
@@ -51,4 +54,152 @@ long sonde_shim_sapi_env(const char *name, char *buf, size_t cap) {
         buf[n] = '\0';
     }
     return (long)len;
+}
+
+/* ---- hooking internal functions ---- */
+
+zend_internal_function *sonde_shim_find_internal(const char *class_lc, const char *fn_lc) {
+    HashTable *table = CG(function_table);
+    zend_function *fn;
+    if (class_lc) {
+        zend_class_entry *ce = zend_hash_str_find_ptr(CG(class_table), class_lc, strlen(class_lc));
+        if (!ce || ce->type != ZEND_INTERNAL_CLASS) {
+            return NULL;
+        }
+        table = &ce->function_table;
+    }
+    fn = zend_hash_str_find_ptr(table, fn_lc, strlen(fn_lc));
+    if (!fn || fn->type != ZEND_INTERNAL_FUNCTION) {
+        return NULL;
+    }
+    return &fn->internal_function;
+}
+
+int sonde_shim_resource_handle(void) { return zend_get_resource_handle("sonde"); }
+
+static zend_result (*prev_post_startup)(void) = NULL;
+
+void sonde_shim_set_post_startup(zend_result (*cb)(void)) {
+    prev_post_startup = zend_post_startup_cb;
+    zend_post_startup_cb = cb;
+}
+
+zend_result sonde_shim_call_prev_post_startup(void) {
+    return prev_post_startup ? prev_post_startup() : SUCCESS;
+}
+
+zend_function *sonde_shim_func(zend_execute_data *ex) { return ex->func; }
+
+zend_object *sonde_shim_this(zend_execute_data *ex) {
+    return Z_TYPE(ex->This) == IS_OBJECT ? Z_OBJ(ex->This) : NULL;
+}
+
+uint32_t sonde_shim_num_args(zend_execute_data *ex) { return ZEND_CALL_NUM_ARGS(ex); }
+
+zval *sonde_shim_arg(zend_execute_data *ex, uint32_t n) {
+    zval *zv;
+    if (n == 0 || n > ZEND_CALL_NUM_ARGS(ex)) {
+        return NULL;
+    }
+    zv = ZEND_CALL_ARG(ex, n);
+    ZVAL_DEREF(zv);
+    return zv;
+}
+
+static const zval *deref(const zval *zv) {
+    if (zv && Z_TYPE_P(zv) == IS_REFERENCE) {
+        return Z_REFVAL_P(zv);
+    }
+    return zv;
+}
+
+int sonde_shim_zval_type(const zval *zv) { zv = deref(zv); return zv ? Z_TYPE_P(zv) : IS_UNDEF; }
+
+const char *sonde_shim_zval_str(const zval *zv, size_t *len) {
+    zv = deref(zv);
+    if (!zv || Z_TYPE_P(zv) != IS_STRING) {
+        return NULL;
+    }
+    *len = Z_STRLEN_P(zv);
+    return Z_STRVAL_P(zv);
+}
+
+int64_t sonde_shim_zval_long(const zval *zv) {
+    zv = deref(zv);
+    return (zv && Z_TYPE_P(zv) == IS_LONG) ? (int64_t)Z_LVAL_P(zv) : 0;
+}
+
+uint32_t sonde_shim_zval_count(const zval *zv) {
+    zv = deref(zv);
+    return (zv && Z_TYPE_P(zv) == IS_ARRAY) ? zend_hash_num_elements(Z_ARRVAL_P(zv)) : 0;
+}
+
+zend_object *sonde_shim_zval_obj(const zval *zv) {
+    zv = deref(zv);
+    return (zv && Z_TYPE_P(zv) == IS_OBJECT) ? Z_OBJ_P(zv) : NULL;
+}
+
+static void copy_out(char *buf, size_t cap, const char *src, size_t len) {
+    size_t n;
+    if (cap == 0) {
+        return;
+    }
+    n = len < cap - 1 ? len : cap - 1;
+    memcpy(buf, src, n);
+    buf[n] = '\0';
+}
+
+int sonde_shim_exception(char *class_buf, size_t class_cap, char *msg_buf, size_t msg_cap) {
+    zend_object *ex = EG(exception);
+    zval *msg, rv;
+    if (!ex) {
+        return 0;
+    }
+    copy_out(class_buf, class_cap, ZSTR_VAL(ex->ce->name), ZSTR_LEN(ex->ce->name));
+    /* The declared `message` property, read without calling user code. */
+    msg = zend_read_property_ex(zend_ce_exception == ex->ce || instanceof_function(ex->ce, zend_ce_exception)
+                                    ? zend_ce_exception : zend_ce_error,
+                                ex, ZSTR_KNOWN(ZEND_STR_MESSAGE), /* silent */ 1, &rv);
+    if (msg && Z_TYPE_P(msg) == IS_STRING) {
+        copy_out(msg_buf, msg_cap, Z_STRVAL_P(msg), Z_STRLEN_P(msg));
+    } else {
+        copy_out(msg_buf, msg_cap, "", 0);
+    }
+    return 1;
+}
+
+int sonde_shim_pdo_stmt(zend_object *stmt_obj, const char **query, size_t *query_len,
+                        int64_t *row_count, zend_object **dbh_obj) {
+    pdo_stmt_t *stmt;
+    if (!stmt_obj) {
+        return 0;
+    }
+    stmt = php_pdo_stmt_fetch_object(stmt_obj);
+    if (!stmt->query_string) {
+        *query = NULL;
+        *query_len = 0;
+    } else {
+        *query = ZSTR_VAL(stmt->query_string);
+        *query_len = ZSTR_LEN(stmt->query_string);
+    }
+    *row_count = (int64_t)stmt->row_count;
+    *dbh_obj = Z_TYPE(stmt->database_object_handle) == IS_OBJECT ? Z_OBJ(stmt->database_object_handle) : NULL;
+    return 1;
+}
+
+int sonde_shim_pdo_dbh(zend_object *dbh_obj, const char **dsn, size_t *dsn_len,
+                       const char **driver, size_t *driver_len) {
+    pdo_dbh_t *dbh;
+    if (!dbh_obj) {
+        return 0;
+    }
+    dbh = php_pdo_dbh_fetch_inner(dbh_obj);
+    if (!dbh || !dbh->driver) {
+        return 0;
+    }
+    *dsn = dbh->data_source ? dbh->data_source : "";
+    *dsn_len = dbh->data_source ? dbh->data_source_len : 0;
+    *driver = dbh->driver->driver_name;
+    *driver_len = dbh->driver->driver_name_len;
+    return 1;
 }

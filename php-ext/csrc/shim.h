@@ -37,4 +37,47 @@ int sonde_shim_response_code(void);
  * Returns the full length of the value, or -1 when it is not set. */
 long sonde_shim_sapi_env(const char *name, char *buf, size_t cap);
 
+/* ---- hooking internal functions ---- */
+
+typedef void (*sonde_handler)(zend_execute_data *execute_data, zval *return_value);
+
+/* The internal function `fn_lc` (lower case) of class `class_lc` (lower
+ * case), or the plain function when class_lc is NULL; NULL when absent or
+ * not internal. */
+zend_internal_function *sonde_shim_find_internal(const char *class_lc, const char *fn_lc);
+
+/* zend_get_resource_handle(): an index into zend_internal_function.reserved,
+ * or -1 when none is left. */
+int sonde_shim_resource_handle(void);
+
+/* The chained post-startup callback (runs after every module's MINIT and
+ * before opcache preloads and JIT-compiles scripts). */
+void sonde_shim_set_post_startup(zend_result (*cb)(void));
+zend_result sonde_shim_call_prev_post_startup(void);
+
+/* The function being called, its $this object (NULL for plain functions),
+ * the number of arguments, and argument n (1-based; NULL past the end). */
+zend_function *sonde_shim_func(zend_execute_data *ex);
+zend_object *sonde_shim_this(zend_execute_data *ex);
+uint32_t sonde_shim_num_args(zend_execute_data *ex);
+zval *sonde_shim_arg(zend_execute_data *ex, uint32_t n);
+
+/* zval accessors (after dereferencing references). */
+int sonde_shim_zval_type(const zval *zv);
+const char *sonde_shim_zval_str(const zval *zv, size_t *len); /* NULL unless a string */
+int64_t sonde_shim_zval_long(const zval *zv);                /* 0 unless an int */
+uint32_t sonde_shim_zval_count(const zval *zv);              /* elements of an array, else 0 */
+zend_object *sonde_shim_zval_obj(const zval *zv);            /* NULL unless an object */
+
+/* The exception thrown by the call just made, if any: its class name and
+ * message copied (truncated) into the buffers; returns 0 when none. */
+int sonde_shim_exception(char *class_buf, size_t class_cap, char *msg_buf, size_t msg_cap);
+
+/* PDO: the statement's query text and row count; the connection's DSN and
+ * driver name. Return 0 when the object is not (yet) usable. */
+int sonde_shim_pdo_stmt(zend_object *stmt_obj, const char **query, size_t *query_len,
+                        int64_t *row_count, zend_object **dbh_obj);
+int sonde_shim_pdo_dbh(zend_object *dbh_obj, const char **dsn, size_t *dsn_len,
+                       const char **driver, size_t *driver_len);
+
 #endif

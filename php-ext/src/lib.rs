@@ -7,15 +7,22 @@
 //! and sending is one non-blocking datagram that is dropped (and counted)
 //! when the agent is away or busy.
 //!
-//! Layout: `sys` (bindgen + C shim), `zend` (the only code that touches Zend
-//! state), `module` (the callbacks Zend calls), `record` (building the
+//! Layout: `sys` (bindgen + C shim), `zend` (the only code that reads Zend
+//! state), `module` (the callbacks Zend calls), `hooks` (wrapping internal
+//! functions' handlers), `plugins/` (one file per instrumented library),
+//! `spans` (the per-request span buffer, PHP-free), `record` (building the
 //! `sonde.v1.RequestRecord`, PHP-free), `ipc` (the agent socket, PHP-free).
 
 pub mod ipc;
 pub mod record;
+pub mod spans;
 
 #[cfg(not(test))]
+mod hooks;
+#[cfg(not(test))]
 mod module;
+#[cfg(not(test))]
+mod plugins;
 #[cfg(not(test))]
 mod sys;
 #[cfg(not(test))]

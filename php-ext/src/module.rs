@@ -15,7 +15,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ipc::AgentSocket;
 use crate::record::{Builder, Captured};
-use crate::{sys, zend};
+use crate::spans::{SpanBuf, DEFAULT_MAX_SPANS};
+use crate::{hooks, plugins, sys, zend};
 
 const SUCCESS: sys::zend_result = sys::ZEND_RESULT_CODE_SUCCESS;
 /// Longest URI kept; longer ones are cut and counted as truncated.
@@ -40,6 +41,8 @@ struct State {
     process: Option<Process>,
     socket: AgentSocket,
     socket_path: Option<CString>,
+    /// Spans of the current request; allocated on the first traced request.
+    spans: Option<SpanBuf>,
 }
 
 struct Process {
@@ -63,6 +66,21 @@ fn state() -> &'static mut State {
     unsafe { (*STATE.0.get()).get_or_insert_with(State::default) }
 }
 
+/// Runs `f` with the current request's span buffer and start instant, if a
+/// request is being traced. Hooks call this after the original handler has
+/// returned, never across it.
+pub(crate) fn with_spans(f: impl FnOnce(&mut SpanBuf, Instant)) {
+    let st = state();
+    if let (Some(req), Some(buf)) = (&st.request, &mut st.spans) {
+        f(buf, req.start);
+    }
+}
+
+/// The panic boundary, for hooks.
+pub(crate) fn in_boundary(f: impl FnOnce()) {
+    boundary(f)
+}
+
 /// Runs `f` with panics caught; a panic switches the extension off.
 fn boundary(f: impl FnOnce()) {
     if DISABLED.load(Ordering::Relaxed) {
@@ -70,7 +88,22 @@ fn boundary(f: impl FnOnce()) {
     }
     if catch_unwind(AssertUnwindSafe(f)).is_err() {
         DISABLED.store(true, Ordering::Relaxed);
+        hooks::set_recording(false);
     }
+}
+
+fn install_hooks() {
+    for specs in plugins::ALL {
+        hooks::install(specs);
+    }
+}
+
+/// After every module's MINIT, before opcache preloads or JIT-compiles:
+/// wrap the functions of extensions that started after us.
+unsafe extern "C" fn post_startup() -> sys::zend_result {
+    boundary(install_hooks);
+    // SAFETY: chains to the callback that was installed before ours.
+    unsafe { sys::sonde_shim_call_prev_post_startup() }
 }
 
 unsafe extern "C" fn module_startup(_type: c_int, module_number: c_int) -> sys::zend_result {
@@ -79,6 +112,12 @@ unsafe extern "C" fn module_startup(_type: c_int, module_number: c_int) -> sys::
     std::panic::set_hook(Box::new(|_| {}));
     // SAFETY: called once by Zend during MINIT with our module number.
     unsafe { sys::sonde_shim_register_ini(module_number) };
+    #[cfg(not(php_zts))]
+    {
+        boundary(install_hooks);
+        // SAFETY: MINIT is single-threaded; chains the previous callback.
+        unsafe { sys::sonde_shim_set_post_startup(Some(post_startup)) };
+    }
     SUCCESS
 }
 
@@ -124,14 +163,19 @@ fn request_start() {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
+    st.spans
+        .get_or_insert_with(|| SpanBuf::new(DEFAULT_MAX_SPANS))
+        .clear();
     st.request = Some(Request {
         start: Instant::now(),
         start_unix_ns,
         cpu_start: cpu_times(),
     });
+    hooks::set_recording(true);
 }
 
 fn request_end() {
+    hooks::set_recording(false);
     let st = state();
     let Some(req) = st.request.take() else {
         return;
@@ -215,7 +259,14 @@ fn request_end() {
         truncated_texts: truncated,
         dropped_records: st.socket.dropped_since_sent,
     };
-    let record = process.builder.record(&captured);
+    let mut record = process.builder.record(&captured);
+    if let Some(buf) = &st.spans {
+        record.spans = buf.finish();
+        if let Some(d) = &mut record.dropped {
+            d.spans = buf.dropped_spans;
+            d.truncated_texts += buf.truncated_texts;
+        }
+    }
     let frame = process.builder.frame(record);
     if frame.len() > sonde_core::frame::MAX_FRAME_BYTES {
         st.socket.dropped_total += 1;
@@ -277,6 +328,9 @@ unsafe extern "C" fn module_info(_module: *mut sys::zend_module_entry) {
     let sent = CString::new(sent.to_string()).unwrap_or_default();
     let dropped = CString::new(dropped.to_string()).unwrap_or_default();
     let connected = if connected { c"yes" } else { c"no" };
+    let hooked = hooks::installed();
+    let hooked_count = CString::new(hooked.len().to_string()).unwrap_or_default();
+    let hooked = CString::new(hooked.join(", ")).unwrap_or_default();
     // SAFETY: MINFO runs inside phpinfo() with output available; every
     // argument is a valid NUL-terminated string living across the calls.
     unsafe {
@@ -294,6 +348,8 @@ unsafe extern "C" fn module_info(_module: *mut sys::zend_module_entry) {
             c"records dropped (this process)".as_ptr(),
             dropped.as_ptr(),
         );
+        sys::php_info_print_table_row(2, c"hooked functions".as_ptr(), hooked_count.as_ptr());
+        sys::php_info_print_table_row(2, c"hooked".as_ptr(), hooked.as_ptr());
         sys::php_info_print_table_end();
     }
 }

@@ -105,3 +105,133 @@ fn cstr(p: *const c_char) -> Option<&'static CStr> {
         Some(unsafe { CStr::from_ptr(p) })
     }
 }
+
+// ---- reading a hooked call -------------------------------------------------
+
+use crate::hooks::Call;
+
+/// `$this` of the call (null for a plain function).
+pub fn this(call: &Call) -> *mut sys::zend_object {
+    // SAFETY: `execute_data` is the live frame of the hooked call.
+    unsafe { sys::sonde_shim_this(call.execute_data) }
+}
+
+/// Argument `n` (1-based) as bytes when it is a string. Valid until the
+/// recorder returns (the caller copies it).
+pub fn arg_str(call: &Call, n: u32) -> Option<&[u8]> {
+    // SAFETY: the frame is live; the shim bounds-checks `n` and returns
+    // NULL past the end.
+    let zv = unsafe { sys::sonde_shim_arg(call.execute_data, n) };
+    zval_str(zv)
+}
+
+fn zval_str<'a>(zv: *const sys::zval) -> Option<&'a [u8]> {
+    if zv.is_null() {
+        return None;
+    }
+    let mut len = 0usize;
+    // SAFETY: `zv` is a valid zval; the string it holds outlives the
+    // recorder, and the caller copies the bytes before returning.
+    let p = unsafe { sys::sonde_shim_zval_str(zv, &mut len) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` points to `len` bytes of a zend_string.
+    Some(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
+}
+
+/// The type (IS_*) of the call's return value.
+pub fn ret_type(call: &Call) -> u32 {
+    // SAFETY: `return_value` is the zval Zend passed to the handler.
+    unsafe { sys::sonde_shim_zval_type(call.return_value) as u32 }
+}
+
+/// The return value as an int (0 unless it is one).
+pub fn ret_long(call: &Call) -> i64 {
+    // SAFETY: as ret_type.
+    unsafe { sys::sonde_shim_zval_long(call.return_value) }
+}
+
+/// Elements of the returned array (0 unless an array).
+pub fn ret_count(call: &Call) -> u32 {
+    // SAFETY: as ret_type.
+    unsafe { sys::sonde_shim_zval_count(call.return_value) }
+}
+
+/// The returned object (null unless an object).
+pub fn ret_obj(call: &Call) -> *mut sys::zend_object {
+    // SAFETY: as ret_type.
+    unsafe { sys::sonde_shim_zval_obj(call.return_value) }
+}
+
+/// The pending exception's class and message, copied into the buffers.
+pub fn exception<'b>(
+    class: &'b mut [u8; 128],
+    msg: &'b mut [u8; 512],
+) -> Option<(&'b str, &'b str)> {
+    // SAFETY: the buffers are valid for their lengths; the shim writes a
+    // NUL-terminated, truncated copy and never calls user code.
+    let has = unsafe {
+        sys::sonde_shim_exception(
+            class.as_mut_ptr().cast(),
+            class.len(),
+            msg.as_mut_ptr().cast(),
+            msg.len(),
+        )
+    };
+    if has == 0 {
+        return None;
+    }
+    let c = CStr::from_bytes_until_nul(class)
+        .ok()?
+        .to_str()
+        .unwrap_or("");
+    let m = CStr::from_bytes_until_nul(msg).ok()?.to_str().unwrap_or("");
+    Some((c, m))
+}
+
+/// A PDOStatement's query text, row count and connection object.
+pub fn pdo_stmt<'a>(obj: *mut sys::zend_object) -> Option<(&'a [u8], i64, *mut sys::zend_object)> {
+    if obj.is_null() {
+        return None;
+    }
+    let (mut q, mut qlen, mut rows, mut dbh) =
+        (std::ptr::null(), 0usize, 0i64, std::ptr::null_mut());
+    // SAFETY: `obj` is the `$this` of a PDOStatement method (our hooks are
+    // only on that class), so the shim's container_of is valid.
+    let ok = unsafe { sys::sonde_shim_pdo_stmt(obj, &mut q, &mut qlen, &mut rows, &mut dbh) };
+    if ok == 0 {
+        return None;
+    }
+    let text = if q.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: `q` points to the statement's zend_string of `qlen` bytes.
+        unsafe { std::slice::from_raw_parts(q.cast::<u8>(), qlen) }
+    };
+    Some((text, rows, dbh))
+}
+
+/// A PDO connection's driver name and DSN.
+pub fn pdo_dbh<'a>(obj: *mut sys::zend_object) -> Option<(&'a [u8], &'a [u8])> {
+    if obj.is_null() {
+        return None;
+    }
+    let (mut dsn, mut dsn_len, mut drv, mut drv_len) =
+        (std::ptr::null(), 0usize, std::ptr::null(), 0usize);
+    // SAFETY: `obj` is a PDO object (the `$this` of a PDO method or a
+    // statement's database handle); the shim checks it is connected.
+    let ok =
+        unsafe { sys::sonde_shim_pdo_dbh(obj, &mut dsn, &mut dsn_len, &mut drv, &mut drv_len) };
+    if ok == 0 {
+        return None;
+    }
+    // SAFETY: both point to strings owned by the connection, of the given
+    // lengths; they are copied before the recorder returns.
+    unsafe {
+        Some((
+            std::slice::from_raw_parts(drv.cast::<u8>(), drv_len),
+            std::slice::from_raw_parts(dsn.cast::<u8>(), dsn_len),
+        ))
+    }
+}

@@ -1,0 +1,322 @@
+//! The per-request span buffer. PHP-free, so it is unit-tested on its own.
+//!
+//! Hooks record into it with no allocation: the span vector and the text
+//! arena are allocated once per process with fixed capacities and cleared
+//! per request. When either is full, spans are dropped or texts cut, and
+//! counted. Turning raw spans into `sonde.v1.Span`s (normalising SQL,
+//! naming DB instances) happens once, at request end.
+
+use sonde_core::{dsn, sql};
+use sonde_proto::v1::{Span, SpanKind};
+
+/// Default cap on spans per request.
+pub const DEFAULT_MAX_SPANS: usize = 2000;
+/// Text arena per request (statement texts, DSNs, error messages).
+pub const ARENA_BYTES: usize = 512 * 1024;
+/// Longest statement text kept from one call (before normalising).
+pub const MAX_TEXT: usize = 16 * 1024;
+/// Longest normalised statement sent.
+pub const MAX_STATEMENT: usize = 4096;
+/// Result sets tracked at once for fetch aggregation.
+const OPEN_RESULTS: usize = 16;
+
+/// A range of the text arena.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Text {
+    off: u32,
+    len: u32,
+}
+
+/// What a hook saw of one call, before normalising.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawSpan {
+    pub kind: i32,
+    pub library: &'static str,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    pub text: Text,
+    /// DB instance: index into `dbs`, or u16::MAX.
+    pub db: u16,
+    pub rows: i64,
+    pub calls: u32,
+    pub error: Text,
+}
+
+/// A database connection seen in this request.
+#[derive(Debug, Clone, Copy)]
+struct Db {
+    /// Identity of the connection object (its address).
+    key: usize,
+    driver: Text,
+    dsn: Text,
+}
+
+/// The per-request buffer.
+#[derive(Debug)]
+pub struct SpanBuf {
+    spans: Vec<RawSpan>,
+    max_spans: usize,
+    arena: Vec<u8>,
+    dbs: Vec<Db>,
+    /// (result key, index of its fetch span or usize::MAX before the first fetch, its statement span)
+    open: [(usize, usize, usize); OPEN_RESULTS],
+    open_next: usize,
+    pub dropped_spans: u32,
+    pub truncated_texts: u32,
+}
+
+impl SpanBuf {
+    pub fn new(max_spans: usize) -> Self {
+        SpanBuf {
+            spans: Vec::with_capacity(max_spans),
+            max_spans,
+            arena: Vec::with_capacity(ARENA_BYTES),
+            dbs: Vec::with_capacity(8),
+            open: [(0, usize::MAX, usize::MAX); OPEN_RESULTS],
+            open_next: 0,
+            dropped_spans: 0,
+            truncated_texts: 0,
+        }
+    }
+
+    /// Forgets the previous request (keeps the allocations).
+    pub fn clear(&mut self) {
+        self.spans.clear();
+        self.arena.clear();
+        self.dbs.clear();
+        self.open = [(0, usize::MAX, usize::MAX); OPEN_RESULTS];
+        self.open_next = 0;
+        self.dropped_spans = 0;
+        self.truncated_texts = 0;
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Copies `bytes` into the arena (cut to `MAX_TEXT` and to what is left).
+    pub fn text(&mut self, bytes: &[u8]) -> Text {
+        let room = ARENA_BYTES - self.arena.len();
+        let n = bytes.len().min(MAX_TEXT).min(room);
+        if n < bytes.len() {
+            self.truncated_texts += 1;
+        }
+        let off = self.arena.len() as u32;
+        self.arena.extend_from_slice(&bytes[..n]);
+        Text { off, len: n as u32 }
+    }
+
+    fn get(&self, t: Text) -> &[u8] {
+        &self.arena[t.off as usize..(t.off + t.len) as usize]
+    }
+
+    /// The index of the DB connection `key`, registering it with `driver`
+    /// and `dsn` (only read the first time) when new; u16::MAX when unknown.
+    pub fn db<'a>(
+        &mut self,
+        key: usize,
+        driver_dsn: impl FnOnce() -> Option<(&'a [u8], &'a [u8])>,
+    ) -> u16 {
+        if let Some(i) = self.dbs.iter().position(|d| d.key == key) {
+            return i as u16;
+        }
+        if self.dbs.len() >= u16::MAX as usize - 1 || self.dbs.len() == self.dbs.capacity() {
+            return u16::MAX;
+        }
+        let Some((driver, dsn)) = driver_dsn() else {
+            return u16::MAX;
+        };
+        let driver = self.text(driver);
+        let dsn = self.text(dsn);
+        self.dbs.push(Db { key, driver, dsn });
+        (self.dbs.len() - 1) as u16
+    }
+
+    /// Adds a span; returns its index, or None (counted) when full.
+    pub fn push(&mut self, span: RawSpan) -> Option<usize> {
+        if self.spans.len() >= self.max_spans {
+            self.dropped_spans += 1;
+            return None;
+        }
+        self.spans.push(span);
+        Some(self.spans.len() - 1)
+    }
+
+    /// A statement produced result set `key` (a statement object): later
+    /// fetches on it are aggregated into one fetch span.
+    pub fn open_result(&mut self, key: usize, statement_span: Option<usize>) {
+        let slot = match self.open.iter().position(|o| o.0 == key) {
+            Some(i) => i,
+            None => {
+                let i = self.open_next;
+                self.open_next = (self.open_next + 1) % OPEN_RESULTS;
+                i
+            }
+        };
+        self.open[slot] = (key, usize::MAX, statement_span.unwrap_or(usize::MAX));
+    }
+
+    /// Records one fetch call on result set `key` that returned `rows` rows.
+    pub fn fetch(
+        &mut self,
+        key: usize,
+        library: &'static str,
+        start_ns: u64,
+        end_ns: u64,
+        rows: i64,
+    ) {
+        let slot = self.open.iter().position(|o| o.0 == key && key != 0);
+        let (fetch_idx, stmt_idx) = match slot {
+            Some(i) => (self.open[i].1, self.open[i].2),
+            None => (usize::MAX, usize::MAX),
+        };
+        if fetch_idx != usize::MAX {
+            let s = &mut self.spans[fetch_idx];
+            s.duration_ns += end_ns.saturating_sub(start_ns);
+            s.calls += 1;
+            s.rows += rows;
+            return;
+        }
+        let (text, db) = match self.spans.get(stmt_idx) {
+            Some(st) => (st.text, st.db),
+            None => (Text::default(), u16::MAX),
+        };
+        let idx = self.push(RawSpan {
+            kind: SpanKind::Fetch as i32,
+            library,
+            start_ns,
+            duration_ns: end_ns.saturating_sub(start_ns),
+            text,
+            db,
+            rows,
+            calls: 1,
+            error: Text::default(),
+        });
+        match (idx, slot) {
+            (Some(idx), Some(i)) => self.open[i].1 = idx,
+            (Some(idx), None) if key != 0 => {
+                self.open_result(key, None);
+                if let Some(i) = self.open.iter().position(|o| o.0 == key) {
+                    self.open[i].1 = idx;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The spans as protobuf, SQL normalised.
+    pub fn finish(&self) -> Vec<Span> {
+        let mut out = Vec::with_capacity(self.spans.len());
+        for s in &self.spans {
+            let (driver, instance) = match self.dbs.get(s.db as usize) {
+                Some(d) => {
+                    let driver = String::from_utf8_lossy(self.get(d.driver)).into_owned();
+                    let dsn = String::from_utf8_lossy(self.get(d.dsn));
+                    let inst = dsn::pdo_instance(&driver, &dsn);
+                    (driver, inst)
+                }
+                None => (String::new(), String::new()),
+            };
+            let dialect = if driver == "pgsql" {
+                sql::Dialect::Postgres
+            } else {
+                sql::Dialect::MySql
+            };
+            let text = String::from_utf8_lossy(self.get(s.text));
+            let statement = if matches!(s.kind, k if k == SpanKind::Sql as i32 || k == SpanKind::Fetch as i32)
+            {
+                sql::normalize(&text, dialect, MAX_STATEMENT)
+            } else {
+                String::new()
+            };
+            out.push(Span {
+                kind: s.kind,
+                start_ns: s.start_ns,
+                duration_ns: s.duration_ns,
+                statement,
+                db: instance,
+                rows: s.rows,
+                calls: s.calls,
+                error: String::from_utf8_lossy(self.get(s.error)).into_owned(),
+                library: s.library.to_string(),
+                ..Default::default()
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql_span(buf: &mut SpanBuf, text: &str, start: u64) -> Option<usize> {
+        let text = buf.text(text.as_bytes());
+        let db = buf.db(0x1000, || {
+            Some((&b"mysql"[..], &b"mysql:host=127.0.0.1;dbname=test"[..]))
+        });
+        buf.push(RawSpan {
+            kind: SpanKind::Sql as i32,
+            library: "pdo",
+            start_ns: start,
+            duration_ns: 10,
+            text,
+            db,
+            rows: 3,
+            calls: 1,
+            error: Text::default(),
+        })
+    }
+
+    #[test]
+    fn fetches_aggregate_per_result_set() {
+        let mut b = SpanBuf::new(100);
+        let s1 = sql_span(&mut b, "SELECT * FROM t WHERE id = 1", 0);
+        b.open_result(0xAA, s1);
+        for i in 0..5 {
+            b.fetch(0xAA, "pdo", 100 + i * 10, 105 + i * 10, 1);
+        }
+        b.fetch(0xAA, "pdo", 200, 201, 0);
+        // Re-executing the same statement object starts a new result set.
+        let s2 = sql_span(&mut b, "SELECT * FROM t WHERE id = 2", 300);
+        b.open_result(0xAA, s2);
+        b.fetch(0xAA, "pdo", 400, 450, 1000);
+        let spans = b.finish();
+        assert_eq!(spans.len(), 4);
+        assert_eq!(spans[1].kind, SpanKind::Fetch as i32);
+        assert_eq!(spans[1].calls, 6);
+        assert_eq!(spans[1].rows, 5);
+        assert_eq!(spans[1].duration_ns, 26);
+        assert_eq!(spans[1].statement, "SELECT * FROM t WHERE id = ?");
+        assert_eq!(spans[1].db, "mysql://127.0.0.1:3306/test");
+        assert_eq!(spans[3].rows, 1000);
+        assert_eq!(spans[3].calls, 1);
+    }
+
+    #[test]
+    fn caps_spans_and_texts_and_counts() {
+        let mut b = SpanBuf::new(3);
+        for i in 0..5 {
+            sql_span(&mut b, "SELECT 1", i);
+        }
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.dropped_spans, 2);
+        let big = vec![b'x'; MAX_TEXT + 10];
+        let t = b.text(&big);
+        assert_eq!(t.len as usize, MAX_TEXT);
+        assert_eq!(b.truncated_texts, 1);
+        // Filling the arena never allocates beyond its capacity.
+        let cap = b.arena.capacity();
+        for _ in 0..100 {
+            b.text(&big);
+        }
+        assert_eq!(b.arena.capacity(), cap);
+        b.clear();
+        assert!(b.is_empty());
+        assert_eq!(b.dropped_spans, 0);
+    }
+}

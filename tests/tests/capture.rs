@@ -1,0 +1,121 @@
+//! What the extension captures inside a request, seen through the whole
+//! real path: PDO against the local MariaDB (SQL spans with normalised
+//! statements, rows and instance; fetch spans per result set; a failed
+//! statement), all in one transaction.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use sonde_e2e::{wait_for, Stack, StackOptions};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Waits for the one transaction whose URL starts with `url_prefix`.
+fn detail_of(stack: &Stack, from: i64, endpoint: &str) -> Value {
+    let mut found = None;
+    let res = wait_for("the transaction", Duration::from_secs(15), || {
+        let v = stack
+            .api(&format!(
+                "/api/v1/transactions?from={from}&to={}",
+                now_ms() + 60_000
+            ))
+            .unwrap_or(Value::Null);
+        found = v["transactions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["endpoint"] == endpoint).cloned());
+        found.is_some()
+    });
+    if let Err(e) = res {
+        panic!("{e}\n{}", stack.logs());
+    }
+    let id = found.unwrap()["id"].as_str().unwrap().to_string();
+    stack.api(&format!("/api/v1/transactions/{id}")).unwrap()
+}
+
+#[test]
+fn pdo_mysql_statements_and_fetches_are_spans_of_one_transaction() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let tag = std::process::id();
+    let r = stack
+        .web("GET", &format!("/t/pdo_mysql.php?t={tag}"), &[], "")
+        .unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.body, stack.logs());
+    assert!(r.body.contains("rows=1000 updated=10"), "{}", r.body);
+
+    let d = detail_of(&stack, from, "/t/pdo_mysql.php");
+    let t = format!("sonde_e2e_{tag}");
+    let spans = d["spans"].as_array().expect("spans");
+    let summary: Vec<(String, String, i64, i64)> = spans
+        .iter()
+        .map(|s| {
+            (
+                s["kind"].as_str().unwrap().to_string(),
+                s["statement"].as_str().unwrap_or("").to_string(),
+                s["rows"].as_i64().unwrap_or(-1),
+                s["calls"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let sql = |stmt: &str, rows: i64| ("sql".to_string(), stmt.replace("{T}", &t), rows, 0);
+    let fetch = |rows: i64, calls: i64| ("fetch".to_string(), String::new(), rows, calls);
+    let expected = vec![
+        sql("DROP TABLE IF EXISTS {T}", 0),
+        sql("CREATE TABLE {T} (id INT PRIMARY KEY, name VARCHAR(?))", 0),
+        sql("INSERT INTO {T} (id, name) VALUES (?, ?)", 1),
+        sql("INSERT INTO {T} (id, name) VALUES (?, ?)", 1),
+        sql("INSERT INTO {T} (id, name) VALUES (?, ?)", 1000),
+        sql("SELECT name FROM {T} WHERE id = ?", 1),
+        fetch(1, 1),
+        sql("SELECT id, name FROM {T} ORDER BY id LIMIT ?", 1000),
+        fetch(1000, 1),
+        sql("SELECT name FROM {T} WHERE id IN (?)", 3),
+        fetch(3, 4),
+        sql("UPDATE {T} SET name = ? WHERE id <= ?", 10),
+        sql("SELECT * FROM no_such_table_sonde", 0),
+    ];
+    assert_eq!(summary, expected, "{spans:#?}");
+
+    for s in spans {
+        assert_eq!(s["db"], "mysql://127.0.0.1:3306/test", "{s}");
+        assert!(s["duration_ms"].as_f64().unwrap() >= 0.0);
+    }
+    let failed = &spans[12];
+    let err = failed["error"].as_str().unwrap_or("");
+    assert!(
+        err.starts_with("PDOException: ") && err.contains("doesn't exist"),
+        "{err}"
+    );
+    assert!(
+        spans[..12].iter().all(|s| s.get("error").is_none()),
+        "{spans:#?}"
+    );
+    // Spans are in start order, inside the transaction.
+    let starts: Vec<f64> = spans
+        .iter()
+        .map(|s| s["start_ms"].as_f64().unwrap())
+        .collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
+    let elapsed = d["elapsed_ms"].as_f64().unwrap();
+    assert!(starts.iter().all(|s| *s <= elapsed));
+
+    // Totals: 10 statements, fetch time apart from SQL time, rows fetched.
+    assert_eq!(d["sql_count"], 10);
+    assert_eq!(d["fetch_count"], 1004);
+    let sql_ms = d["sql_ms"].as_f64().unwrap();
+    let fetch_ms = d["fetch_ms"].as_f64().unwrap();
+    assert!(
+        sql_ms > 0.0 && fetch_ms > 0.0 && sql_ms + fetch_ms <= elapsed,
+        "{d}"
+    );
+    assert_eq!(
+        d["error"],
+        Value::Null,
+        "a caught exception does not fail the request"
+    );
+}
