@@ -150,7 +150,11 @@ static void copy_out(char *buf, size_t cap, const char *src, size_t len) {
 }
 
 int sonde_shim_exception(char *class_buf, size_t class_cap, char *msg_buf, size_t msg_cap) {
-    zend_object *ex = EG(exception);
+    return sonde_shim_object_exception(EG(exception), class_buf, class_cap, msg_buf, msg_cap);
+}
+
+int sonde_shim_object_exception(zend_object *ex, char *class_buf, size_t class_cap, char *msg_buf,
+                                size_t msg_cap) {
     zval *msg, rv;
     if (!ex) {
         return 0;
@@ -202,4 +206,34 @@ int sonde_shim_pdo_dbh(zend_object *dbh_obj, const char **dsn, size_t *dsn_len,
     *driver = dbh->driver->driver_name;
     *driver_len = dbh->driver->driver_name_len;
     return 1;
+}
+
+static void (*prev_error_cb)(int, zend_string *, const uint32_t, zend_string *) = NULL;
+static void (*prev_throw_hook)(zend_object *) = NULL;
+static sonde_error_fn rust_on_error = NULL;
+static sonde_throw_fn rust_on_throw = NULL;
+
+static void sonde_error_cb(int type, zend_string *file, const uint32_t line, zend_string *message) {
+    rust_on_error(type, file ? ZSTR_VAL(file) : "", file ? ZSTR_LEN(file) : 0, line,
+                  ZSTR_VAL(message), ZSTR_LEN(message));
+    prev_error_cb(type, file, line, message);
+}
+
+static void sonde_throw_hook(zend_object *ex) {
+    rust_on_throw(ex);
+    if (prev_throw_hook) {
+        prev_throw_hook(ex);
+    }
+}
+
+void sonde_shim_install_error_hooks(sonde_error_fn on_error, sonde_throw_fn on_throw) {
+    if (prev_error_cb || !zend_error_cb) {
+        return;
+    }
+    rust_on_error = on_error;
+    rust_on_throw = on_throw;
+    prev_error_cb = zend_error_cb;
+    zend_error_cb = sonde_error_cb;
+    prev_throw_hook = zend_throw_exception_hook;
+    zend_throw_exception_hook = sonde_throw_hook;
 }

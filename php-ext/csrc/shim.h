@@ -73,6 +73,17 @@ zend_object *sonde_shim_zval_obj(const zval *zv);            /* NULL unless an o
  * message copied (truncated) into the buffers; returns 0 when none. */
 int sonde_shim_exception(char *class_buf, size_t class_cap, char *msg_buf, size_t msg_cap);
 
+/* The same for a given exception object. */
+int sonde_shim_object_exception(zend_object *ex, char *class_buf, size_t class_cap, char *msg_buf,
+                                size_t msg_cap);
+
+/* Errors and exceptions: Rust callbacks run first, then the previous
+ * handlers (so a bailout after a fatal error never crosses Rust frames). */
+typedef void (*sonde_error_fn)(int type, const char *file, size_t file_len, uint32_t line,
+                               const char *msg, size_t msg_len);
+typedef void (*sonde_throw_fn)(zend_object *ex);
+void sonde_shim_install_error_hooks(sonde_error_fn on_error, sonde_throw_fn on_throw);
+
 /* PDO: the statement's query text and row count; the connection's DSN and
  * driver name. Return 0 when the object is not (yet) usable. */
 int sonde_shim_pdo_stmt(zend_object *stmt_obj, const char **query, size_t *query_len,

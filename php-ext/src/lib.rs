@@ -18,6 +18,8 @@ pub mod record;
 pub mod spans;
 
 #[cfg(not(test))]
+mod errors;
+#[cfg(not(test))]
 mod hooks;
 #[cfg(not(test))]
 mod module;

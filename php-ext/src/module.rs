@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::ipc::AgentSocket;
 use crate::record::{Builder, Captured};
 use crate::spans::{SpanBuf, DEFAULT_MAX_SPANS};
-use crate::{hooks, plugins, sys, zend};
+use crate::{errors, hooks, plugins, sys, zend};
 
 const SUCCESS: sys::zend_result = sys::ZEND_RESULT_CODE_SUCCESS;
 /// Longest URI kept; longer ones are cut and counted as truncated.
@@ -115,6 +115,7 @@ unsafe extern "C" fn module_startup(_type: c_int, module_number: c_int) -> sys::
     #[cfg(not(php_zts))]
     {
         boundary(install_hooks);
+        boundary(errors::install);
         // SAFETY: MINIT is single-threaded; chains the previous callback.
         unsafe { sys::sonde_shim_set_post_startup(Some(post_startup)) };
     }
@@ -261,6 +262,7 @@ fn request_end() {
     };
     let mut record = process.builder.record(&captured);
     if let Some(buf) = &st.spans {
+        record.error = buf.request_error(record.status);
         record.spans = buf.finish();
         if let Some(d) = &mut record.dropped {
             d.spans = buf.dropped_spans;

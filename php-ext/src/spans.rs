@@ -7,7 +7,7 @@
 //! naming DB instances) happens once, at request end.
 
 use sonde_core::{dsn, sql};
-use sonde_proto::v1::{Span, SpanKind};
+use sonde_proto::v1::{ErrorInfo, Span, SpanKind};
 
 /// Default cap on spans per request.
 pub const DEFAULT_MAX_SPANS: usize = 2000;
@@ -42,6 +42,19 @@ pub struct RawSpan {
     pub error: Text,
 }
 
+/// The error that failed the request, as texts in the arena.
+#[derive(Debug, Clone, Copy, Default)]
+struct ReqError {
+    class: Text,
+    message: Text,
+    file: Text,
+    line: u32,
+    fatal: bool,
+}
+
+/// PHP error types (`E_*`) that end the request.
+const FATAL_TYPES: i32 = 1 | 4 | 16 | 64 | 256 | 4096; // E_ERROR, E_PARSE, E_CORE_ERROR, E_COMPILE_ERROR, E_USER_ERROR, E_RECOVERABLE_ERROR
+
 /// A database connection seen in this request.
 #[derive(Debug, Clone, Copy)]
 struct Db {
@@ -63,6 +76,11 @@ pub struct SpanBuf {
     open_next: usize,
     pub dropped_spans: u32,
     pub truncated_texts: u32,
+    /// The last exception thrown in the request (class, message).
+    last_exception: Option<(Text, Text)>,
+    error: Option<ReqError>,
+    /// Warnings, notices and deprecations raised in the request.
+    pub warnings: u32,
 }
 
 impl SpanBuf {
@@ -76,6 +94,9 @@ impl SpanBuf {
             open_next: 0,
             dropped_spans: 0,
             truncated_texts: 0,
+            last_exception: None,
+            error: None,
+            warnings: 0,
         }
     }
 
@@ -88,6 +109,82 @@ impl SpanBuf {
         self.open_next = 0;
         self.dropped_spans = 0;
         self.truncated_texts = 0;
+        self.last_exception = None;
+        self.error = None;
+        self.warnings = 0;
+    }
+
+    /// An exception was thrown (caught or not): an error span, and the
+    /// request's last exception.
+    pub fn exception(&mut self, at_ns: u64, class: &[u8], message: &[u8]) {
+        let class = self.text(class);
+        let message = self.text(message);
+        self.last_exception = Some((class, message));
+        self.push(RawSpan {
+            kind: SpanKind::Error as i32,
+            library: "php",
+            start_ns: at_ns,
+            text: class,
+            error: message,
+            db: u16::MAX,
+            ..Default::default()
+        });
+    }
+
+    /// PHP raised an error of type `kind` (`E_*`, possibly with
+    /// E_DONT_BAIL). Fatal ones fail the request; others are counted.
+    pub fn php_error(&mut self, kind: i32, file: &[u8], line: u32, message: &[u8]) {
+        let kind = kind & 0x7fff;
+        if kind & FATAL_TYPES == 0 {
+            self.warnings = self.warnings.saturating_add(1);
+            return;
+        }
+        if self.error.is_some_and(|e| e.fatal) {
+            return;
+        }
+        let first_line = message.split(|b| *b == b'\n').next().unwrap_or_default();
+        let (class, message) = match self.last_exception {
+            // "Uncaught Foo: message in file:line": the exception we saw thrown.
+            Some((c, m)) if message.starts_with(b"Uncaught ") => (c, m),
+            _ => (
+                self.text(error_type_name(kind).as_bytes()),
+                self.text(first_line),
+            ),
+        };
+        let file = self.text(file);
+        self.error = Some(ReqError {
+            class,
+            message,
+            file,
+            line,
+            fatal: true,
+        });
+    }
+
+    /// The request's error: a fatal error or uncaught exception; else, for
+    /// a response of 500 or more, the last exception thrown (frameworks
+    /// catch it and answer 500 themselves).
+    pub fn request_error(&self, status: u32) -> Option<ErrorInfo> {
+        let e = match (self.error, self.last_exception) {
+            (Some(e), _) => e,
+            (None, Some((class, message))) if status >= 500 => ReqError {
+                class,
+                message,
+                ..Default::default()
+            },
+            _ => return None,
+        };
+        Some(ErrorInfo {
+            class: self.string(e.class),
+            message: self.string(e.message),
+            file: self.string(e.file),
+            line: e.line,
+            fatal: e.fatal,
+        })
+    }
+
+    fn string(&self, t: Text) -> String {
+        String::from_utf8_lossy(self.get(t)).into_owned()
     }
 
     pub fn len(&self) -> usize {
@@ -208,7 +305,9 @@ impl SpanBuf {
         }
     }
 
-    /// The spans as protobuf, SQL normalised.
+    /// The spans as protobuf, SQL normalised, in start order (a span is
+    /// pushed when its call returns, so nested work — an exception thrown
+    /// inside a query — would otherwise come first).
     pub fn finish(&self) -> Vec<Span> {
         let mut out = Vec::with_capacity(self.spans.len());
         for s in &self.spans {
@@ -227,6 +326,20 @@ impl SpanBuf {
                 sql::Dialect::MySql
             };
             let text = String::from_utf8_lossy(self.get(s.text));
+            if s.kind == SpanKind::Error as i32 {
+                out.push(Span {
+                    kind: s.kind,
+                    start_ns: s.start_ns,
+                    library: s.library.to_string(),
+                    exception: Some(ErrorInfo {
+                        class: self.string(s.text),
+                        message: self.string(s.error),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+                continue;
+            }
             let statement = if matches!(s.kind, k if k == SpanKind::Sql as i32 || k == SpanKind::Fetch as i32)
             {
                 sql::normalize(&text, dialect, MAX_STATEMENT)
@@ -246,7 +359,21 @@ impl SpanBuf {
                 ..Default::default()
             });
         }
+        out.sort_by_key(|s| s.start_ns);
         out
+    }
+}
+
+/// The name of a PHP error type.
+fn error_type_name(kind: i32) -> &'static str {
+    match kind {
+        1 => "E_ERROR",
+        4 => "E_PARSE",
+        16 => "E_CORE_ERROR",
+        64 => "E_COMPILE_ERROR",
+        256 => "E_USER_ERROR",
+        4096 => "E_RECOVERABLE_ERROR",
+        _ => "E_ERROR",
     }
 }
 
@@ -295,6 +422,59 @@ mod tests {
         assert_eq!(spans[1].db, "mysql://127.0.0.1:3306/test");
         assert_eq!(spans[3].rows, 1000);
         assert_eq!(spans[3].calls, 1);
+    }
+
+    #[test]
+    fn uncaught_exception_is_the_request_error() {
+        let mut b = SpanBuf::new(10);
+        b.exception(5, b"RuntimeException", b"demo failure");
+        b.php_error(2, b"/app/x.php", 3, b"Undefined variable $y");
+        assert_eq!(b.warnings, 1);
+        assert!(
+            b.request_error(200).is_none(),
+            "a caught exception on a 200 is no failure"
+        );
+        let e = b.request_error(500).unwrap();
+        assert_eq!(
+            (e.class.as_str(), e.message.as_str(), e.fatal),
+            ("RuntimeException", "demo failure", false)
+        );
+        b.php_error(
+            1 | (1 << 15),
+            b"/app/index.php",
+            42,
+            b"Uncaught RuntimeException: demo failure in /app/index.php:42\nStack trace:\n#0 {main}",
+        );
+        let e = b.request_error(500).unwrap();
+        assert_eq!(e.class, "RuntimeException");
+        assert_eq!(e.message, "demo failure");
+        assert_eq!(
+            (e.file.as_str(), e.line, e.fatal),
+            ("/app/index.php", 42, true)
+        );
+        let spans = b.finish();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].kind, SpanKind::Error as i32);
+        assert_eq!(
+            spans[0].exception.as_ref().unwrap().class,
+            "RuntimeException"
+        );
+    }
+
+    #[test]
+    fn fatal_error_without_exception() {
+        let mut b = SpanBuf::new(10);
+        b.php_error(
+            1,
+            b"/app/a.php",
+            7,
+            b"Allowed memory size of 1 bytes exhausted\nmore",
+        );
+        let e = b.request_error(500).unwrap();
+        assert_eq!(e.class, "E_ERROR");
+        assert_eq!(e.message, "Allowed memory size of 1 bytes exhausted");
+        b.clear();
+        assert!(b.request_error(500).is_none());
     }
 
     #[test]

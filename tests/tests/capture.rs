@@ -78,10 +78,13 @@ fn pdo_mysql_statements_and_fetches_are_spans_of_one_transaction() {
         fetch(3, 4),
         sql("UPDATE {T} SET name = ? WHERE id <= ?", 10),
         sql("SELECT * FROM no_such_table_sonde", 0),
+        // The PDOException the app then catches.
+        ("error".to_string(), String::new(), -1, 0),
     ];
     assert_eq!(summary, expected, "{spans:#?}");
 
-    for s in spans {
+    assert_eq!(spans[13]["class"], "PDOException");
+    for s in &spans[..13] {
         assert_eq!(s["db"], "mysql://127.0.0.1:3306/test", "{s}");
         assert!(s["duration_ms"].as_f64().unwrap() >= 0.0);
     }
