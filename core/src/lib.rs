@@ -9,5 +9,6 @@ pub mod endpoint;
 pub mod frame;
 pub mod ids;
 pub mod redact;
+pub mod request;
 pub mod sql;
 pub mod trace;

@@ -13,6 +13,8 @@ PHP_INI_ENTRY("sonde.app_name", "", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("sonde.agent_socket", "/run/sonde/agent.sock", PHP_INI_SYSTEM | PHP_INI_PERDIR, NULL)
 PHP_INI_ENTRY("sonde.trace_cli", "0", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("sonde.redact_params", "", PHP_INI_SYSTEM | PHP_INI_PERDIR, NULL)
+PHP_INI_ENTRY("sonde.client_ip_header", "", PHP_INI_SYSTEM | PHP_INI_PERDIR, NULL)
+PHP_INI_ENTRY("sonde.visitor_cookies", "PHPSESSID,laravel_session,ci_session", PHP_INI_SYSTEM | PHP_INI_PERDIR, NULL)
 PHP_INI_END()
 
 int sonde_shim_register_ini(int module_number) {
@@ -32,6 +34,8 @@ const char *sonde_shim_request_method(void) { return SG(request_info).request_me
 const char *sonde_shim_request_uri(void) { return SG(request_info).request_uri; }
 
 const char *sonde_shim_query_string(void) { return SG(request_info).query_string; }
+
+const char *sonde_shim_path_translated(void) { return SG(request_info).path_translated; }
 
 int sonde_shim_response_code(void) { return SG(sapi_headers).http_response_code; }
 

@@ -26,6 +26,9 @@ const char *sonde_shim_request_method(void);
 /* SG(request_info).request_uri, may be NULL (the script path under fpm). */
 const char *sonde_shim_request_uri(void);
 
+/* SG(request_info).path_translated (the script file), may be NULL. */
+const char *sonde_shim_path_translated(void);
+
 /* SG(request_info).query_string, may be NULL. */
 const char *sonde_shim_query_string(void);
 

@@ -193,17 +193,21 @@ fn request_end() {
         st.socket = AgentSocket::default();
     }
 
+    let sapi = zend::sapi_name();
+    let cli = matches!(sapi, "cli" | "phpdbg" | "embed");
     let mut uri_buf = [0u8; MAX_URI];
     let mut truncated = 0u32;
     let uri_owned;
     let uri: &str = match zend::sapi_env(c"REQUEST_URI", &mut uri_buf) {
-        Some((u, cut)) => {
+        Some((u, cut)) if !cli => {
             truncated += cut as u32;
             u
         }
-        None => {
+        _ => {
             // CLI and SAPIs without a REQUEST_URI: the script and its query.
-            let base = zend::request_uri().map(|s| s.to_string_lossy().into_owned());
+            let base = zend::request_uri()
+                .or_else(zend::path_translated)
+                .map(|s| s.to_string_lossy().into_owned());
             let query = zend::query_string().map(|s| s.to_string_lossy().into_owned());
             uri_owned = match (base, query) {
                 (Some(b), Some(q)) if !q.is_empty() => format!("{b}?{q}"),
@@ -216,11 +220,35 @@ fn request_end() {
     let mut host_buf = [0u8; 256];
     let http_host = zend::sapi_env(c"HTTP_HOST", &mut host_buf).map_or("", |(h, _)| h);
     let mut ip_buf = [0u8; 64];
-    let client_ip = zend::sapi_env(c"REMOTE_ADDR", &mut ip_buf).map_or("", |(h, _)| h);
+    let remote_addr = zend::sapi_env(c"REMOTE_ADDR", &mut ip_buf).map_or("", |(h, _)| h);
+    let mut fwd_buf = [0u8; 512];
+    let forwarded = match zend::ini_str(c"sonde.client_ip_header").and_then(|h| h.to_str().ok()) {
+        Some(h) if !h.is_empty() => {
+            let var = format!("HTTP_{}", h.to_ascii_uppercase().replace('-', "_"));
+            CString::new(var)
+                .ok()
+                .and_then(|v| zend::sapi_env(&v, &mut fwd_buf).map(|(f, _)| f.to_string()))
+        }
+        _ => None,
+    };
+    let client_ip = sonde_core::request::client_ip(remote_addr, forwarded.as_deref());
+    let mut cookie_buf = [0u8; 4096];
+    let cookies = zend::sapi_env(c"HTTP_COOKIE", &mut cookie_buf).map(|(c, _)| c);
+    let cookie_names = zend::ini_str(c"sonde.visitor_cookies")
+        .and_then(|s| s.to_str().ok())
+        .unwrap_or("");
+    let visitor_id = if cli {
+        String::new()
+    } else {
+        sonde_core::request::visitor_id(cookies, cookie_names, client_ip)
+    };
+    let mut qs_buf = [0u8; 64];
+    let queue_ns = zend::sapi_env(c"HTTP_X_REQUEST_START", &mut qs_buf)
+        .and_then(|(v, _)| sonde_core::request::queue_ns(v, req.start_unix_ns))
+        .unwrap_or(0);
     let mut tp_buf = [0u8; 128];
     let traceparent = zend::sapi_env(c"HTTP_TRACEPARENT", &mut tp_buf).map(|(t, _)| t);
     let method_owned = zend::request_method().map(|m| m.to_string_lossy().into_owned());
-    let sapi = zend::sapi_name();
     let method = match (&method_owned, sapi) {
         (Some(m), _) => m.as_str(),
         (None, "cli" | "phpdbg") => "CLI",
@@ -252,6 +280,8 @@ fn request_end() {
         cpu_sys_ns: cpu.1.saturating_sub(req.cpu_start.1),
         peak_memory_bytes: zend::peak_memory(),
         client_ip,
+        visitor_id: &visitor_id,
+        queue_ns,
         http_host,
         traceparent,
         sapi,

@@ -25,6 +25,8 @@ pub struct Captured<'a> {
     pub cpu_sys_ns: u64,
     pub peak_memory_bytes: u64,
     pub client_ip: &'a str,
+    pub visitor_id: &'a str,
+    pub queue_ns: u64,
     pub http_host: &'a str,
     /// The incoming `traceparent` header, if any.
     pub traceparent: Option<&'a str>,
@@ -90,6 +92,8 @@ impl Builder {
             cpu_sys_ns: c.cpu_sys_ns,
             peak_memory_bytes: c.peak_memory_bytes,
             client_ip: c.client_ip.into(),
+            visitor_id: c.visitor_id.into(),
+            queue_ns: c.queue_ns,
             trace: Some(trace),
             dropped: Some(DropCounts {
                 spans: 0,

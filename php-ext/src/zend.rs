@@ -48,6 +48,12 @@ pub fn request_uri() -> Option<&'static CStr> {
     cstr(unsafe { sys::sonde_shim_request_uri() })
 }
 
+/// `SG(request_info).path_translated`: the script file.
+pub fn path_translated() -> Option<&'static CStr> {
+    // SAFETY: as for request_method.
+    cstr(unsafe { sys::sonde_shim_path_translated() })
+}
+
 /// `SG(request_info).query_string`.
 pub fn query_string() -> Option<&'static CStr> {
     // SAFETY: as for request_method.

@@ -80,7 +80,18 @@ fn known_requests_arrive_exactly_once_with_method_uri_status_and_time() {
         )
         .unwrap();
     assert_eq!(r.status, 200);
-    let expected_count = REQUESTS.len() + 1;
+    // One request queued 200 ms by a proxy before PHP saw it.
+    let queued_since = format!("t={:.3}", (now_ms() - 200) as f64 / 1000.0);
+    let r = stack
+        .web(
+            "GET",
+            "/health?queued=1",
+            &[("X-Request-Start", &queued_since)],
+            "",
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let expected_count = REQUESTS.len() + 2;
 
     let mut txs = Vec::new();
     let res = wait_for(
@@ -129,6 +140,12 @@ fn known_requests_arrive_exactly_once_with_method_uri_status_and_time() {
         if url == "/health?traced=1" {
             assert_eq!(t["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         }
+        if url == "/health?queued=1" {
+            let q = d["queue_ms"].as_f64().unwrap();
+            assert!((150.0..10_000.0).contains(&q), "queue_ms {q}");
+        } else {
+            assert_eq!(d["queue_ms"].as_f64(), Some(0.0), "{url}");
+        }
         if url.starts_with("/api/v6/photos/") {
             assert_eq!(t["endpoint"], "/api/v6/photos/{token}");
         }
@@ -139,6 +156,7 @@ fn known_requests_arrive_exactly_once_with_method_uri_status_and_time() {
         .map(|(m, u, _, s)| (m.to_string(), u.to_string(), *s))
         .collect();
     want.insert(("GET".into(), "/health?traced=1".into(), 200));
+    want.insert(("GET".into(), "/health?queued=1".into(), 200));
     assert_eq!(seen, want);
 }
 
