@@ -25,7 +25,7 @@ pub fn queue_ns(header: &str, start_unix_ns: i64) -> Option<u64> {
     let q = start_unix_ns as f64 - ns;
     // Clocks of different hosts disagree a little; a negative queue is 0,
     // and anything over an hour is a bad header, not a queue.
-    if q < -1e9 || q > 3.6e12 {
+    if !(-1e9..=3.6e12).contains(&q) {
         return None;
     }
     Some(q.max(0.0) as u64)
