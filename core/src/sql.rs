@@ -92,7 +92,7 @@ fn needs_space(prev: (Tok, &str), next: (Tok, &str)) -> bool {
     }
     match (prev.1, next.1) {
         // No space inside `a.b`, before `,` `)` `;`, after `(`.
-        (_, "," | ")" | ";" | ".") | ("(" | ".", _) => false,
+        (_, "," | ")" | ";" | "." | "::") | ("(" | "." | "::", _) => false,
         (_, "(") => next.0 == Tok::OpenSpaced || !matches!(prev.0, Tok::Word | Tok::Ident),
         _ => true,
     }
@@ -459,7 +459,7 @@ mod tests {
                 Dialect::Postgres,
                 100
             ),
-            "SELECT * FROM t WHERE a = ? AND b :: text = ?"
+            "SELECT * FROM t WHERE a = ? AND b::text = ?"
         );
     }
 

@@ -2,6 +2,7 @@
 #include "zend_exceptions.h"
 #include "zend_extensions.h"
 #include "ext/pdo/php_pdo_driver.h"
+#include "ext/mysqli/php_mysqli_structs.h"
 
 const char *sonde_shim_build_id(void) { return ZEND_MODULE_BUILD_ID; }
 
@@ -240,4 +241,64 @@ void sonde_shim_install_error_hooks(sonde_error_fn on_error, sonde_throw_fn on_t
     zend_error_cb = sonde_error_cb;
     prev_throw_hook = zend_throw_exception_hook;
     zend_throw_exception_hook = sonde_throw_hook;
+}
+
+/* ---- mysqli (mysqlnd) ---- */
+
+static void *mysqli_resource(zend_object *obj) {
+    mysqli_object *intern;
+    MYSQLI_RESOURCE *r;
+    if (!obj) {
+        return NULL;
+    }
+    intern = php_mysqli_fetch_object(obj);
+    r = (MYSQLI_RESOURCE *)intern->ptr;
+    if (!r || r->status < MYSQLI_STATUS_VALID) {
+        return NULL;
+    }
+    return r->ptr;
+}
+
+static int64_t signed_rows(uint64_t n) { return n == (uint64_t)-1 ? 0 : (int64_t)n; }
+
+static int conn_info(MYSQLND_CONN_DATA *d, const char **host, size_t *host_len, uint32_t *port,
+                     const char **db, size_t *db_len) {
+    if (!d) {
+        return 0;
+    }
+    *host = d->hostname.s ? d->hostname.s : "";
+    *host_len = d->hostname.s ? d->hostname.l : 0;
+    *port = d->port;
+    *db = d->connect_or_select_db.s ? d->connect_or_select_db.s : "";
+    *db_len = d->connect_or_select_db.s ? d->connect_or_select_db.l : 0;
+    return 1;
+}
+
+int sonde_shim_mysqli_link(zend_object *link, const char **host, size_t *host_len, uint32_t *port,
+                           const char **db, size_t *db_len, int64_t *affected) {
+    MY_MYSQL *m = (MY_MYSQL *)mysqli_resource(link);
+    if (!m || !m->mysql || !m->mysql->data) {
+        return 0;
+    }
+    *affected = signed_rows(mysqlnd_affected_rows(m->mysql));
+    return conn_info(m->mysql->data, host, host_len, port, db, db_len);
+}
+
+int sonde_shim_mysqli_stmt(zend_object *stmt, const char **host, size_t *host_len, uint32_t *port,
+                           const char **db, size_t *db_len, int64_t *affected) {
+    MY_STMT *s = (MY_STMT *)mysqli_resource(stmt);
+    if (!s || !s->stmt || !s->stmt->data) {
+        return 0;
+    }
+    *affected = signed_rows(mysqlnd_stmt_affected_rows(s->stmt));
+    return conn_info(s->stmt->data->conn, host, host_len, port, db, db_len);
+}
+
+int sonde_shim_mysqli_result_rows(zend_object *result, int64_t *rows) {
+    MYSQL_RES *r = (MYSQL_RES *)mysqli_resource(result);
+    if (!r) {
+        return 0;
+    }
+    *rows = signed_rows(mysqlnd_num_rows(r));
+    return 1;
 }

@@ -94,4 +94,14 @@ int sonde_shim_pdo_stmt(zend_object *stmt_obj, const char **query, size_t *query
 int sonde_shim_pdo_dbh(zend_object *dbh_obj, const char **dsn, size_t *dsn_len,
                        const char **driver, size_t *driver_len);
 
+/* mysqli: the connection behind a mysqli link, statement or result
+ * object (host, port, selected database) and rows: affected rows of the
+ * link or statement, or the number of rows of a result. Return 0 when the
+ * object is not (or no longer) valid. */
+int sonde_shim_mysqli_link(zend_object *link, const char **host, size_t *host_len, uint32_t *port,
+                           const char **db, size_t *db_len, int64_t *affected);
+int sonde_shim_mysqli_stmt(zend_object *stmt, const char **host, size_t *host_len, uint32_t *port,
+                           const char **db, size_t *db_len, int64_t *affected);
+int sonde_shim_mysqli_result_rows(zend_object *result, int64_t *rows);
+
 #endif

@@ -19,6 +19,10 @@ pub const MAX_TEXT: usize = 16 * 1024;
 pub const MAX_STATEMENT: usize = 4096;
 /// Result sets tracked at once for fetch aggregation.
 const OPEN_RESULTS: usize = 16;
+/// Prepared statements remembered at once (mysqli, pgsql).
+const PREPARED: usize = 32;
+/// Distinct connections (objects) tracked per request.
+const DBS: usize = 32;
 
 /// A range of the text arena.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,6 +78,8 @@ pub struct SpanBuf {
     /// (result key, index of its fetch span or usize::MAX before the first fetch, its statement span)
     open: [(usize, usize, usize); OPEN_RESULTS],
     open_next: usize,
+    prepared: [(usize, Text, u16); PREPARED],
+    prepared_next: usize,
     pub dropped_spans: u32,
     pub truncated_texts: u32,
     /// The last exception thrown in the request (class, message).
@@ -89,9 +95,11 @@ impl SpanBuf {
             spans: Vec::with_capacity(max_spans),
             max_spans,
             arena: Vec::with_capacity(ARENA_BYTES),
-            dbs: Vec::with_capacity(8),
+            dbs: Vec::with_capacity(DBS),
             open: [(0, usize::MAX, usize::MAX); OPEN_RESULTS],
             open_next: 0,
+            prepared: [(0, Text::default(), u16::MAX); PREPARED],
+            prepared_next: 0,
             dropped_spans: 0,
             truncated_texts: 0,
             last_exception: None,
@@ -107,6 +115,8 @@ impl SpanBuf {
         self.dbs.clear();
         self.open = [(0, usize::MAX, usize::MAX); OPEN_RESULTS];
         self.open_next = 0;
+        self.prepared = [(0, Text::default(), u16::MAX); PREPARED];
+        self.prepared_next = 0;
         self.dropped_spans = 0;
         self.truncated_texts = 0;
         self.last_exception = None;
@@ -212,7 +222,8 @@ impl SpanBuf {
     }
 
     /// The index of the DB connection `key`, registering it with `driver`
-    /// and `dsn` (only read the first time) when new; u16::MAX when unknown.
+    /// and `dsn` (only read the first time) when new; connections with the
+    /// same driver and DSN share an entry. u16::MAX when unknown.
     pub fn db<'a>(
         &mut self,
         key: usize,
@@ -221,16 +232,68 @@ impl SpanBuf {
         if let Some(i) = self.dbs.iter().position(|d| d.key == key) {
             return i as u16;
         }
-        if self.dbs.len() >= u16::MAX as usize - 1 || self.dbs.len() == self.dbs.capacity() {
-            return u16::MAX;
-        }
         let Some((driver, dsn)) = driver_dsn() else {
             return u16::MAX;
         };
+        if let Some(i) = self
+            .dbs
+            .iter()
+            .position(|d| self.get(d.driver) == driver && self.get(d.dsn) == dsn)
+        {
+            // Same server, another object: remember this key too when room.
+            if self.dbs.len() < self.dbs.capacity() {
+                let d = self.dbs[i];
+                self.dbs.push(Db { key, ..d });
+            }
+            return i as u16;
+        }
+        if self.dbs.len() == self.dbs.capacity() {
+            return u16::MAX;
+        }
         let driver = self.text(driver);
         let dsn = self.text(dsn);
         self.dbs.push(Db { key, driver, dsn });
         (self.dbs.len() - 1) as u16
+    }
+
+    /// Remembers the text and connection of a prepared statement `key`
+    /// (mysqli, pgsql: drivers that do not keep it readable).
+    pub fn prepared(&mut self, key: usize, text: &[u8], db: u16) {
+        let text = self.text(text);
+        let slot = self
+            .prepared
+            .iter()
+            .position(|p| p.0 == key)
+            .unwrap_or_else(|| {
+                let i = self.prepared_next;
+                self.prepared_next = (self.prepared_next + 1) % PREPARED;
+                i
+            });
+        self.prepared[slot] = (key, text, db);
+    }
+
+    /// The text and connection of prepared statement `key`.
+    pub fn prepared_text(&self, key: usize) -> Option<(Text, u16)> {
+        self.prepared
+            .iter()
+            .find(|p| p.0 == key && key != 0)
+            .map(|p| (p.1, p.2))
+    }
+
+    /// Result set `to` comes from the statement that produced `from`
+    /// (mysqli_stmt::get_result).
+    pub fn alias_result(&mut self, from: usize, to: usize) {
+        let stmt = self
+            .open
+            .iter()
+            .find(|o| o.0 == from && from != 0)
+            .map(|o| o.2);
+        self.open_result(to, stmt.filter(|i| *i != usize::MAX));
+    }
+
+    /// A raw span's text and DB (for plugins that reuse them).
+    pub fn span_text(&self, idx: usize) -> Option<(Text, u16)> {
+        self.spans.get(idx).map(|s| (s.text, s.db))
     }
 
     /// Adds a span; returns its index, or None (counted) when full.

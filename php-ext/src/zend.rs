@@ -241,3 +241,114 @@ pub fn pdo_dbh<'a>(obj: *mut sys::zend_object) -> Option<(&'a [u8], &'a [u8])> {
         ))
     }
 }
+
+/// Argument `n` (1-based) when it is an object.
+pub fn arg_obj(call: &Call, n: u32) -> *mut sys::zend_object {
+    // SAFETY: the frame is live; the shim bounds-checks `n`.
+    unsafe {
+        let zv = sys::sonde_shim_arg(call.execute_data, n);
+        if zv.is_null() {
+            std::ptr::null_mut()
+        } else {
+            sys::sonde_shim_zval_obj(zv)
+        }
+    }
+}
+
+/// The number of arguments passed.
+pub fn num_args(call: &Call) -> u32 {
+    // SAFETY: the frame is live.
+    unsafe { sys::sonde_shim_num_args(call.execute_data) }
+}
+
+/// A mysqli connection's instance as a DSN-like `host=…;port=…;dbname=…`
+/// written into `buf`, and its affected-rows count. `obj` is a mysqli link
+/// (`stmt` false) or a mysqli_stmt (`stmt` true).
+pub fn mysqli_conn(
+    obj: *mut sys::zend_object,
+    stmt: bool,
+    buf: &mut [u8; 512],
+) -> Option<(&[u8], i64)> {
+    if obj.is_null() {
+        return None;
+    }
+    let (mut host, mut host_len, mut port, mut db, mut db_len, mut affected) = (
+        std::ptr::null(),
+        0usize,
+        0u32,
+        std::ptr::null(),
+        0usize,
+        0i64,
+    );
+    // SAFETY: `obj` is the mysqli (or mysqli_stmt) object of a hooked
+    // mysqli call; the shim checks the resource is valid before reading.
+    let ok = unsafe {
+        if stmt {
+            sys::sonde_shim_mysqli_stmt(
+                obj,
+                &mut host,
+                &mut host_len,
+                &mut port,
+                &mut db,
+                &mut db_len,
+                &mut affected,
+            )
+        } else {
+            sys::sonde_shim_mysqli_link(
+                obj,
+                &mut host,
+                &mut host_len,
+                &mut port,
+                &mut db,
+                &mut db_len,
+                &mut affected,
+            )
+        }
+    };
+    if ok == 0 {
+        return None;
+    }
+    // SAFETY: mysqlnd strings of the given lengths, owned by the connection.
+    let (host, db) = unsafe {
+        (
+            std::slice::from_raw_parts(host.cast::<u8>(), host_len),
+            std::slice::from_raw_parts(db.cast::<u8>(), db_len),
+        )
+    };
+    let mut n = 0;
+    let mut put = |b: &[u8]| {
+        let k = b.len().min(buf.len() - n);
+        buf[n..n + k].copy_from_slice(&b[..k]);
+        n += k;
+    };
+    put(b"host=");
+    put(host);
+    put(b";port=");
+    let mut digits = [0u8; 10];
+    let mut p = port;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (p % 10) as u8;
+        p /= 10;
+        if p == 0 {
+            break;
+        }
+    }
+    put(&digits[i..]);
+    put(b";dbname=");
+    put(db);
+    Some((&buf[..n], affected))
+}
+
+/// Rows of a mysqli_result (0 when unknown, e.g. unbuffered).
+pub fn mysqli_result_rows(obj: *mut sys::zend_object) -> Option<i64> {
+    if obj.is_null() {
+        return None;
+    }
+    let mut rows = 0i64;
+    // SAFETY: `obj` is a mysqli_result returned by a hooked call; the shim
+    // checks the resource is valid.
+    let ok = unsafe { sys::sonde_shim_mysqli_result_rows(obj, &mut rows) };
+    (ok != 0).then_some(rows)
+}

@@ -122,3 +122,74 @@ fn pdo_mysql_statements_and_fetches_are_spans_of_one_transaction() {
         "a caught exception does not fail the request"
     );
 }
+
+#[test]
+fn mysqli_and_pgsql_statements_and_fetches() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let r = stack.web("GET", "/t/sql_drivers.php", &[], "").unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.body, stack.logs());
+    assert_eq!(r.body, "b,c 3 false 25 42\n");
+
+    let d = detail_of(&stack, from, "/t/sql_drivers.php");
+    let spans = d["spans"].as_array().expect("spans");
+    let summary: Vec<(String, String, i64, i64, String)> = spans
+        .iter()
+        .map(|s| {
+            (
+                s["kind"].as_str().unwrap().to_string(),
+                s["statement"].as_str().unwrap_or("").to_string(),
+                s["rows"].as_i64().unwrap_or(-1),
+                s["calls"].as_i64().unwrap_or(0),
+                s["db"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let my = "mysql://127.0.0.1:3306/test";
+    let pg = "postgresql://127.0.0.1:5432/test";
+    let sql = |stmt: &str, rows: i64, db: &str| {
+        ("sql".to_string(), stmt.to_string(), rows, 0, db.to_string())
+    };
+    let fetch = |rows: i64, calls: i64, db: &str| {
+        (
+            "fetch".to_string(),
+            String::new(),
+            rows,
+            calls,
+            db.to_string(),
+        )
+    };
+    let expected = vec![
+        sql(
+            "CREATE TABLE IF NOT EXISTS sonde_e2e_mysqli (id INT PRIMARY KEY, v VARCHAR(?))",
+            0,
+            my,
+        ),
+        sql("DELETE FROM sonde_e2e_mysqli", 3, my),
+        sql("INSERT INTO sonde_e2e_mysqli VALUES (?, ?)", 3, my),
+        sql("SELECT v FROM sonde_e2e_mysqli WHERE id >= ?", 0, my),
+        fetch(2, 3, my),
+        sql("SELECT id FROM sonde_e2e_mysqli ORDER BY id", 3, my),
+        fetch(3, 1, my),
+        sql("SELECT * FROM no_such_table_sonde", 0, my),
+        sql("SELECT generate_series(?, ?) AS n", 0, pg),
+        fetch(25, 26, pg),
+        sql("SELECT ?::int + ? AS x", 0, pg),
+        fetch(1, 1, pg),
+    ];
+    // The DELETE's row count depends on what an earlier run left: 0 or 3.
+    let mut got = summary.clone();
+    if got.get(1).is_some_and(|s| s.2 == 0) {
+        got[1].2 = 3;
+    }
+    assert_eq!(got, expected, "{spans:#?}");
+    assert_eq!(spans[7]["error"], "failed (returned false)");
+    let libs: Vec<&str> = spans
+        .iter()
+        .map(|s| s["library"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        libs[..8].iter().all(|l| *l == "mysqli") && libs[8..].iter().all(|l| *l == "pgsql"),
+        "{libs:?}"
+    );
+}

@@ -6,11 +6,10 @@
 //! default) the rows arrived during execute, so fetch spans measure turning
 //! them into PHP values.
 
+use super::sql_span;
 use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
-use crate::spans::{RawSpan, Text};
 use crate::{sys, zend};
-use sonde_proto::v1::SpanKind;
 
 pub const HOOKS: &[HookSpec] = &[
     HookSpec {
@@ -52,56 +51,6 @@ pub const HOOKS: &[HookSpec] = &[
 
 const LIBRARY: &str = "pdo";
 
-/// Records a SQL span; returns its index.
-fn sql_span(
-    call: &Call,
-    dbh: *mut sys::zend_object,
-    text: Option<&[u8]>,
-    rows: i64,
-    failed: bool,
-) -> Option<usize> {
-    let mut class = [0u8; 128];
-    let mut msg = [0u8; 512];
-    let exception = zend::exception(&mut class, &mut msg);
-    let mut idx = None;
-    with_spans(|buf, req_start| {
-        let text = buf.text(text.unwrap_or_default());
-        let db = buf.db(dbh as usize, || zend::pdo_dbh(dbh));
-        let error = match exception {
-            Some((c, m)) => {
-                let mut e = [0u8; 700];
-                let n = write_error(&mut e, c, m);
-                buf.text(&e[..n])
-            }
-            None if failed => buf.text(b"failed (returned false)"),
-            None => Text::default(),
-        };
-        idx = buf.push(RawSpan {
-            kind: SpanKind::Sql as i32,
-            library: LIBRARY,
-            start_ns: call.start.saturating_duration_since(req_start).as_nanos() as u64,
-            duration_ns: call.end.saturating_duration_since(call.start).as_nanos() as u64,
-            text,
-            db,
-            rows,
-            calls: 1,
-            error,
-        });
-    });
-    idx
-}
-
-/// "Class: message" into `out`, without allocating.
-fn write_error(out: &mut [u8], class: &str, msg: &str) -> usize {
-    let mut n = 0;
-    for part in [class.as_bytes(), b": ", msg.as_bytes()] {
-        let k = part.len().min(out.len() - n);
-        out[n..n + k].copy_from_slice(&part[..k]);
-        n += k;
-    }
-    n
-}
-
 fn exec(call: &Call) {
     let dbh = zend::this(call);
     let sql = zend::arg_str(call, 1);
@@ -109,7 +58,15 @@ fn exec(call: &Call) {
         t if t == sys::IS_LONG => (zend::ret_long(call), false),
         _ => (0, true),
     };
-    sql_span(call, dbh, sql, rows, failed);
+    sql_span(
+        call,
+        LIBRARY,
+        dbh as usize,
+        zend::pdo_dbh(dbh),
+        sql,
+        rows,
+        failed,
+    );
 }
 
 fn query(call: &Call) {
@@ -117,7 +74,15 @@ fn query(call: &Call) {
     let sql = zend::arg_str(call, 1);
     let stmt = zend::ret_obj(call);
     let rows = zend::pdo_stmt(stmt).map_or(0, |(_, rows, _)| rows);
-    let idx = sql_span(call, dbh, sql, rows, stmt.is_null());
+    let idx = sql_span(
+        call,
+        LIBRARY,
+        dbh as usize,
+        zend::pdo_dbh(dbh),
+        sql,
+        rows,
+        stmt.is_null(),
+    );
     if !stmt.is_null() {
         with_spans(|buf, _| buf.open_result(stmt as usize, idx));
     }
@@ -129,7 +94,15 @@ fn execute(call: &Call) {
         return;
     };
     let failed = zend::ret_type(call) != sys::IS_TRUE;
-    let idx = sql_span(call, dbh, Some(sql), rows, failed);
+    let idx = sql_span(
+        call,
+        LIBRARY,
+        dbh as usize,
+        zend::pdo_dbh(dbh),
+        Some(sql),
+        rows,
+        failed,
+    );
     with_spans(|buf, _| buf.open_result(stmt as usize, idx));
 }
 
@@ -146,10 +119,5 @@ fn fetch_all(call: &Call) {
 }
 
 fn fetch(call: &Call, rows: i64) {
-    let stmt = zend::this(call) as usize;
-    with_spans(|buf, req_start| {
-        let start = call.start.saturating_duration_since(req_start).as_nanos() as u64;
-        let end = call.end.saturating_duration_since(req_start).as_nanos() as u64;
-        buf.fetch(stmt, LIBRARY, start, end, rows);
-    });
+    super::fetch(call, LIBRARY, zend::this(call) as usize, rows);
 }

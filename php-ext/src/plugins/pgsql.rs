@@ -1,0 +1,132 @@
+//! pgsql: `pg_query`, `pg_query_params`, `pg_execute` as SQL spans
+//! (`pg_prepare` remembers the text by statement name), and the
+//! `pg_fetch_*` functions aggregated per result. The instance comes from
+//! the connection string seen by `pg_connect`/`pg_pconnect` in the same
+//! request; a connection opened in an earlier request (persistent) shows
+//! no instance. Row counts come from the fetch spans (the result internals
+//! are not in PHP's installed headers).
+
+use super::{fetch, prepared_span, sql_span};
+use crate::hooks::{Call, HookSpec};
+use crate::module::with_spans;
+use crate::{sys, zend};
+
+const LIBRARY: &str = "pgsql";
+/// The key of "the last connection opened", used by calls without one.
+const DEFAULT_CONN: usize = usize::MAX;
+
+macro_rules! spec {
+    ($f:expr, $rec:expr) => {
+        HookSpec {
+            class: None,
+            function: $f,
+            record: $rec,
+        }
+    };
+}
+
+pub const HOOKS: &[HookSpec] = &[
+    spec!(c"pg_connect", connect),
+    spec!(c"pg_pconnect", connect),
+    spec!(c"pg_query", |c| query(c, 2)),
+    spec!(c"pg_exec", |c| query(c, 2)),
+    spec!(c"pg_query_params", |c| query(c, 3)),
+    spec!(c"pg_prepare", prepare),
+    spec!(c"pg_execute", execute),
+    spec!(c"pg_fetch_assoc", fetch_one),
+    spec!(c"pg_fetch_row", fetch_one),
+    spec!(c"pg_fetch_array", fetch_one),
+    spec!(c"pg_fetch_object", fetch_one),
+    spec!(c"pg_fetch_result", fetch_one),
+    spec!(c"pg_fetch_all", fetch_all),
+];
+
+fn connect(call: &Call) {
+    let conn = zend::ret_obj(call);
+    let Some(connstr) = zend::arg_str(call, 1) else {
+        return;
+    };
+    if conn.is_null() {
+        return;
+    }
+    with_spans(|buf, _| {
+        buf.db(conn as usize, || Some((&b"pgsql"[..], connstr)));
+        buf.db(DEFAULT_CONN, || Some((&b"pgsql"[..], connstr)));
+    });
+}
+
+/// (connection key, argument offset): with `full_args` arguments the first
+/// is the connection; with one fewer it was left out (default connection).
+fn conn_of(call: &Call, full_args: u32) -> (usize, u32) {
+    if zend::num_args(call) >= full_args {
+        (zend::arg_obj(call, 1) as usize, 1)
+    } else {
+        (DEFAULT_CONN, 0)
+    }
+}
+
+fn query(call: &Call, full_args: u32) {
+    let (conn, shift) = conn_of(call, full_args);
+    let sql = zend::arg_str(call, 1 + shift);
+    let result = zend::ret_obj(call);
+    let idx = sql_span(call, LIBRARY, conn, None, sql, 0, result.is_null());
+    if !result.is_null() {
+        with_spans(|buf, _| buf.open_result(result as usize, idx));
+    }
+}
+
+/// A prepared statement is named per connection.
+fn statement_key(conn: usize, name: &[u8]) -> usize {
+    (sonde_core::sql::hash(&String::from_utf8_lossy(name)) as usize) ^ conn.rotate_left(17) | 1
+}
+
+fn prepare(call: &Call) {
+    let (conn, shift) = conn_of(call, 3);
+    let (Some(name), Some(sql)) = (
+        zend::arg_str(call, 1 + shift),
+        zend::arg_str(call, 2 + shift),
+    ) else {
+        return;
+    };
+    let key = statement_key(conn, name);
+    if zend::ret_type(call) == sys::IS_FALSE {
+        sql_span(call, LIBRARY, conn, None, Some(sql), 0, true);
+        return;
+    }
+    with_spans(|buf, _| {
+        let db = buf.db(conn, || None);
+        buf.prepared(key, sql, db);
+    });
+}
+
+fn execute(call: &Call) {
+    let (conn, shift) = conn_of(call, 3);
+    let Some(name) = zend::arg_str(call, 1 + shift) else {
+        return;
+    };
+    let result = zend::ret_obj(call);
+    let idx = prepared_span(
+        call,
+        LIBRARY,
+        statement_key(conn, name),
+        0,
+        result.is_null(),
+    );
+    if !result.is_null() {
+        with_spans(|buf, _| buf.open_result(result as usize, idx));
+    }
+}
+
+fn fetch_one(call: &Call) {
+    let rows = (zend::ret_type(call) != sys::IS_FALSE) as i64;
+    fetch(call, LIBRARY, zend::arg_obj(call, 1) as usize, rows);
+}
+
+fn fetch_all(call: &Call) {
+    fetch(
+        call,
+        LIBRARY,
+        zend::arg_obj(call, 1) as usize,
+        zend::ret_count(call) as i64,
+    );
+}
