@@ -54,9 +54,69 @@ pub fn parse_traceparent(v: &str) -> Option<TraceParent> {
     Some(tp)
 }
 
+/// The `tracestate` key under which Sonde passes the caller's transaction
+/// (record) id, so the callee's transaction links to it.
+pub const SONDE_KEY: &str = "sonde";
+
+/// The caller's record id from a `tracestate` value (`sonde=<32 hex>`).
+pub fn sonde_parent(tracestate: &str) -> Option<[u8; 16]> {
+    tracestate.split(',').find_map(|m| {
+        let (k, v) = m.trim().split_once('=')?;
+        if k != SONDE_KEY {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        hex_into(v.trim(), &mut id)?;
+        Some(id)
+    })
+}
+
+/// `00-<trace>-<span>-01` for an outgoing call.
+pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8]) -> String {
+    format!(
+        "00-{}-{}-01",
+        crate::ids::to_hex(trace_id),
+        crate::ids::to_hex(span_id)
+    )
+}
+
+/// The outgoing `tracestate`: our entry first (`sonde=<record id>`), then the
+/// incoming members other than ours, at most 32 in all (the spec's limit).
+pub fn tracestate(record_id: &[u8; 16], incoming: &str) -> String {
+    let mut out = format!("{SONDE_KEY}={}", crate::ids::to_hex(record_id));
+    let others = incoming
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty() && m.split_once('=').is_some_and(|(k, _)| k != SONDE_KEY))
+        .take(31);
+    for m in others {
+        out.push(',');
+        out.push_str(m);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracestate_round_trip() {
+        let id = [0xabu8; 16];
+        let ts = tracestate(
+            &id,
+            "vendor=x, sonde=00000000000000000000000000000000,other=y",
+        );
+        assert_eq!(ts, format!("sonde={},vendor=x,other=y", "ab".repeat(16)));
+        assert_eq!(sonde_parent(&ts), Some(id));
+        assert_eq!(sonde_parent("vendor=x"), None);
+        assert_eq!(sonde_parent("sonde=zz"), None);
+        assert_eq!(
+            traceparent(&[1; 16], &[2; 8]),
+            "00-01010101010101010101010101010101-0202020202020202-01"
+        );
+        assert!(parse_traceparent(&traceparent(&[1; 16], &[2; 8])).is_some());
+    }
 
     #[test]
     fn parses_spec_example() {

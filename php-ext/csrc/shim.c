@@ -14,6 +14,7 @@ PHP_INI_ENTRY("sonde.app_name", "", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("sonde.agent_socket", "/run/sonde/agent.sock", PHP_INI_SYSTEM | PHP_INI_PERDIR, NULL)
 PHP_INI_ENTRY("sonde.trace_cli", "0", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("sonde.redact_params", "", PHP_INI_SYSTEM | PHP_INI_PERDIR, NULL)
+PHP_INI_ENTRY("sonde.propagate", "1", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("sonde.client_ip_header", "", PHP_INI_SYSTEM | PHP_INI_PERDIR, NULL)
 PHP_INI_ENTRY("sonde.visitor_cookies", "PHPSESSID,laravel_session,ci_session", PHP_INI_SYSTEM | PHP_INI_PERDIR, NULL)
 PHP_INI_END()
@@ -300,5 +301,162 @@ int sonde_shim_mysqli_result_rows(zend_object *result, int64_t *rows) {
         return 0;
     }
     *rows = signed_rows(mysqlnd_num_rows(r));
+    return 1;
+}
+
+/* ---- curl ---- */
+
+#define SONDE_CURLOPT_HTTPHEADER 10023
+#define SONDE_CURLINFO_EFFECTIVE_URL 0x100001
+#define SONDE_CURLINFO_RESPONSE_CODE 0x200002
+#define CURL_SLOTS 64
+
+static struct {
+    zend_object *ch;
+    zval headers;
+} curl_slots[CURL_SLOTS];
+static int curl_next_slot = 0;
+static int curl_injecting = 0;
+
+void sonde_shim_curl_forget(zend_object *ch) {
+    int i;
+    for (i = 0; i < CURL_SLOTS; i++) {
+        if (curl_slots[i].ch == ch && ch) {
+            zval_ptr_dtor(&curl_slots[i].headers);
+            ZVAL_UNDEF(&curl_slots[i].headers);
+            curl_slots[i].ch = NULL;
+        }
+    }
+}
+
+void sonde_shim_curl_forget_all(void) {
+    int i;
+    for (i = 0; i < CURL_SLOTS; i++) {
+        if (curl_slots[i].ch) {
+            zval_ptr_dtor(&curl_slots[i].headers);
+            ZVAL_UNDEF(&curl_slots[i].headers);
+            curl_slots[i].ch = NULL;
+        }
+    }
+    curl_next_slot = 0;
+}
+
+void sonde_shim_curl_remember(zend_object *ch, zval *headers) {
+    int i, slot = -1;
+    if (curl_injecting || !ch || !headers) {
+        return;
+    }
+    ZVAL_DEREF(headers);
+    sonde_shim_curl_forget(ch);
+    if (Z_TYPE_P(headers) != IS_ARRAY) {
+        return;
+    }
+    for (i = 0; i < CURL_SLOTS; i++) {
+        if (!curl_slots[i].ch) {
+            slot = i;
+            break;
+        }
+    }
+    if (slot < 0) {
+        slot = curl_next_slot;
+        curl_next_slot = (curl_next_slot + 1) % CURL_SLOTS;
+        zval_ptr_dtor(&curl_slots[slot].headers);
+    }
+    curl_slots[slot].ch = ch;
+    ZVAL_COPY(&curl_slots[slot].headers, headers);
+}
+
+void sonde_shim_curl_remember_from_array(zend_object *ch, zval *options) {
+    zval *h;
+    if (!options) {
+        return;
+    }
+    ZVAL_DEREF(options);
+    if (Z_TYPE_P(options) != IS_ARRAY) {
+        return;
+    }
+    h = zend_hash_index_find(Z_ARRVAL_P(options), SONDE_CURLOPT_HTTPHEADER);
+    if (h) {
+        sonde_shim_curl_remember(ch, h);
+    }
+}
+
+static int is_trace_header(zend_string *line) {
+    return (ZSTR_LEN(line) >= 12 && strncasecmp(ZSTR_VAL(line), "traceparent:", 12) == 0) ||
+           (ZSTR_LEN(line) >= 11 && strncasecmp(ZSTR_VAL(line), "tracestate:", 11) == 0);
+}
+
+static int call2(const char *name, zval *a, zval *b, zval *c, uint32_t argc, zval *ret) {
+    zval fname, args[3];
+    int rc;
+    ZVAL_COPY_VALUE(&args[0], a);
+    if (argc > 1) ZVAL_COPY_VALUE(&args[1], b);
+    if (argc > 2) ZVAL_COPY_VALUE(&args[2], c);
+    ZVAL_STRING(&fname, name);
+    ZVAL_UNDEF(ret);
+    rc = call_user_function(NULL, NULL, &fname, ret, argc, args);
+    zval_ptr_dtor(&fname);
+    return rc == SUCCESS && Z_TYPE_P(ret) != IS_UNDEF;
+}
+
+int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, const char *tracestate,
+                           size_t ts_len) {
+    zval arr, opt, ret, *line;
+    int i, ok;
+    if (!ch || Z_TYPE_P(ch) != IS_OBJECT || EG(exception)) {
+        return 0;
+    }
+    array_init(&arr);
+    for (i = 0; i < CURL_SLOTS; i++) {
+        if (curl_slots[i].ch == Z_OBJ_P(ch)) {
+            ZEND_HASH_FOREACH_VAL(Z_ARRVAL(curl_slots[i].headers), line) {
+                ZVAL_DEREF(line);
+                if (Z_TYPE_P(line) == IS_STRING && !is_trace_header(Z_STR_P(line))) {
+                    add_next_index_str(&arr, zend_string_copy(Z_STR_P(line)));
+                }
+            } ZEND_HASH_FOREACH_END();
+            break;
+        }
+    }
+    add_next_index_str(&arr, strpprintf(0, "traceparent: %.*s", (int)tp_len, traceparent));
+    add_next_index_str(&arr, strpprintf(0, "tracestate: %.*s", (int)ts_len, tracestate));
+    ZVAL_LONG(&opt, SONDE_CURLOPT_HTTPHEADER);
+    curl_injecting = 1;
+    ok = call2("curl_setopt", ch, &opt, &arr, 3, &ret);
+    curl_injecting = 0;
+    zval_ptr_dtor(&ret);
+    zval_ptr_dtor(&arr);
+    return ok;
+}
+
+int sonde_shim_curl_info(zval *ch, char *url, size_t url_cap, int64_t *status, char *error,
+                         size_t error_cap) {
+    zval opt, ret;
+    if (!ch || Z_TYPE_P(ch) != IS_OBJECT || EG(exception)) {
+        return 0;
+    }
+    copy_out(url, url_cap, "", 0);
+    copy_out(error, error_cap, "", 0);
+    *status = 0;
+    ZVAL_LONG(&opt, SONDE_CURLINFO_EFFECTIVE_URL);
+    if (call2("curl_getinfo", ch, &opt, NULL, 2, &ret)) {
+        if (Z_TYPE(ret) == IS_STRING) {
+            copy_out(url, url_cap, Z_STRVAL(ret), Z_STRLEN(ret));
+        }
+        zval_ptr_dtor(&ret);
+    }
+    ZVAL_LONG(&opt, SONDE_CURLINFO_RESPONSE_CODE);
+    if (call2("curl_getinfo", ch, &opt, NULL, 2, &ret)) {
+        if (Z_TYPE(ret) == IS_LONG) {
+            *status = (int64_t)Z_LVAL(ret);
+        }
+        zval_ptr_dtor(&ret);
+    }
+    if (call2("curl_error", ch, NULL, NULL, 1, &ret)) {
+        if (Z_TYPE(ret) == IS_STRING) {
+            copy_out(error, error_cap, Z_STRVAL(ret), Z_STRLEN(ret));
+        }
+        zval_ptr_dtor(&ret);
+    }
     return 1;
 }

@@ -104,4 +104,17 @@ int sonde_shim_mysqli_stmt(zend_object *stmt, const char **host, size_t *host_le
                            const char **db, size_t *db_len, int64_t *affected);
 int sonde_shim_mysqli_result_rows(zend_object *result, int64_t *rows);
 
+/* curl: the app's CURLOPT_HTTPHEADER list per handle (kept so the trace
+ * headers can be added to it, never replacing it), adding `traceparent` and
+ * `tracestate` before curl_exec, and reading the effective URL, HTTP status
+ * and error after it. Calls PHP's own curl functions; never throws. */
+void sonde_shim_curl_remember(zend_object *ch, zval *headers);
+void sonde_shim_curl_remember_from_array(zend_object *ch, zval *options);
+void sonde_shim_curl_forget(zend_object *ch);
+void sonde_shim_curl_forget_all(void);
+int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, const char *tracestate,
+                           size_t ts_len);
+int sonde_shim_curl_info(zval *ch, char *url, size_t url_cap, int64_t *status, char *error,
+                         size_t error_cap);
+
 #endif

@@ -28,6 +28,8 @@ pub struct HookSpec {
     pub function: &'static CStr,
     /// Records the call after it returned.
     pub record: Recorder,
+    /// Runs before the call (e.g. to add a header to an outgoing request).
+    pub before: Option<Recorder>,
 }
 
 /// One finished call, as a recorder sees it.
@@ -46,6 +48,7 @@ pub type Recorder = fn(&Call);
 struct Hook {
     original: sys::zif_handler,
     record: Recorder,
+    before: Option<Recorder>,
     name: &'static CStr,
     class: Option<&'static CStr>,
 }
@@ -109,6 +112,7 @@ pub fn install(specs: &[HookSpec]) {
             table.hooks[n] = Some(Hook {
                 original: current,
                 record: spec.record,
+                before: spec.before,
                 name: spec.function,
                 class: spec.class,
             });
@@ -154,6 +158,16 @@ unsafe extern "C" fn dispatch(ex: *mut sys::zend_execute_data, rv: *mut sys::zva
         // SAFETY: calling the function's own handler with Zend's arguments.
         unsafe { original(ex, rv) };
         return;
+    }
+    if let Some(before) = hook.before {
+        let now = Instant::now();
+        let call = Call {
+            execute_data: ex,
+            return_value: rv,
+            start: now,
+            end: now,
+        };
+        crate::module::in_boundary(|| before(&call));
     }
     let start = Instant::now();
     // SAFETY: as above. It may longjmp out (bailout); nothing here needs

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ipc::AgentSocket;
-use crate::record::{Builder, Captured};
+use crate::record::{Builder, Captured, Ids};
 use crate::spans::{SpanBuf, DEFAULT_MAX_SPANS};
 use crate::{errors, hooks, plugins, sys, zend};
 
@@ -51,6 +51,7 @@ struct Process {
 }
 
 struct Request {
+    ids: Ids,
     start: Instant,
     start_unix_ns: i64,
     cpu_start: (u64, u64),
@@ -74,6 +75,22 @@ pub(crate) fn with_spans(f: impl FnOnce(&mut SpanBuf, Instant)) {
     if let (Some(req), Some(buf)) = (&st.request, &mut st.spans) {
         f(buf, req.start);
     }
+}
+
+/// For an outgoing call of the current request (if traced): a new span
+/// id, remembered until the call ends (`SpanBuf::pop_pending`), and the
+/// `traceparent` and `tracestate` values that pass the trace on.
+pub(crate) fn outgoing() -> Option<(String, String)> {
+    let st = state();
+    let (Some(req), Some(p), Some(buf)) = (&st.request, &mut st.process, &mut st.spans) else {
+        return None;
+    };
+    let span = p.builder.span_id();
+    buf.push_pending(span);
+    Some((
+        sonde_core::trace::traceparent(&req.ids.trace, &span),
+        sonde_core::trace::tracestate(&req.ids.record, &req.ids.tracestate),
+    ))
 }
 
 /// The panic boundary, for hooks.
@@ -167,7 +184,21 @@ fn request_start() {
     st.spans
         .get_or_insert_with(|| SpanBuf::new(DEFAULT_MAX_SPANS))
         .clear();
+    let pid = std::process::id();
+    let process = match &mut st.process {
+        Some(p) if p.pid == pid => p,
+        _ => st.process.insert(Process {
+            pid,
+            builder: Builder::new(seed(pid)),
+        }),
+    };
+    let mut tp_buf = [0u8; 128];
+    let traceparent = zend::sapi_env(c"HTTP_TRACEPARENT", &mut tp_buf).map(|(t, _)| t);
+    let mut ts_buf = [0u8; 512];
+    let tracestate = zend::sapi_env(c"HTTP_TRACESTATE", &mut ts_buf).map(|(t, _)| t);
+    let ids = process.builder.start(traceparent, tracestate);
     st.request = Some(Request {
+        ids,
         start: Instant::now(),
         start_unix_ns,
         cpu_start: cpu_times(),
@@ -177,6 +208,7 @@ fn request_start() {
 
 fn request_end() {
     hooks::set_recording(false);
+    zend::curl_forget_all();
     let st = state();
     let Some(req) = st.request.take() else {
         return;
@@ -246,8 +278,6 @@ fn request_end() {
     let queue_ns = zend::sapi_env(c"HTTP_X_REQUEST_START", &mut qs_buf)
         .and_then(|(v, _)| sonde_core::request::queue_ns(v, req.start_unix_ns))
         .unwrap_or(0);
-    let mut tp_buf = [0u8; 128];
-    let traceparent = zend::sapi_env(c"HTTP_TRACEPARENT", &mut tp_buf).map(|(t, _)| t);
     let method_owned = zend::request_method().map(|m| m.to_string_lossy().into_owned());
     let method = match (&method_owned, sapi) {
         (Some(m), _) => m.as_str(),
@@ -283,7 +313,7 @@ fn request_end() {
         visitor_id: &visitor_id,
         queue_ns,
         http_host,
-        traceparent,
+        ids: Some(&req.ids),
         sapi,
         php_version: zend::php_version(),
         extra_redact,

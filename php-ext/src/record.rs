@@ -7,7 +7,7 @@ use sonde_core::endpoint::EndpointNamer;
 use sonde_core::frame;
 use sonde_core::ids::IdGen;
 use sonde_core::redact;
-use sonde_core::trace::parse_traceparent;
+use sonde_core::trace::{parse_traceparent, sonde_parent};
 use sonde_proto::v1::{DropCounts, ExtMessage, RequestRecord, TraceContext};
 
 /// What the extension saw of one finished request.
@@ -28,8 +28,8 @@ pub struct Captured<'a> {
     pub visitor_id: &'a str,
     pub queue_ns: u64,
     pub http_host: &'a str,
-    /// The incoming `traceparent` header, if any.
-    pub traceparent: Option<&'a str>,
+    /// Ids and trace context chosen when the request started.
+    pub ids: Option<&'a Ids>,
     pub sapi: &'a str,
     pub php_version: &'a str,
     /// Extra query parameter names to redact (comma-separated ini value).
@@ -38,6 +38,23 @@ pub struct Captured<'a> {
     pub truncated_texts: u32,
     /// Records of this process dropped since the last one sent.
     pub dropped_records: u32,
+}
+
+/// A request's ids, chosen when it starts (so hooks can pass the trace on
+/// to callees before the request ends).
+#[derive(Debug, Clone, Default)]
+pub struct Ids {
+    /// The record (transaction) id.
+    pub record: [u8; 16],
+    pub trace: [u8; 16],
+    /// This transaction's span id.
+    pub span: [u8; 8],
+    /// The caller's span id, from an incoming `traceparent`.
+    pub parent_span: Option<[u8; 8]>,
+    /// The caller's record id, from an incoming `tracestate` (`sonde=`).
+    pub parent_record: Option<[u8; 16]>,
+    /// The incoming `tracestate`, passed on.
+    pub tracestate: String,
 }
 
 /// Per-process record builder: id generator, endpoint namer and a reused
@@ -59,23 +76,44 @@ impl Builder {
         }
     }
 
+    /// Ids for a request starting now, continuing the caller's trace when
+    /// `traceparent` is valid.
+    pub fn start(&mut self, traceparent: Option<&str>, tracestate: Option<&str>) -> Ids {
+        let incoming = traceparent.and_then(parse_traceparent);
+        Ids {
+            record: self.ids.id128(),
+            trace: match incoming {
+                Some(tp) => tp.trace_id,
+                None => self.ids.id128(),
+            },
+            span: self.ids.id64(),
+            parent_span: incoming.map(|tp| tp.parent_id),
+            parent_record: incoming.and(tracestate).and_then(sonde_parent),
+            tracestate: tracestate.unwrap_or_default().to_string(),
+        }
+    }
+
+    /// A new span id (for an outgoing call).
+    pub fn span_id(&mut self) -> [u8; 8] {
+        self.ids.id64()
+    }
+
     /// Builds the record for `c`.
     pub fn record(&mut self, c: &Captured<'_>) -> RequestRecord {
         let url = redact_url(c.uri, c.extra_redact);
-        let trace = {
-            let incoming = c.traceparent.and_then(parse_traceparent);
-            TraceContext {
-                trace_id: match incoming {
-                    Some(tp) => tp.trace_id.to_vec(),
-                    None => self.ids.id128().to_vec(),
-                },
-                span_id: self.ids.id64().to_vec(),
-                parent_span_id: incoming.map(|tp| tp.parent_id.to_vec()).unwrap_or_default(),
-                ..Default::default()
-            }
+        let ids = match c.ids {
+            Some(ids) => ids.clone(),
+            None => self.start(None, None),
+        };
+        let trace = TraceContext {
+            trace_id: ids.trace.to_vec(),
+            span_id: ids.span.to_vec(),
+            parent_span_id: ids.parent_span.map(|p| p.to_vec()).unwrap_or_default(),
+            parent_record_id: ids.parent_record.map(|p| p.to_vec()).unwrap_or_default(),
+            tracestate: ids.tracestate.clone(),
         };
         RequestRecord {
-            id: self.ids.id128().to_vec(),
+            id: ids.record.to_vec(),
             app: if c.app.is_empty() {
                 "default".into()
             } else {
@@ -151,9 +189,16 @@ mod tests {
             method: "GET",
             uri: "/photos/17?lang=ko&token=secret",
             status: 200,
-            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             extra_redact: "lang",
             ..Default::default()
+        };
+        let ids = b.start(
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some(&format!("x=1,sonde={}", "cd".repeat(16))),
+        );
+        let c = Captured {
+            ids: Some(&ids),
+            ..c
         };
         let rec = b.record(&c);
         let id = rec.id.clone();
@@ -176,6 +221,8 @@ mod tests {
         assert_eq!(t.trace_id[0], 0x4b);
         assert_eq!(t.parent_span_id.len(), 8);
         assert_eq!(t.span_id.len(), 8);
+        assert_eq!(t.parent_record_id, vec![0xcd; 16]);
+        assert_eq!(t.tracestate, format!("x=1,sonde={}", "cd".repeat(16)));
     }
 
     #[test]

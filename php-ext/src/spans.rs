@@ -44,6 +44,10 @@ pub struct RawSpan {
     pub rows: i64,
     pub calls: u32,
     pub error: Text,
+    /// External: HTTP status.
+    pub status: u32,
+    /// External: the span id passed to the callee.
+    pub span_id: [u8; 8],
 }
 
 /// The error that failed the request, as texts in the arena.
@@ -87,6 +91,9 @@ pub struct SpanBuf {
     error: Option<ReqError>,
     /// Warnings, notices and deprecations raised in the request.
     pub warnings: u32,
+    /// Span ids of outgoing calls in progress (set before, used after).
+    pending: [[u8; 8]; 4],
+    pending_len: usize,
 }
 
 impl SpanBuf {
@@ -105,6 +112,8 @@ impl SpanBuf {
             last_exception: None,
             error: None,
             warnings: 0,
+            pending: [[0; 8]; 4],
+            pending_len: 0,
         }
     }
 
@@ -122,6 +131,64 @@ impl SpanBuf {
         self.last_exception = None;
         self.error = None;
         self.warnings = 0;
+        self.pending_len = 0;
+    }
+
+    /// An outgoing call starts with span id `id`.
+    pub fn push_pending(&mut self, id: [u8; 8]) {
+        if self.pending_len < self.pending.len() {
+            self.pending[self.pending_len] = id;
+        }
+        self.pending_len += 1;
+    }
+
+    /// The span id of the outgoing call that just ended.
+    pub fn pop_pending(&mut self) -> [u8; 8] {
+        if self.pending_len == 0 {
+            return [0; 8];
+        }
+        self.pending_len -= 1;
+        self.pending
+            .get(self.pending_len)
+            .copied()
+            .unwrap_or([0; 8])
+    }
+
+    /// Records an outgoing call to `url` (query removed here).
+    #[allow(clippy::too_many_arguments)]
+    pub fn external(
+        &mut self,
+        library: &'static str,
+        start_ns: u64,
+        duration_ns: u64,
+        url: &[u8],
+        status: u32,
+        error: &[u8],
+        span_id: [u8; 8],
+    ) {
+        let cut = url
+            .iter()
+            .position(|b| *b == b'?' || *b == b'#')
+            .unwrap_or(url.len());
+        let text = self.text(&url[..cut]);
+        let error = if error.is_empty() {
+            Text::default()
+        } else {
+            self.text(error)
+        };
+        self.push(RawSpan {
+            kind: SpanKind::External as i32,
+            library,
+            start_ns,
+            duration_ns,
+            text,
+            db: u16::MAX,
+            calls: 1,
+            error,
+            status,
+            span_id,
+            ..Default::default()
+        });
     }
 
     /// An exception was thrown (caught or not): an error span, and the
@@ -355,6 +422,7 @@ impl SpanBuf {
             rows,
             calls: 1,
             error: Text::default(),
+            ..Default::default()
         });
         match (idx, slot) {
             (Some(idx), Some(i)) => self.open[i].1 = idx,
@@ -399,6 +467,25 @@ impl SpanBuf {
                         message: self.string(s.error),
                         ..Default::default()
                     }),
+                    ..Default::default()
+                });
+                continue;
+            }
+            if s.kind == SpanKind::External as i32 {
+                out.push(Span {
+                    kind: s.kind,
+                    start_ns: s.start_ns,
+                    duration_ns: s.duration_ns,
+                    url: self.string(s.text),
+                    status: s.status,
+                    error: self.string(s.error),
+                    library: s.library.to_string(),
+                    span_id: if s.span_id == [0; 8] {
+                        Vec::new()
+                    } else {
+                        s.span_id.to_vec()
+                    },
+                    calls: 1,
                     ..Default::default()
                 });
                 continue;
@@ -459,6 +546,7 @@ mod tests {
             rows: 3,
             calls: 1,
             error: Text::default(),
+            ..Default::default()
         })
     }
 

@@ -352,3 +352,92 @@ pub fn mysqli_result_rows(obj: *mut sys::zend_object) -> Option<i64> {
     let ok = unsafe { sys::sonde_shim_mysqli_result_rows(obj, &mut rows) };
     (ok != 0).then_some(rows)
 }
+
+/// Argument `n` (1-based) as a zval pointer (null past the end).
+pub fn arg_zval(call: &Call, n: u32) -> *mut sys::zval {
+    // SAFETY: the frame is live; the shim bounds-checks `n`.
+    unsafe { sys::sonde_shim_arg(call.execute_data, n) }
+}
+
+/// Argument `n` as an int (0 unless one).
+pub fn arg_long(call: &Call, n: u32) -> i64 {
+    let zv = arg_zval(call, n);
+    if zv.is_null() {
+        return 0;
+    }
+    // SAFETY: a valid zval of the live frame.
+    unsafe { sys::sonde_shim_zval_long(zv) }
+}
+
+/// curl: keep the app's header list of handle `ch` (`headers` is the value
+/// given to CURLOPT_HTTPHEADER, or the options array when `from_array`).
+pub fn curl_remember(ch: *mut sys::zend_object, value: *mut sys::zval, from_array: bool) {
+    if ch.is_null() || value.is_null() {
+        return;
+    }
+    // SAFETY: `ch` and `value` come from the live frame; the shim takes its
+    // own reference to the array and releases it at request end.
+    unsafe {
+        if from_array {
+            sys::sonde_shim_curl_remember_from_array(ch, value)
+        } else {
+            sys::sonde_shim_curl_remember(ch, value)
+        }
+    }
+}
+
+/// curl: forget handle `ch`'s headers (closed or reset).
+pub fn curl_forget(ch: *mut sys::zend_object) {
+    // SAFETY: only compares the pointer and releases our own references.
+    unsafe { sys::sonde_shim_curl_forget(ch) }
+}
+
+/// curl: releases every remembered header list (request end).
+pub fn curl_forget_all() {
+    // SAFETY: request shutdown, the memory manager is still up.
+    unsafe { sys::sonde_shim_curl_forget_all() }
+}
+
+/// curl: adds `traceparent` and `tracestate` to handle `ch`'s headers.
+pub fn curl_inject(ch: *mut sys::zval, traceparent: &str, tracestate: &str) -> bool {
+    // SAFETY: `ch` is the curl handle argument of the live frame; the shim
+    // calls curl_setopt with a new array built from the app's own headers.
+    unsafe {
+        sys::sonde_shim_curl_inject(
+            ch,
+            traceparent.as_ptr().cast(),
+            traceparent.len(),
+            tracestate.as_ptr().cast(),
+            tracestate.len(),
+        ) != 0
+    }
+}
+
+/// curl: the effective URL, HTTP status and error text of handle `ch`.
+pub fn curl_info<'b>(
+    ch: *mut sys::zval,
+    url: &'b mut [u8; 2048],
+    err: &'b mut [u8; 256],
+) -> Option<(&'b [u8], u32, &'b [u8])> {
+    let mut status = 0i64;
+    // SAFETY: buffers valid for their lengths; `ch` from the live frame.
+    let ok = unsafe {
+        sys::sonde_shim_curl_info(
+            ch,
+            url.as_mut_ptr().cast(),
+            url.len(),
+            &mut status,
+            err.as_mut_ptr().cast(),
+            err.len(),
+        )
+    };
+    if ok == 0 {
+        return None;
+    }
+    let until_nul = |b: &'b [u8]| &b[..b.iter().position(|c| *c == 0).unwrap_or(b.len())];
+    Some((
+        until_nul(url),
+        status.clamp(0, u32::MAX as i64) as u32,
+        until_nul(err),
+    ))
+}

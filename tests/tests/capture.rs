@@ -193,3 +193,51 @@ fn mysqli_and_pgsql_statements_and_fetches() {
         "{libs:?}"
     );
 }
+
+#[test]
+fn curl_calls_are_external_spans_and_the_callee_joins_the_trace() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let r = stack.web("GET", "/t/caller.php", &[], "").unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.body, stack.logs());
+    // The app's own header still arrives, next to the trace context.
+    assert!(
+        r.body
+            .starts_with("callee said: x-app=kept traceparent=yes\n"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.ends_with("bool(false)\n"), "{}", r.body);
+
+    let caller = detail_of(&stack, from, "/t/caller.php");
+    let callee = detail_of(&stack, from, "/t/callee.php");
+    let spans = caller["spans"].as_array().unwrap();
+    let ext: Vec<&Value> = spans.iter().filter(|s| s["kind"] == "external").collect();
+    assert_eq!(ext.len(), 2, "{spans:#?}");
+    let port = stack.web_port;
+    assert_eq!(
+        ext[0]["url"],
+        format!("http://127.0.0.1:{port}/t/callee.php"),
+        "query dropped"
+    );
+    assert_eq!(ext[0]["status"], 200);
+    assert!(ext[0].get("error").is_none(), "{:?}", ext[0]);
+    assert_eq!(ext[1]["url"], "http://127.0.0.1:1/nothing-listens-here");
+    assert_eq!(ext[1]["status"], 0);
+    assert!(
+        ext[1]["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("connect"),
+        "{:?}",
+        ext[1]
+    );
+    assert_eq!(caller["external_count"], 2);
+
+    // Linked: same trace, and the callee names the caller's transaction.
+    assert_eq!(callee["trace_id"], caller["trace_id"], "{callee}");
+    assert_eq!(callee["parent_id"], caller["id"], "{callee}");
+    // The callee's elapsed time fits inside the caller's external span.
+    assert!(callee["elapsed_ms"].as_f64().unwrap() <= ext[0]["duration_ms"].as_f64().unwrap());
+}

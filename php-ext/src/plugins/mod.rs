@@ -1,6 +1,7 @@
 //! Instrumented libraries: one file each, plus its line in `ALL`. Shared
 //! recording helpers live here.
 
+pub mod curl;
 pub mod mysqli;
 pub mod pdo;
 pub mod pgsql;
@@ -13,7 +14,7 @@ use crate::spans::{RawSpan, Text};
 use crate::zend;
 
 /// Every plugin's hooks.
-pub const ALL: &[&[HookSpec]] = &[pdo::HOOKS, mysqli::HOOKS, pgsql::HOOKS];
+pub const ALL: &[&[HookSpec]] = &[pdo::HOOKS, mysqli::HOOKS, pgsql::HOOKS, curl::HOOKS];
 
 /// Records a SQL span for `call`: statement `text`, connection `db_key`
 /// with its (driver, DSN), `rows`, and an error when the call threw or
@@ -45,6 +46,7 @@ pub(crate) fn sql_span(
             rows: rows.max(0),
             calls: 1,
             error,
+            ..Default::default()
         });
     });
     idx
@@ -78,6 +80,7 @@ pub(crate) fn prepared_span(
             rows: rows.max(0),
             calls: 1,
             error,
+            ..Default::default()
         });
     });
     idx

@@ -17,6 +17,7 @@ macro_rules! spec {
             class: $class,
             function: $f,
             record: $rec,
+            before: None,
         }
     };
 }

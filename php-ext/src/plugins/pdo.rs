@@ -16,36 +16,43 @@ pub const HOOKS: &[HookSpec] = &[
         class: Some(c"pdo"),
         function: c"exec",
         record: exec,
+        before: None,
     },
     HookSpec {
         class: Some(c"pdo"),
         function: c"query",
         record: query,
+        before: None,
     },
     HookSpec {
         class: Some(c"pdostatement"),
         function: c"execute",
         record: execute,
+        before: None,
     },
     HookSpec {
         class: Some(c"pdostatement"),
         function: c"fetch",
         record: fetch_one,
+        before: None,
     },
     HookSpec {
         class: Some(c"pdostatement"),
         function: c"fetchobject",
         record: fetch_one,
+        before: None,
     },
     HookSpec {
         class: Some(c"pdostatement"),
         function: c"fetchcolumn",
         record: fetch_one,
+        before: None,
     },
     HookSpec {
         class: Some(c"pdostatement"),
         function: c"fetchall",
         record: fetch_all,
+        before: None,
     },
 ];
 

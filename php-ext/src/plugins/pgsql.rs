@@ -21,6 +21,7 @@ macro_rules! spec {
             class: None,
             function: $f,
             record: $rec,
+            before: None,
         }
     };
 }

@@ -1,0 +1,86 @@
+//! curl: each `curl_exec` is an external span (URL without its query,
+//! HTTP status, curl error), and the request's trace goes to the callee in
+//! `traceparent` and `tracestate` (`sonde=<this transaction's id>`), added
+//! to the app's own headers for that handle (`sonde.propagate`, default on:
+//! it changes what the callee receives, never what this app returns).
+//! `curl_multi` handles are not timed yet.
+
+use crate::hooks::{Call, HookSpec};
+use crate::module::{outgoing, with_spans};
+use crate::{sys, zend};
+
+const LIBRARY: &str = "curl";
+const CURLOPT_HTTPHEADER: i64 = 10023;
+
+macro_rules! spec {
+    ($f:expr, $rec:expr, $before:expr) => {
+        HookSpec {
+            class: None,
+            function: $f,
+            record: $rec,
+            before: $before,
+        }
+    };
+}
+
+pub const HOOKS: &[HookSpec] = &[
+    spec!(c"curl_init", |c| zend::curl_forget(zend::ret_obj(c)), None),
+    spec!(
+        c"curl_close",
+        |c| zend::curl_forget(zend::arg_obj(c, 1)),
+        None
+    ),
+    spec!(
+        c"curl_reset",
+        |c| zend::curl_forget(zend::arg_obj(c, 1)),
+        None
+    ),
+    spec!(c"curl_setopt", setopt, None),
+    spec!(c"curl_setopt_array", setopt_array, None),
+    spec!(c"curl_exec", exec, Some(before_exec)),
+];
+
+fn setopt(call: &Call) {
+    if zend::arg_long(call, 2) == CURLOPT_HTTPHEADER && zend::ret_type(call) == sys::IS_TRUE {
+        zend::curl_remember(zend::arg_obj(call, 1), zend::arg_zval(call, 3), false);
+    }
+}
+
+fn setopt_array(call: &Call) {
+    zend::curl_remember(zend::arg_obj(call, 1), zend::arg_zval(call, 2), true);
+}
+
+fn before_exec(call: &Call) {
+    let propagate = zend::ini_long(c"sonde.propagate") != 0;
+    let ch = zend::arg_zval(call, 1);
+    if let Some((traceparent, tracestate)) = outgoing() {
+        if propagate {
+            zend::curl_inject(ch, &traceparent, &tracestate);
+        }
+    }
+}
+
+fn exec(call: &Call) {
+    let mut url = [0u8; 2048];
+    let mut err = [0u8; 256];
+    let info = zend::curl_info(zend::arg_zval(call, 1), &mut url, &mut err);
+    with_spans(|buf, req_start| {
+        let span = buf.pop_pending();
+        let (url, status, err) = info.unwrap_or((&[], 0, &[]));
+        let failed = zend::ret_type(call) == sys::IS_FALSE;
+        let err: &[u8] = if failed && err.is_empty() {
+            b"failed (returned false)"
+        } else {
+            err
+        };
+        buf.external(
+            LIBRARY,
+            call.start.saturating_duration_since(req_start).as_nanos() as u64,
+            call.end.saturating_duration_since(call.start).as_nanos() as u64,
+            url,
+            status,
+            if failed { err } else { &[] },
+            span,
+        );
+    });
+}
