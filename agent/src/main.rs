@@ -1,8 +1,9 @@
 //! `sonde-agent`: the per-host daemon between the PHP extension and the
 //! collector. It receives one frame per finished PHP request on a Unix
-//! socket, batches the records, and streams them to the collector over gRPC,
-//! spooling to disk what is unacknowledged at shutdown. `main` only wires the
-//! parts together; each lives in its own module.
+//! socket, samples host and php-fpm metrics, batches both, and streams them
+//! to the collector over gRPC, through a disk spool whenever the collector is
+//! away or slow. `main` only wires the parts together; each lives in its own
+//! module.
 #![forbid(unsafe_code)]
 
 mod buffer;
@@ -10,11 +11,14 @@ mod config;
 mod counters;
 mod identity;
 mod live;
+mod metrics;
+mod notify;
 mod ratelimit;
 mod shutdown;
 mod sink;
 mod sources;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::buffer::batch::Limits;
 use crate::buffer::queue;
@@ -31,7 +35,9 @@ use crate::config::Config;
 use crate::counters::Counters;
 use crate::identity::{Identity, Seen};
 use crate::live::LiveTable;
+use crate::notify::Notifier;
 use crate::sink::grpc::{GrpcSink, Settings, Shared};
+use crate::sources::host;
 use crate::sources::socket::{Context, SocketSource};
 
 /// Exit code for a missing or invalid configuration (EX_CONFIG is 78, but
@@ -91,7 +97,13 @@ fn init_tracing(level: &str) {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let spool = Spool::open(&config.spool_dir).context("spool_dir")?;
+    let notifier = Notifier::from_env();
+    // The identity may live in the spool directory.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(&config.spool_dir)
+        .with_context(|| format!("spool_dir {}", config.spool_dir.display()))?;
     let identity = Identity::resolve(&config)?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -110,6 +122,53 @@ async fn run(config: Config) -> anyhow::Result<()> {
         counters.clone(),
     );
 
+    let source = SocketSource::bind(&config.socket, &config.socket_group, config.socket_mode.0)?;
+    let ctx = Arc::new(Context::new(
+        queue_tx,
+        live.clone(),
+        seen.clone(),
+        counters.clone(),
+        identity.hostname.clone(),
+    ));
+    let (stop, shutdown) = shutdown::channel();
+    let stopping = notifier.clone();
+    let mut signals = tokio::spawn(shutdown::on_signal(stop, move || {
+        stopping.notify("STOPPING=1")
+    }));
+    // Workers can send from here on; records wait in the queue.
+    let source_task = tokio::spawn(source.run(ctx, shutdown.clone()));
+
+    // Opening the spool reads it through (checksums), which takes a moment
+    // when a long outage filled it: off the runtime, after the socket.
+    let (dir, max) = (config.spool_dir.clone(), config.spool_max_bytes);
+    let (spool, report) = tokio::task::spawn_blocking(move || Spool::open(&dir, max))
+        .await
+        .context("spool")?
+        .context("spool_dir")?;
+    spool.log_open(&report);
+
+    if !config.metrics_listen.is_empty() {
+        match metrics::bind(&config.metrics_listen).await {
+            Ok(listener) => {
+                tokio::spawn(metrics::serve(listener, counters.clone(), shutdown.clone()));
+            }
+            // Forwarding matters more than the agent's own metrics.
+            Err(error) => warn!(%error, listen = %config.metrics_listen,
+                "cannot serve the agent's metrics (metrics_listen); going on without them"),
+        }
+    }
+    let host_rx = (config.host_metrics_interval_secs > 0).then(|| {
+        let (tx, rx) = host::channel();
+        tokio::spawn(host::run(
+            identity.hostname.clone(),
+            Duration::from_secs(config.host_metrics_interval_secs),
+            tx,
+            counters.clone(),
+            shutdown.clone(),
+        ));
+        rx
+    });
+
     let sink = GrpcSink::new(
         Settings {
             collector: config.collector.clone(),
@@ -122,31 +181,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
         Shared {
             identity: identity.clone(),
-            seen: seen.clone(),
-            live: live.clone(),
+            seen,
+            live,
             counters: counters.clone(),
         },
         queue_rx,
+        host_rx,
         spool,
-    )?;
+    );
 
-    let source = SocketSource::bind(&config.socket, &config.socket_group, config.socket_mode.0)?;
-    let ctx = Arc::new(Context::new(
-        queue_tx,
-        live,
-        seen,
-        counters.clone(),
-        identity.hostname.clone(),
-    ));
-
-    let (stop, shutdown) = shutdown::channel();
-    let mut signals = tokio::spawn(shutdown::on_signal(stop));
-    let source_task = tokio::spawn(source.run(ctx, shutdown.clone()));
+    notifier.notify("READY=1");
+    if let Some(period) = notifier.watchdog_interval() {
+        tokio::spawn(notifier.clone().watchdog(period, shutdown.clone()));
+    }
     let log_task = tokio::spawn(log_counters(counters.clone()));
     let mut sink_task = tokio::spawn(sink.run(shutdown));
 
     // The sink returns only after shutdown (or if it panicked: a bug).
     tokio::select! {
+        biased;
         r = &mut signals => {
             r.context("signal handler")?.context("cannot install signal handlers")?;
             sink_task.await.context("collector sink")?;

@@ -10,8 +10,12 @@ pub fn channel() -> (watch::Sender<bool>, Shutdown) {
     (tx, Shutdown(rx))
 }
 
-/// Waits for SIGTERM or SIGINT, then triggers `tx`.
-pub async fn on_signal(tx: watch::Sender<bool>) -> std::io::Result<()> {
+/// Waits for SIGTERM or SIGINT, then calls `on_stop` (at once, before any
+/// task reacts) and triggers `tx`.
+pub async fn on_signal(
+    tx: watch::Sender<bool>,
+    on_stop: impl FnOnce() + Send + 'static,
+) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let name = tokio::select! {
@@ -19,6 +23,7 @@ pub async fn on_signal(tx: watch::Sender<bool>) -> std::io::Result<()> {
         _ = int.recv() => "SIGINT",
     };
     tracing::info!(signal = name, "shutting down");
+    on_stop();
     let _ = tx.send(true);
     Ok(())
 }

@@ -42,10 +42,14 @@ struct Seen {
     batches: Vec<Batch>,
     heartbeats: usize,
     lives: usize,
+    /// Live snapshots that carried host metrics.
+    live_hosts: usize,
     deregisters: Vec<(String, DeregisterRequest)>,
     protocol_errors: Vec<String>,
     /// Batches to answer by failing the stream instead of acknowledging.
     fail_next_batches: usize,
+    /// Unreachable: Register fails, open streams fail at their next message.
+    down: bool,
 }
 
 #[derive(Clone)]
@@ -80,6 +84,9 @@ impl Collector for FakeCollector {
         req: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         let auth = self.auth(&req).ok_or_else(refused)?;
+        if self.seen.lock().unwrap().down {
+            return Err(Status::unavailable("collector down"));
+        }
         let r = req.into_inner();
         let agent_id = r
             .identity
@@ -117,6 +124,10 @@ impl Collector for FakeCollector {
                             .push(format!("hello first? first={first} msg={m:?}"));
                     }
                     first = false;
+                    if s.down {
+                        let _ = tx.try_send(Err(Status::unavailable("collector down")));
+                        break;
+                    }
                     match m.msg {
                         Some(agent_message::Msg::Hello(h)) => {
                             s.hellos.push(h.agent_id);
@@ -140,8 +151,9 @@ impl Collector for FakeCollector {
                             s.heartbeats += 1;
                             Reply::Nothing
                         }
-                        Some(agent_message::Msg::Live(_)) => {
+                        Some(agent_message::Msg::Live(l)) => {
                             s.lives += 1;
+                            s.live_hosts += usize::from(l.host.is_some());
                             Reply::Nothing
                         }
                         None => Reply::Nothing,
@@ -227,6 +239,10 @@ impl Drop for Agent {
 
 impl Agent {
     fn start(dir: &Path, config: &str) -> Agent {
+        Agent::start_with_env(dir, config, &[])
+    }
+
+    fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Agent {
         let path = dir.join("agent.toml");
         fs::write(&path, config).unwrap();
         static STARTS: AtomicUsize = AtomicUsize::new(0);
@@ -238,6 +254,7 @@ impl Agent {
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "sonde_agent=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
@@ -273,6 +290,12 @@ impl Agent {
         }
     }
 
+    /// SIGKILL: no chance to flush or spool anything more.
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// SIGTERM, then wait for the exit.
     async fn terminate(&mut self) -> ExitStatus {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
@@ -302,6 +325,8 @@ socket_mode = "0660"
 spool_dir = "{spool}"
 hostname = "test-host"
 flush_interval_ms = 100
+host_metrics_interval_secs = 0
+metrics_listen = ""
 [cloud]
 provider = "none"
 "#,
@@ -358,14 +383,59 @@ fn spool_files(dir: &Path) -> Vec<PathBuf> {
         Ok(rd) => rd
             .map(|e| e.unwrap().path())
             .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("batch-")
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with("spool-") && name.ends_with(".seg")
             })
             .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+fn spool_bytes(dir: &Path) -> u64 {
+    spool_files(dir)
+        .iter()
+        .map(|p| fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
+}
+
+/// A loopback port free now (bound then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /metrics` from the agent's endpoint.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// One sample's value from a scrape (`name` with its labels).
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// All ids received, in order.
+fn received_ids(seen: &Mutex<Seen>) -> Vec<u8> {
+    received(seen).iter().map(|r| r.id[0]).collect()
+}
+
+/// A port with nothing behind it yet.
+async fn unused_addr() -> SocketAddr {
+    let listener = free_listener().await;
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
 }
 
 // ---------------------------------------------------------------- tests
@@ -532,8 +602,10 @@ async fn a_broken_stream_is_reopened_and_unacknowledged_batches_resent() {
         let s = collector.seen.lock().unwrap();
         let ids = |b: &Batch| b.records.iter().map(|r| r.id[0]).collect::<Vec<_>>();
         assert_eq!(ids(&s.batches[0]), [20, 21, 22]);
+        // Through the spool: the same records, under a new batch id.
         assert_eq!(ids(&s.batches[1]), [20, 21, 22], "the same records, resent");
-        assert_eq!(s.batches[0].batch_id, s.batches[1].batch_id);
+        assert!(s.batches[1].replay);
+        assert!(s.batches[0].batch_id < s.batches[1].batch_id);
         assert_eq!(s.stream_auth.len(), 2, "a second stream was opened");
         assert_eq!(s.hellos.len(), 2);
         assert!(s.protocol_errors.is_empty(), "{:?}", s.protocol_errors);
@@ -593,4 +665,275 @@ fn a_bad_config_exits_64_naming_the_key() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+}
+
+fn config_with(dir: &Path, collector: SocketAddr, extra: &str) -> String {
+    // Top-level keys must come before the [cloud] table.
+    config(dir, collector, TOKEN).replace(
+        "host_metrics_interval_secs = 0\nmetrics_listen = \"\"\n",
+        extra,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_spools_while_running_and_a_kill_9_loses_nothing_spooled() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = unused_addr().await;
+    let port = free_port();
+    let cfg = config_with(
+        dir.path(),
+        addr,
+        &format!("host_metrics_interval_secs = 0\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+    );
+    let mut agent = Agent::start(dir.path(), &cfg);
+    let sock = agent.connect().await;
+    for n in 1..=5 {
+        sock.send(&frame_of(record(n))).await.unwrap();
+    }
+    // No collector: the batch goes to disk while the agent runs.
+    wait_until("records spooled while running", || {
+        metric(&scrape(port), "sonde_agent_records_spooled_total") >= Some(5)
+    })
+    .await;
+    assert!(!spool_files(dir.path()).is_empty());
+    let text = scrape(port);
+    assert_eq!(
+        metric(&text, "sonde_agent_records_received_total"),
+        Some(5),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "sonde_agent_collector_connected"),
+        Some(0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "sonde_agent_spool_bytes").unwrap() > 0,
+        "{text}"
+    );
+
+    // kill -9 with a torn frame at the end of the spool, as if killed mid-write.
+    agent.kill9();
+    drop(sock);
+    let seg = spool_files(dir.path()).into_iter().max().unwrap();
+    let mut torn = fs::read(&seg).unwrap();
+    torn.extend_from_slice(&[40, 0, 0, 0, 1, 0, 0, 0, 9, 9]);
+    fs::write(&seg, torn).unwrap();
+
+    let collector = start_collector(TOKEN, TcpListener::bind(addr).await.unwrap()).await;
+    let mut agent = Agent::start(dir.path(), &cfg);
+    let sock = agent.connect().await;
+    sock.send(&frame_of(record(6))).await.unwrap();
+    wait_until("replayed and new records", || {
+        received(&collector.seen).len() >= 6
+    })
+    .await;
+    wait_until("the spool to empty", || spool_files(dir.path()).is_empty()).await;
+    assert_eq!(
+        received_ids(&collector.seen),
+        [1, 2, 3, 4, 5, 6],
+        "in order, once"
+    );
+    assert!(
+        agent.log().contains("torn or corrupt tail"),
+        "{}",
+        agent.log()
+    );
+    wait_until("the replay counted", || {
+        metric(&scrape(port), "sonde_agent_records_replayed_total") == Some(5)
+    })
+    .await;
+    assert!(agent.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_leaves_while_running_gets_everything_once_when_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = start_collector(TOKEN, free_listener().await).await;
+    let mut agent = Agent::start(dir.path(), &config(dir.path(), collector.addr, TOKEN));
+    let sock = agent.connect().await;
+    sock.send(&frame_of(record(1))).await.unwrap();
+    wait_until("the first record", || received(&collector.seen).len() == 1).await;
+
+    // The collector goes away; records keep coming and go to the spool.
+    collector.seen.lock().unwrap().down = true;
+    wait_until("the agent to notice", || {
+        agent.log().contains("collector connection failed")
+    })
+    .await;
+    for n in 2..=9 {
+        sock.send(&frame_of(record(n))).await.unwrap();
+    }
+    wait_until("spooled", || !spool_files(dir.path()).is_empty()).await;
+
+    collector.seen.lock().unwrap().down = false;
+    wait_until("the rest, replayed", || {
+        received(&collector.seen).len() >= 9
+    })
+    .await;
+    wait_until("the spool to empty", || spool_files(dir.path()).is_empty()).await;
+    assert_eq!(received_ids(&collector.seen), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert!(collector.seen.lock().unwrap().batches[1..]
+        .iter()
+        .all(|b| b.replay));
+    assert!(agent.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_drops_the_oldest_and_counts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = unused_addr().await;
+    let port = free_port();
+    let cfg = config_with(
+        dir.path(),
+        addr,
+        &format!(
+            "host_metrics_interval_secs = 0\nmetrics_listen = \"127.0.0.1:{port}\"\n\
+             spool_max_bytes = 1048576\nbatch_max_records = 1\n"
+        ),
+    );
+    let mut agent = Agent::start(dir.path(), &cfg);
+    let sock = agent.connect().await;
+    // 40 records of ~100 KB: about 4 MB into a 1 MiB spool.
+    for n in 1..=40u8 {
+        let mut r = record(n);
+        r.url = format!("/big/{n}/{}", "x".repeat(100_000));
+        sock.send(&frame_of(r)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    wait_until("all 40 taken", || {
+        let t = scrape(port);
+        metric(&t, "sonde_agent_records_spooled_total") == Some(40)
+    })
+    .await;
+    let text = scrape(port);
+    let dropped = metric(
+        &text,
+        "sonde_agent_records_dropped_total{reason=\"spool_full\"}",
+    )
+    .unwrap();
+    assert!(dropped > 0, "{text}");
+    assert!(
+        spool_bytes(dir.path()) <= 1 << 20,
+        "{}",
+        spool_bytes(dir.path())
+    );
+    assert!(agent.log().contains("spool full"), "{}", agent.log());
+
+    let collector = start_collector(TOKEN, TcpListener::bind(addr).await.unwrap()).await;
+    let kept = 40 - dropped as usize;
+    wait_until("what the spool kept", || {
+        received(&collector.seen).len() >= kept
+    })
+    .await;
+    let ids = received_ids(&collector.seen);
+    let want: Vec<u8> = (41 - kept as u8..=40).collect();
+    assert_eq!(
+        ids, want,
+        "the newest {kept} kept, in order; the oldest dropped"
+    );
+    let status = agent.terminate().await;
+    assert!(status.success());
+    assert!(
+        agent.log().contains(&format!("records_dropped={dropped}")),
+        "{}",
+        agent.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_metrics_travel_in_batches_and_live_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = start_collector(TOKEN, free_listener().await).await;
+    let cfg = config_with(
+        dir.path(),
+        collector.addr,
+        "host_metrics_interval_secs = 1\nmetrics_listen = \"\"\n",
+    );
+    let mut agent = Agent::start(dir.path(), &cfg);
+    let _sock = agent.connect().await;
+    wait_until(
+        "a batch with host metrics and a live snapshot with host",
+        || {
+            let s = collector.seen.lock().unwrap();
+            s.live_hosts > 0 && s.batches.iter().any(|b| !b.host_metrics.is_empty())
+        },
+    )
+    .await;
+    {
+        let s = collector.seen.lock().unwrap();
+        let m = s
+            .batches
+            .iter()
+            .flat_map(|b| &b.host_metrics)
+            .next()
+            .unwrap();
+        assert_eq!(m.hostname, "test-host");
+        assert!(m.mem_total_bytes > 0 && !m.cpu_per_core.is_empty() && m.processes > 0);
+    }
+    assert!(agent.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_gets_ready_after_the_socket_then_watchdog_pings_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let addr = unused_addr().await;
+    let notify_env = notify_path.display().to_string();
+    let mut agent = Agent::start_with_env(
+        dir.path(),
+        &config(dir.path(), addr, TOKEN),
+        &[("NOTIFY_SOCKET", &notify_env), ("WATCHDOG_USEC", "1000000")],
+    );
+    let socket = agent.socket.clone();
+    let recv = move || {
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).expect("a notification");
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), notify)
+    };
+    let (first, notify) = tokio::task::spawn_blocking(recv).await.unwrap();
+    assert_eq!(first, "READY=1", "{}", agent.log());
+    assert!(socket.exists(), "READY only once the socket listens");
+    let mut pings = 0;
+    let mut notify = notify;
+    while pings < 3 {
+        let (msg, n) = tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 256];
+            let len = notify.recv(&mut buf).expect("a watchdog ping");
+            (String::from_utf8_lossy(&buf[..len]).into_owned(), notify)
+        })
+        .await
+        .unwrap();
+        notify = n;
+        assert_eq!(msg, "WATCHDOG=1");
+        pings += 1;
+    }
+    kill(Pid::from_raw(agent.child.id() as i32), Signal::SIGTERM).unwrap();
+    let stopping = tokio::task::spawn_blocking(move || {
+        let mut got = Vec::new();
+        loop {
+            let mut buf = [0u8; 256];
+            let Ok(len) = notify.recv(&mut buf) else {
+                return Err(got);
+            };
+            if &buf[..len] == b"STOPPING=1" {
+                return Ok(());
+            }
+            got.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        stopping.is_ok(),
+        "no STOPPING=1 after {:?}:\n{}",
+        stopping,
+        agent.log()
+    );
+    assert!(agent.terminate().await.success());
 }

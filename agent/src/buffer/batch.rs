@@ -1,12 +1,12 @@
-//! Groups records into batches by count, by size and by age. Pure and
-//! clock-free: the caller passes `now` and seals at `deadline()`, so the rules
+//! Groups records (and host metrics samples) into batches by count, by size
+//! and by age. Pure and clock-free: the caller passes `now` and seals at `deadline()`, so the rules
 //! are unit-tested without waiting.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use sonde_proto::v1::RequestRecord;
+use sonde_proto::v1::{Batch, HostMetrics, RequestRecord};
 
 /// When a batch is full or old enough to send.
 #[derive(Debug, Clone, Copy)]
@@ -23,9 +23,11 @@ pub struct Limits {
 pub struct Batcher {
     limits: Limits,
     open: Vec<RequestRecord>,
+    open_host: Vec<HostMetrics>,
     open_bytes: usize,
     opened_at: Option<Instant>,
-    sealed: VecDeque<Vec<RequestRecord>>,
+    /// Sealed batches, without an id yet.
+    sealed: VecDeque<Batch>,
 }
 
 /// Bytes `record` adds to an encoded `Batch` (field 2: tag, length, body).
@@ -39,6 +41,7 @@ impl Batcher {
         Batcher {
             limits,
             open: Vec::new(),
+            open_host: Vec::new(),
             open_bytes: 0,
             opened_at: None,
             sealed: VecDeque::new(),
@@ -55,10 +58,10 @@ impl Batcher {
     /// byte limit travels alone.
     pub fn push(&mut self, record: RequestRecord, now: Instant) {
         let size = wire_len(&record);
-        if !self.open.is_empty() && self.open_bytes + size > self.limits.max_bytes {
+        if !self.is_open_empty() && self.open_bytes + size > self.limits.max_bytes {
             self.seal();
         }
-        if self.open.is_empty() {
+        if self.is_open_empty() {
             self.opened_at = Some(now);
         }
         self.open.push(record);
@@ -68,6 +71,21 @@ impl Batcher {
         }
     }
 
+    /// Adds a host metrics sample; it travels with the records of the same
+    /// period (a few hundred bytes every few seconds: it never seals a batch
+    /// by itself).
+    pub fn push_host(&mut self, sample: HostMetrics, now: Instant) {
+        if self.is_open_empty() {
+            self.opened_at = Some(now);
+        }
+        self.open_bytes += 2 + sample.encoded_len();
+        self.open_host.push(sample);
+    }
+
+    fn is_open_empty(&self) -> bool {
+        self.open.is_empty() && self.open_host.is_empty()
+    }
+
     /// When the open batch must be sealed by age, if there is one.
     pub fn deadline(&self) -> Option<Instant> {
         self.opened_at.map(|t| t + self.limits.max_age)
@@ -75,20 +93,19 @@ impl Batcher {
 
     /// Seals the open batch now (time flush, shutdown).
     pub fn seal(&mut self) {
-        if !self.open.is_empty() {
-            self.sealed.push_back(std::mem::take(&mut self.open));
+        if !self.is_open_empty() {
+            self.sealed.push_back(Batch {
+                records: std::mem::take(&mut self.open),
+                host_metrics: std::mem::take(&mut self.open_host),
+                ..Default::default()
+            });
         }
         self.open_bytes = 0;
         self.opened_at = None;
     }
 
-    /// Whether sealed batches wait to be taken.
-    pub fn has_sealed(&self) -> bool {
-        !self.sealed.is_empty()
-    }
-
-    /// The oldest sealed batch's records.
-    pub fn pop_sealed(&mut self) -> Option<Vec<RequestRecord>> {
+    /// The oldest sealed batch (its `batch_id` still 0).
+    pub fn pop_sealed(&mut self) -> Option<Batch> {
         self.sealed.pop_front()
     }
 }
@@ -113,8 +130,8 @@ mod tests {
         }
     }
 
-    fn ids(batch: &[RequestRecord]) -> Vec<u8> {
-        batch.iter().map(|r| r.id[0]).collect()
+    fn ids(batch: &Batch) -> Vec<u8> {
+        batch.records.iter().map(|r| r.id[0]).collect()
     }
 
     #[test]
@@ -159,11 +176,7 @@ mod tests {
             b.push(rec(n, n as usize * 3), now);
         }
         b.seal();
-        while let Some(records) = b.pop_sealed() {
-            let batch = sonde_proto::v1::Batch {
-                records,
-                ..Default::default()
-            };
+        while let Some(batch) = b.pop_sealed() {
             let records_len = batch.encoded_len();
             assert!(records_len <= max, "{records_len}");
         }
@@ -183,5 +196,27 @@ mod tests {
         assert!(b.deadline().is_none());
         b.push(rec(3, 0), t0 + Duration::from_millis(5000));
         assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(6000)));
+    }
+
+    #[test]
+    fn host_samples_ride_with_records_and_open_a_batch_alone() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(limits(2, 1 << 20));
+        let sample = |ts| HostMetrics {
+            ts_unix_ms: ts,
+            ..Default::default()
+        };
+        b.push_host(sample(1), t0);
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(1000)));
+        b.push(rec(1, 0), t0);
+        b.push(rec(2, 0), t0);
+        let batch = b.pop_sealed().unwrap();
+        assert_eq!(ids(&batch), [1, 2]);
+        assert_eq!(batch.host_metrics, [sample(1)]);
+        b.push_host(sample(2), t0);
+        b.seal();
+        let batch = b.pop_sealed().unwrap();
+        assert!(batch.records.is_empty());
+        assert_eq!(batch.host_metrics, [sample(2)]);
     }
 }

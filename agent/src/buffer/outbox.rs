@@ -1,14 +1,16 @@
-//! Batches handed to the collector but not yet acknowledged, in order. A
-//! batch leaves only when acknowledged or rejected; after a reconnect every
-//! one is sent again (the collector stores each record id once). The window is
-//! bounded by the caller: while it is full no new batch is formed, so the
-//! record queue fills and drops instead.
+//! Batches handed to the collector but not yet acknowledged, in order: the
+//! in-memory window of the stream. A batch leaves only when acknowledged or
+//! rejected. Each entry is either backed by a spool frame (its position) or
+//! held only here ("direct"); the sink spools direct entries before the
+//! connection is given up, so a lost connection never loses them. The window
+//! is bounded: when it is full, new batches go to the spool.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::time::Instant;
 
-use sonde_proto::v1::{Batch, RequestRecord};
+use sonde_proto::v1::Batch;
+
+use crate::buffer::spool::Position;
 
 /// One batch waiting for its acknowledgement.
 #[derive(Debug)]
@@ -16,8 +18,8 @@ pub struct Entry {
     pub batch: Batch,
     /// When it was last written to the stream.
     pub sent_at: Option<Instant>,
-    /// The spool file it was replayed from; deleted once acknowledged.
-    pub spool_file: Option<PathBuf>,
+    /// Its spool frame, if it has one; done once acknowledged.
+    pub spool: Option<Position>,
     /// Whether it was sent at least once (for `records_sent`).
     pub ever_sent: bool,
 }
@@ -54,31 +56,31 @@ impl Outbox {
         self.entries.len()
     }
 
-    /// Adds a new batch of `records`; returns its id.
-    pub fn push(&mut self, records: Vec<RequestRecord>) -> u64 {
-        self.push_entry(
-            Batch {
-                records,
-                ..Default::default()
-            },
-            None,
-        )
+    /// Adds a new batch; returns the id it is given.
+    pub fn push(&mut self, batch: Batch) -> u64 {
+        self.push_entry(batch, None)
     }
 
     /// Adds a batch read back from the spool, under a new id.
-    pub fn push_replay(&mut self, mut batch: Batch, file: PathBuf) -> u64 {
+    pub fn push_replay(&mut self, mut batch: Batch, at: Position) -> u64 {
         batch.replay = true;
-        self.push_entry(batch, Some(file))
+        self.push_entry(batch, Some(at))
     }
 
-    fn push_entry(&mut self, mut batch: Batch, spool_file: Option<PathBuf>) -> u64 {
+    /// A fresh batch id, for a batch that goes to the spool instead.
+    pub fn next_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
+        id
+    }
+
+    fn push_entry(&mut self, mut batch: Batch, spool: Option<Position>) -> u64 {
+        let id = self.next_id();
         batch.batch_id = id;
         self.entries.push_back(Entry {
             batch,
             sent_at: None,
-            spool_file,
+            spool,
             ever_sent: false,
         });
         id
@@ -126,6 +128,25 @@ impl Outbox {
         self.entries.remove(i)
     }
 
+    /// Entries held only in memory, oldest first.
+    pub fn direct_mut(&mut self) -> impl Iterator<Item = &mut Entry> + '_ {
+        self.entries.iter_mut().filter(|e| e.spool.is_none())
+    }
+
+    pub fn has_direct(&self) -> bool {
+        self.entries.iter().any(|e| e.spool.is_none())
+    }
+
+    /// A lost connection: takes the batches backed by the spool (read from
+    /// there again), keeps the others to be sent first, all as unsent.
+    pub fn drain_spooled(&mut self) -> Vec<Entry> {
+        self.mark_all_unsent();
+        let (spooled, kept): (Vec<Entry>, Vec<Entry>) =
+            self.entries.drain(..).partition(|e| e.spool.is_some());
+        self.entries = kept.into();
+        spooled
+    }
+
     /// Takes every batch (shutdown).
     pub fn drain(&mut self) -> impl Iterator<Item = Entry> + '_ {
         self.sent = 0;
@@ -137,8 +158,13 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn recs(n: usize) -> Vec<RequestRecord> {
-        vec![RequestRecord::default(); n]
+    use sonde_proto::v1::RequestRecord;
+
+    fn recs(n: usize) -> Batch {
+        Batch {
+            records: vec![RequestRecord::default(); n],
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -169,18 +195,20 @@ mod tests {
     #[test]
     fn replayed_batches_get_new_ids_and_the_replay_flag() {
         let mut o = Outbox::new(2, 7);
-        let old = Batch {
-            batch_id: 3,
-            records: recs(2),
-            ..Default::default()
+        let mut old = recs(2);
+        old.batch_id = 3;
+        let at = Position {
+            segment: 4,
+            frame: 1,
         };
-        assert_eq!(o.push_replay(old, PathBuf::from("/spool/b")), 7);
+        assert_eq!(o.push_replay(old, at), 7);
         let e = o.send_next(Instant::now()).unwrap();
         assert!(e.batch.replay);
         assert_eq!(e.batch.batch_id, 7);
-        assert_eq!(
-            e.spool_file.as_deref(),
-            Some(std::path::Path::new("/spool/b"))
-        );
+        assert_eq!(e.spool, Some(at));
+        assert!(!o.has_direct());
+        o.push(recs(1));
+        assert!(o.has_direct());
+        assert_eq!(o.direct_mut().count(), 1);
     }
 }

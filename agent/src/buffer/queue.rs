@@ -10,7 +10,7 @@ use prost::Message;
 use sonde_proto::v1::RequestRecord;
 use tokio::sync::mpsc;
 
-use crate::counters::{add, Counters};
+use crate::counters::{Counters, DropReason};
 use crate::ratelimit::RateLimit;
 
 /// How often the "dropping" warning repeats while drops go on.
@@ -79,7 +79,7 @@ impl RecordQueue {
     }
 
     fn dropped(&self, limit: &'static str) {
-        add(&self.counters.records_dropped, 1);
+        self.counters.drop_records(DropReason::QueueFull, 1);
         if let Some(silenced) = self.drop_log.check(Instant::now()) {
             let total = self.counters.snapshot().records_dropped;
             tracing::warn!(

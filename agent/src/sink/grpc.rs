@@ -1,20 +1,24 @@
 //! The collector connection: Register, then one long-lived bidirectional
 //! `Stream` carrying batches, heartbeats and live snapshots, with
 //! acknowledgements coming back. This module owns the batching loop, the
-//! window of unacknowledged batches, reconnection with backoff, and the
-//! shutdown sequence (flush, wait for acks, spool the rest, Deregister). It
-//! never drops an unacknowledged batch on a connection error: it resends.
+//! window of unacknowledged batches, the decision of what goes to the disk
+//! spool (everything while the collector is unreachable; new batches while
+//! the window is full or older data waits in the spool), replay from the
+//! spool in order, reconnection with backoff, and the shutdown sequence
+//! (flush, wait for acks, spool the rest, Deregister). It never drops an
+//! unacknowledged batch on a connection error: it spools and resends it.
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prost::Message as _;
 use rand::Rng;
 use sonde_proto::v1::collector_client::CollectorClient;
 use sonde_proto::v1::{
-    agent_message, collector_message, deregister_request, AgentMessage, CollectorMessage,
-    DeregisterRequest, Heartbeat, LiveSnapshot, RegisterRequest, StreamHello,
+    agent_message, collector_message, deregister_request, AgentMessage, Batch, CollectorMessage,
+    DeregisterRequest, Heartbeat, HostMetrics, LiveSnapshot, RegisterRequest, RequestRecord,
+    StreamHello,
 };
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -29,10 +33,11 @@ use tracing::{debug, error, info, warn};
 use crate::buffer::batch::{Batcher, Limits};
 use crate::buffer::outbox::Outbox;
 use crate::buffer::queue::QueueReceiver;
-use crate::buffer::spool::{self, Spool, SpoolError};
-use crate::counters::{add, Counters};
+use crate::buffer::spool::{self, Appended, Spool};
+use crate::counters::{add, set, Counters, DropReason};
 use crate::identity::{Identity, Seen};
 use crate::live::LiveTable;
+use crate::ratelimit::RateLimit;
 use crate::shutdown::Shutdown;
 
 /// Heartbeat period unless the collector asks for another.
@@ -42,8 +47,8 @@ const LIVE_EVERY: Duration = Duration::from_secs(1);
 /// The oldest sent batch must be acknowledged within this, or the stream is
 /// considered stuck and reopened.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Sent-but-unacknowledged batches at most (up to this many times
-/// `batch_max_bytes` of memory). When full, no new batch is formed.
+/// Batches in the in-memory window at most (up to this many times
+/// `batch_max_bytes` of memory). When full, new batches go to the spool.
 const MAX_UNACKED_BATCHES: usize = 32;
 /// Reconnection backoff: first delay, doubling up to the maximum, jittered.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
@@ -60,6 +65,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages queued towards the HTTP/2 stream.
 const OUTBOUND_CAPACITY: usize = 16;
+/// How often spool appends are made durable against a host crash (a crash
+/// of the agent alone loses nothing written).
+const SPOOL_SYNC_EVERY: Duration = Duration::from_secs(1);
+/// How often a spool warning (full, write error) may repeat.
+const SPOOL_LOG_PERIOD: Duration = Duration::from_secs(10);
 /// Room left for the `AgentMessage`/`Batch` framing when the collector
 /// announces its largest message.
 const MESSAGE_OVERHEAD: usize = 1024;
@@ -109,8 +119,19 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Auth(Option<MetadataValue<Ascii>>);
+
+/// Never prints the token.
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Auth(Bearer …)"
+        } else {
+            "Auth(none)"
+        })
+    }
+}
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -129,6 +150,8 @@ struct Connection {
     tx: mpsc::Sender<AgentMessage>,
     inbound: Streaming<CollectorMessage>,
     heartbeat_every: Duration,
+    /// The collector's largest message (0: not announced).
+    max_message_bytes: usize,
     /// `Seen::generation` last registered.
     registered: u64,
     opened_at: Instant,
@@ -153,125 +176,19 @@ pub struct Shared {
     pub counters: Arc<Counters>,
 }
 
-pub struct GrpcSink {
-    settings: Settings,
+/// What connecting needs; cloned into the connect future so that the sink
+/// goes on taking records (into the spool) while it connects.
+#[derive(Debug, Clone)]
+struct Dialer {
+    collector: String,
     auth: Auth,
-    shared: Shared,
-    queue: QueueReceiver,
-    queue_open: bool,
-    batcher: Batcher,
-    outbox: Outbox,
-    spool: Spool,
-    /// Spooled files not yet loaded, oldest first; loaded ahead of new data.
-    replay: VecDeque<PathBuf>,
+    identity: Identity,
+    seen: Arc<Seen>,
 }
 
-impl GrpcSink {
-    /// Lists the spool so its batches go out before new data.
-    pub fn new(
-        settings: Settings,
-        shared: Shared,
-        queue: QueueReceiver,
-        spool: Spool,
-    ) -> Result<GrpcSink, SpoolError> {
-        let replay: VecDeque<PathBuf> = spool.list()?.into();
-        if !replay.is_empty() {
-            info!(
-                batches = replay.len(),
-                "replaying batches spooled by the previous run"
-            );
-        }
-        // Batch ids grow across restarts: start above the clock in µs and
-        // above anything spooled.
-        let spooled_max = replay
-            .iter()
-            .filter_map(|p| spool::batch_id_of(p))
-            .max()
-            .unwrap_or(0);
-        let first_id = unix_micros().max(spooled_max.saturating_add(1));
-        let auth = Auth(if settings.token.is_empty() {
-            None
-        } else {
-            // The config check guarantees printable ASCII.
-            MetadataValue::try_from(format!("Bearer {}", settings.token)).ok()
-        });
-        Ok(GrpcSink {
-            auth,
-            batcher: Batcher::new(settings.limits),
-            settings,
-            shared,
-            queue,
-            queue_open: true,
-            outbox: Outbox::new(MAX_UNACKED_BATCHES, first_id),
-            spool,
-            replay,
-        })
-    }
-
-    /// Runs until shutdown, then flushes, spools what is unacknowledged and
-    /// deregisters.
-    pub async fn run(mut self, mut shutdown: Shutdown) {
-        let mut backoff = Backoff::new();
-        let mut conn = None;
-        while !shutdown.is_triggered() {
-            let mut c = tokio::select! {
-                _ = shutdown.wait() => break,
-                r = self.connect() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let delay = if e.is_unauthenticated() { backoff.max() } else { backoff.next() };
-                        self.log_failure(&e, delay);
-                        tokio::select! {
-                            _ = shutdown.wait() => break,
-                            _ = tokio::time::sleep(delay) => continue,
-                        }
-                    }
-                },
-            };
-            let resend = self.outbox.len();
-            info!(collector = %self.settings.collector, agent_id = %self.shared.identity.agent_id,
-                unacked_batches = resend, "connected to the collector");
-            match self.stream(&mut c, &mut shutdown).await {
-                Ok(()) => {
-                    conn = Some(c);
-                    break;
-                }
-                Err(e) => {
-                    if c.got_ack || c.opened_at.elapsed() >= HEALTHY_AFTER {
-                        backoff.reset();
-                    }
-                    self.outbox.mark_all_unsent();
-                    let delay = if e.is_unauthenticated() {
-                        backoff.max()
-                    } else {
-                        backoff.next()
-                    };
-                    self.log_failure(&e, delay);
-                    drop(c);
-                    tokio::select! {
-                        _ = shutdown.wait() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        self.finish(conn).await;
-    }
-
-    fn log_failure(&self, e: &SinkError, retry_in: Duration) {
-        let collector = &self.settings.collector;
-        let retry_in_ms = retry_in.as_millis() as u64;
-        if e.is_unauthenticated() {
-            error!(%collector, retry_in_ms,
-                "collector refused the agent token (UNAUTHENTICATED); check `token` in agent.toml");
-        } else {
-            warn!(error = %e, %collector, retry_in_ms, unacked_batches = self.outbox.len(),
-                "collector connection failed; retrying");
-        }
-    }
-
+impl Dialer {
     async fn client(&self, connect_timeout: Duration) -> Result<Client, SinkError> {
-        let channel = Endpoint::from_shared(self.settings.collector.clone())?
+        let channel = Endpoint::from_shared(self.collector.clone())?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
@@ -286,21 +203,17 @@ impl GrpcSink {
     }
 
     /// Connects, registers and opens the stream (its first message: hello).
-    async fn connect(&mut self) -> Result<Connection, SinkError> {
+    async fn connect(self) -> Result<Connection, SinkError> {
         let mut client = self.client(CONNECT_TIMEOUT).await?;
-        let seen = self.shared.seen.get();
+        let seen = self.seen.get();
         let request = RegisterRequest {
-            identity: Some(self.shared.identity.to_proto(&seen)),
+            identity: Some(self.identity.to_proto(&seen)),
         };
         let resp = timeout(CALL_TIMEOUT, client.register(request))
             .await
             .map_err(|_| SinkError::Timeout("Register"))?
             .map_err(SinkError::call("Register"))?
             .into_inner();
-        if resp.max_message_bytes > 0 {
-            self.batcher
-                .cap_bytes((resp.max_message_bytes as usize).saturating_sub(MESSAGE_OVERHEAD));
-        }
         let heartbeat_every = match resp.heartbeat_interval_ms {
             0 => DEFAULT_HEARTBEAT,
             ms => Duration::from_millis(ms.into()),
@@ -311,7 +224,7 @@ impl GrpcSink {
         let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         // Queued before the call so a collector that waits for it can answer.
         let hello = agent_message::Msg::Hello(StreamHello {
-            agent_id: self.shared.identity.agent_id.clone(),
+            agent_id: self.identity.agent_id.clone(),
         });
         let _ = tx.try_send(AgentMessage { msg: Some(hello) });
         let inbound = timeout(CALL_TIMEOUT, client.stream(ReceiverStream::new(rx)))
@@ -324,44 +237,343 @@ impl GrpcSink {
             tx,
             inbound,
             heartbeat_every,
+            max_message_bytes: resp.max_message_bytes as usize,
             registered: seen.generation,
             opened_at: Instant::now(),
             got_ack: false,
         })
     }
+}
 
-    /// Whether a new record may be taken from the queue: the window has room
-    /// and no sealed batch is waiting for it.
-    fn can_take(&self) -> bool {
-        self.outbox.has_room() && !self.batcher.has_sealed()
+pub struct GrpcSink {
+    dialer: Dialer,
+    shared: Shared,
+    queue: QueueReceiver,
+    queue_open: bool,
+    /// Host metrics samples (`None`: host metrics are off).
+    host: Option<mpsc::Receiver<HostMetrics>>,
+    latest_host: Option<HostMetrics>,
+    batcher: Batcher,
+    outbox: Outbox,
+    spool: Spool,
+    spool_full_log: RateLimit,
+    spool_error_log: RateLimit,
+}
+
+/// Where a sealed batch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Connected: to the in-memory window when it has room and nothing older
+    /// waits in the spool.
+    Stream,
+    /// Not connected: to the spool.
+    Spool,
+}
+
+impl GrpcSink {
+    pub fn new(
+        settings: Settings,
+        shared: Shared,
+        queue: QueueReceiver,
+        host: Option<mpsc::Receiver<HostMetrics>>,
+        spool: Spool,
+    ) -> GrpcSink {
+        let auth = Auth(if settings.token.is_empty() {
+            None
+        } else {
+            // The config check guarantees printable ASCII.
+            MetadataValue::try_from(format!("Bearer {}", settings.token)).ok()
+        });
+        let sink = GrpcSink {
+            dialer: Dialer {
+                collector: settings.collector.clone(),
+                auth,
+                identity: shared.identity.clone(),
+                seen: shared.seen.clone(),
+            },
+            batcher: Batcher::new(settings.limits),
+            shared,
+            queue,
+            queue_open: true,
+            host,
+            latest_host: None,
+            // Batch ids grow across restarts: they start at the clock in µs.
+            outbox: Outbox::new(MAX_UNACKED_BATCHES, unix_micros()),
+            spool,
+            spool_full_log: RateLimit::new(SPOOL_LOG_PERIOD),
+            spool_error_log: RateLimit::new(SPOOL_LOG_PERIOD),
+        };
+        sink.update_gauges();
+        sink
     }
 
-    /// Loads spooled batches, then sealed batches, into the window.
-    fn refill(&mut self) {
-        while self.outbox.has_room() {
-            let Some(path) = self.replay.pop_front() else {
-                break;
-            };
-            match self.spool.read(&path) {
-                Ok(batch) => {
-                    self.outbox.push_replay(batch, path);
-                }
-                Err(error @ SpoolError::Decode { .. }) => {
-                    warn!(%error, "setting an unreadable spool file aside");
-                    if let Err(error) = self.spool.quarantine(&path) {
-                        warn!(%error, "cannot set the spool file aside");
+    /// Runs until shutdown, then flushes, spools what is unacknowledged and
+    /// deregisters.
+    pub async fn run(mut self, mut shutdown: Shutdown) {
+        let mut backoff = Backoff::new();
+        let mut conn = None;
+        while !shutdown.is_triggered() {
+            let dial = self.dialer.clone().connect();
+            let mut c = match self.buffer_while(dial, &mut shutdown).await {
+                None => break,
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    let delay = if e.is_unauthenticated() {
+                        backoff.max()
+                    } else {
+                        backoff.next()
+                    };
+                    self.log_failure(&e, delay);
+                    let wait = tokio::time::sleep(delay);
+                    if self.buffer_while(wait, &mut shutdown).await.is_none() {
+                        break;
                     }
+                    continue;
                 }
-                Err(error) => {
-                    warn!(%error, "cannot read a spool file; skipped until the next start")
+            };
+            if c.max_message_bytes > 0 {
+                self.batcher
+                    .cap_bytes(c.max_message_bytes.saturating_sub(MESSAGE_OVERHEAD));
+            }
+            info!(collector = %self.dialer.collector, agent_id = %self.shared.identity.agent_id,
+                spool_bytes = self.spool.bytes(), "connected to the collector");
+            set(&self.shared.counters.connected, 1);
+            let result = self.stream(&mut c, &mut shutdown).await;
+            set(&self.shared.counters.connected, 0);
+            match result {
+                Ok(()) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err(e) => {
+                    if c.got_ack || c.opened_at.elapsed() >= HEALTHY_AFTER {
+                        backoff.reset();
+                    }
+                    drop(c);
+                    self.connection_lost();
+                    let delay = if e.is_unauthenticated() {
+                        backoff.max()
+                    } else {
+                        backoff.next()
+                    };
+                    self.log_failure(&e, delay);
+                    let wait = tokio::time::sleep(delay);
+                    if self.buffer_while(wait, &mut shutdown).await.is_none() {
+                        break;
+                    }
                 }
             }
         }
+        self.finish(conn).await;
+    }
+
+    fn log_failure(&self, e: &SinkError, retry_in: Duration) {
+        let collector = &self.dialer.collector;
+        let retry_in_ms = retry_in.as_millis() as u64;
+        if e.is_unauthenticated() {
+            error!(%collector, retry_in_ms,
+                "collector refused the agent token (UNAUTHENTICATED); check `token` in agent.toml");
+        } else {
+            warn!(error = %e, %collector, retry_in_ms, spool_bytes = self.spool.bytes(),
+                "collector connection failed; spooling to disk and retrying");
+        }
+    }
+
+    /// While not connected (connecting, or waiting to retry): runs `fut`
+    /// and meanwhile keeps taking records and host samples, sealing batches
+    /// and writing them to the spool. `None` if shutdown came first.
+    async fn buffer_while<F: Future>(
+        &mut self,
+        fut: F,
+        shutdown: &mut Shutdown,
+    ) -> Option<F::Output> {
+        tokio::pin!(fut);
+        let mut sync = tokio::time::interval(SPOOL_SYNC_EVERY);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            self.route_sealed(Route::Spool);
+            let deadline = self.batcher.deadline().map(Instant::from_std);
+            let host_open = self.host.is_some();
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => return None,
+                out = &mut fut => return Some(out),
+                _ = sync.tick() => self.sync_spool(),
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    self.batcher.seal();
+                }
+                m = recv_host(&mut self.host), if host_open => self.on_host(m),
+                r = self.queue.recv(), if self.queue_open => self.on_record(r),
+            }
+        }
+    }
+
+    fn on_record(&mut self, r: Option<RequestRecord>) {
+        match r {
+            Some(record) => self.batcher.push(record, std::time::Instant::now()),
+            None => self.queue_open = false,
+        }
+    }
+
+    fn on_host(&mut self, m: Option<HostMetrics>) {
+        match m {
+            Some(sample) => {
+                self.latest_host = Some(sample.clone());
+                self.batcher.push_host(sample, std::time::Instant::now());
+            }
+            None => self.host = None,
+        }
+    }
+
+    /// Moves sealed batches on: to the stream's window when `route` allows,
+    /// the window has room and nothing older waits in the spool; else to the
+    /// spool.
+    fn route_sealed(&mut self, route: Route) {
+        while let Some(batch) = self.batcher.pop_sealed() {
+            if route == Route::Stream && !self.spool.has_unread() && self.outbox.has_room() {
+                self.outbox.push(batch);
+            } else {
+                // Older batches held only in memory go first, so the spool
+                // keeps the order and a lost connection loses none of them.
+                self.spill_direct();
+                let mut batch = batch;
+                batch.batch_id = self.outbox.next_id();
+                self.spool_new(&batch);
+            }
+        }
+    }
+
+    /// Writes a new batch to the spool; counts what is spooled or lost.
+    fn spool_new(&mut self, batch: &Batch) {
+        let records = batch.records.len() as u64;
+        match self.spool.append(batch, false) {
+            Ok(a) => self.on_spooled(records, batch, &a),
+            Err(error) => {
+                self.shared
+                    .counters
+                    .drop_records(DropReason::SpoolWrite, records);
+                if let Some(silenced) = self.spool_error_log.check(std::time::Instant::now()) {
+                    error!(%error, records, since_last_error = silenced + 1,
+                        "cannot write to the spool; the batch is lost");
+                }
+            }
+        }
+    }
+
+    fn on_spooled(&self, records: u64, batch: &Batch, a: &Appended) {
+        let counters = &self.shared.counters;
+        add(&counters.records_spooled, records);
+        add(
+            &counters.bytes_spooled,
+            (batch.encoded_len() + spool::FRAME_HEADER) as u64,
+        );
+        if a.dropped_records > 0 || a.dropped_segments > 0 {
+            counters.drop_records(DropReason::SpoolFull, a.dropped_records);
+            if let Some(silenced) = self.spool_full_log.check(std::time::Instant::now()) {
+                warn!(
+                    dropped_records = a.dropped_records,
+                    since_last_warning = silenced + 1,
+                    records_dropped_spool_full = counters.dropped(DropReason::SpoolFull),
+                    spool_bytes = self.spool.bytes(),
+                    "spool full (spool_max_bytes): deleted the oldest spooled data"
+                );
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Writes the window's in-memory-only batches to the spool (they stay in
+    /// the window, now backed by a frame). One that cannot be written stays
+    /// in memory only.
+    fn spill_direct(&mut self) {
+        if !self.outbox.has_direct() {
+            return;
+        }
+        let mut spooled = Vec::new();
+        for e in self.outbox.direct_mut() {
+            match self.spool.append(&e.batch, true) {
+                Ok(a) => {
+                    if let Some(p) = a.position {
+                        if e.ever_sent {
+                            self.spool.mark_sent(p);
+                        }
+                    }
+                    e.spool = a.position;
+                    spooled.push((e.batch.records.len() as u64, e.batch.encoded_len(), a));
+                }
+                Err(error) => {
+                    if let Some(silenced) = self.spool_error_log.check(std::time::Instant::now()) {
+                        error!(%error, since_last_error = silenced + 1,
+                            "cannot write to the spool; the batch stays in memory only");
+                    }
+                }
+            }
+        }
+        let counters = &self.shared.counters;
+        for (records, bytes, a) in spooled {
+            add(&counters.records_spooled, records);
+            add(
+                &counters.bytes_spooled,
+                (bytes + spool::FRAME_HEADER) as u64,
+            );
+            counters.drop_records(DropReason::SpoolFull, a.dropped_records);
+        }
+        self.update_gauges();
+    }
+
+    /// The stream is gone: every batch in the window is either in the spool
+    /// (read again from there, in order) or, if it could not be spooled, kept
+    /// in memory to be sent first.
+    fn connection_lost(&mut self) {
+        self.spill_direct();
+        let mut lost = 0u64;
+        for e in self.outbox.drain_spooled() {
+            if let Some(p) = e.spool {
+                if !self.spool.holds(p) {
+                    // Its segment was deleted for room while it was in flight.
+                    lost += e.batch.records.len() as u64;
+                }
+            }
+        }
+        self.shared
+            .counters
+            .drop_records(DropReason::SpoolFull, lost);
+        self.spool.rewind();
+        self.sync_spool();
+    }
+
+    fn sync_spool(&mut self) {
+        if let Err(error) = self.spool.sync() {
+            if let Some(silenced) = self.spool_error_log.check(std::time::Instant::now()) {
+                error!(%error, since_last_error = silenced + 1, "cannot sync the spool to disk");
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        let c = &self.shared.counters;
+        set(&c.spool_bytes, self.spool.bytes());
+        set(&c.spool_segments, self.spool.segments() as u64);
+    }
+
+    /// Loads spooled batches into the window while it has room.
+    fn refill(&mut self) {
         while self.outbox.has_room() {
-            let Some(records) = self.batcher.pop_sealed() else {
-                break;
-            };
-            self.outbox.push(records);
+            match self.spool.read_next() {
+                None => break,
+                Some(Ok((at, batch))) => {
+                    self.outbox.push_replay(batch, at);
+                }
+                Some(Err(error)) => {
+                    self.shared
+                        .counters
+                        .drop_records(DropReason::SpoolCorrupt, error.lost_records);
+                    warn!(%error, "skipping damaged spooled data");
+                    self.update_gauges();
+                }
+            }
         }
     }
 
@@ -375,14 +587,16 @@ impl GrpcSink {
         let mut heartbeat = tokio::time::interval(c.heartbeat_every);
         let mut live = tokio::time::interval(LIVE_EVERY);
         let mut ack_check = tokio::time::interval(Duration::from_secs(1));
-        for t in [&mut heartbeat, &mut live, &mut ack_check] {
+        let mut sync = tokio::time::interval(SPOOL_SYNC_EVERY);
+        for t in [&mut heartbeat, &mut live, &mut ack_check, &mut sync] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
+            self.route_sealed(Route::Stream);
             self.refill();
-            let take = self.queue_open && self.can_take();
             let deadline = self.batcher.deadline().map(Instant::from_std);
+            let host_open = self.host.is_some();
             // Timers come before the data branches: under load the queue is
             // always ready, and `biased` would otherwise starve them.
             tokio::select! {
@@ -410,22 +624,21 @@ impl GrpcSink {
                     let snapshot = LiveSnapshot {
                         ts_unix_ms: now_ns / 1_000_000,
                         active: self.shared.live.snapshot(now_ns),
-                        host: None,
+                        host: self.latest_host.clone(),
                     };
                     // Live data is best effort: skipped when the stream is busy.
                     let _ = c.tx.try_send(AgentMessage { msg: Some(agent_message::Msg::Live(snapshot)) });
                 }
+                _ = sync.tick() => self.sync_spool(),
                 permit = c.tx.reserve(), if self.outbox.has_unsent() => {
                     let permit = permit.map_err(|_| SinkError::Closed)?;
                     self.send_next(permit);
                 }
-                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && self.can_take() => {
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
                     self.batcher.seal();
                 }
-                r = self.queue.recv(), if take => match r {
-                    Some(record) => self.batcher.push(record, std::time::Instant::now()),
-                    None => self.queue_open = false,
-                },
+                m = recv_host(&mut self.host), if host_open => self.on_host(m),
+                r = self.queue.recv(), if self.queue_open => self.on_record(r),
             }
         }
     }
@@ -434,16 +647,27 @@ impl GrpcSink {
         let Some(e) = self.outbox.send_next(Instant::now().into_std()) else {
             return;
         };
-        if !e.ever_sent {
-            e.ever_sent = true;
-            add(
-                &self.shared.counters.records_sent,
-                e.batch.records.len() as u64,
-            );
+        let records = e.batch.records.len() as u64;
+        let counters = &self.shared.counters;
+        // Count each batch once, however often it is sent: in memory by its
+        // entry, in the spool by its frame (an entry read again after a
+        // reconnect is a new entry for the same frame).
+        let first = match e.spool {
+            Some(p) => self.spool.mark_sent(p),
+            None => !e.ever_sent,
+        };
+        e.ever_sent = true;
+        if first {
+            add(&counters.records_sent, records);
+            if e.batch.replay {
+                add(&counters.records_replayed, records);
+            }
         }
+        add(&counters.bytes_sent, e.batch.encoded_len() as u64);
         debug!(
             batch_id = e.batch.batch_id,
-            records = e.batch.records.len(),
+            records,
+            host_samples = e.batch.host_metrics.len(),
             replay = e.batch.replay,
             "sending batch"
         );
@@ -490,7 +714,7 @@ impl GrpcSink {
 
     /// Handles an Ack or Reject; true for an Ack.
     fn on_message(&mut self, m: CollectorMessage) -> bool {
-        let counters = &self.shared.counters;
+        let counters = self.shared.counters.clone();
         match m.msg {
             Some(collector_message::Msg::Ack(ack)) => {
                 let Some(e) = self.outbox.remove(ack.batch_id) else {
@@ -501,16 +725,16 @@ impl GrpcSink {
                     return true;
                 };
                 add(&counters.records_acked, e.batch.records.len() as u64);
+                add(&counters.batches_acked, 1);
                 debug!(
                     batch_id = ack.batch_id,
                     stored = ack.stored,
                     duplicates = ack.duplicates,
                     "batch acknowledged"
                 );
-                if let Some(path) = e.spool_file {
-                    if let Err(error) = self.spool.remove(&path) {
-                        warn!(%error, "cannot delete a replayed spool file; it will be replayed again");
-                    }
+                if let Some(at) = e.spool {
+                    self.spool.ack(at);
+                    self.update_gauges();
                 }
                 true
             }
@@ -521,11 +745,12 @@ impl GrpcSink {
                 };
                 let records = e.batch.records.len() as u64;
                 add(&counters.batches_rejected, 1);
-                add(&counters.records_dropped, records);
+                counters.drop_records(DropReason::Rejected, records);
                 warn!(batch_id = rej.batch_id, records, reason = %rej.reason,
                     "the collector rejected a batch; its records are dropped");
-                if let Some(path) = e.spool_file {
-                    let _ = self.spool.remove(&path);
+                if let Some(at) = e.spool {
+                    self.spool.ack(at);
+                    self.update_gauges();
                 }
                 false
             }
@@ -550,10 +775,11 @@ impl GrpcSink {
             }
         }
         self.batcher.seal();
-        while let Some(records) = self.batcher.pop_sealed() {
-            // Past the window bound on purpose: the queue bound still holds.
-            self.outbox.push(records);
-        }
+        self.route_sealed(if conn.is_some() {
+            Route::Stream
+        } else {
+            Route::Spool
+        });
 
         if let Some(c) = conn.as_mut() {
             if !self.outbox.is_empty() {
@@ -568,32 +794,28 @@ impl GrpcSink {
             }
         }
 
-        let mut spooled = 0usize;
-        let entries: Vec<_> = self.outbox.drain().collect();
-        for e in entries {
-            if e.spool_file.is_some() {
-                continue; // still in the spool from the previous run
-            }
-            let records = e.batch.records.len() as u64;
-            match self.spool.write(&e.batch) {
-                Ok(_) => {
-                    spooled += 1;
-                    add(&self.shared.counters.records_spooled, records);
-                }
-                Err(error) => {
-                    error!(%error, records, "cannot spool a batch; its records are lost");
-                    add(&self.shared.counters.records_dropped, records);
-                }
+        self.spill_direct();
+        let mut lost = 0u64;
+        for e in self.outbox.drain() {
+            if e.spool.is_none() {
+                lost += e.batch.records.len() as u64;
             }
         }
-        if spooled > 0 {
-            info!(batches = spooled, dir = %self.spool_dir(), "spooled unacknowledged batches for the next start");
+        if lost > 0 {
+            error!(
+                records = lost,
+                "cannot spool unacknowledged records; they are lost"
+            );
+            self.shared
+                .counters
+                .drop_records(DropReason::SpoolWrite, lost);
+        }
+        self.sync_spool();
+        if !self.spool.is_empty() {
+            info!(dir = %self.spool.dir().display(), spool_bytes = self.spool.bytes(),
+                segments = self.spool.segments(), "unacknowledged data stays in the spool for the next start");
         }
         self.deregister(conn).await;
-    }
-
-    fn spool_dir(&self) -> String {
-        self.spool.dir().display().to_string()
     }
 
     /// Sends every unsent batch and handles acks until none is left.
@@ -623,7 +845,7 @@ impl GrpcSink {
             let mut client = match conn {
                 // Close our half of the stream first.
                 Some(c) => c.client,
-                None => self.client(Duration::from_secs(1)).await?,
+                None => self.dialer.client(Duration::from_secs(1)).await?,
             };
             client
                 .deregister(request)
@@ -635,6 +857,14 @@ impl GrpcSink {
             Ok(Err(error)) => warn!(%error, "could not deregister from the collector"),
             Err(_) => warn!("deregistering from the collector timed out"),
         }
+    }
+}
+
+/// The next host sample; pending forever when host metrics are off.
+async fn recv_host(rx: &mut Option<mpsc::Receiver<HostMetrics>>) -> Option<HostMetrics> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Where the agent's data comes from. Today: the PHP extension's socket.
-//! (Host and php-fpm pool metrics will be sources beside it.)
+//! Where the agent's data comes from: the PHP extension's socket, and the
+//! host itself (system and php-fpm pool metrics).
 
+pub mod host;
 pub mod socket;

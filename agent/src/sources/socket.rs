@@ -313,6 +313,8 @@ impl Context {
 
     /// Handles one socket message from connection `conn`.
     pub fn handle(&self, msg: &[u8], truncated: bool, conn: u64, peer_pid: Option<i32>) {
+        add(&self.counters.messages_received, 1);
+        add(&self.counters.bytes_received, msg.len() as u64);
         if let Err(error) = self.try_handle(msg, truncated, conn) {
             add(&self.counters.records_malformed, 1);
             if let Some(silenced) = self.malformed_log.check(Instant::now()) {
