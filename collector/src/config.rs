@@ -3,6 +3,7 @@
 //! so a typo never falls back to a default silently. The `///` comments on
 //! the fields are the operator reference (docs/collector.md repeats them).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,12 +73,21 @@ impl Default for HttpConfig {
 pub struct StorageConfig {
     /// Directory of the embedded database (created if absent).
     pub path: PathBuf,
+    /// A transaction taking at least this long, milliseconds, is a "bad
+    /// response" in the endpoint rollups. Applied as data arrives: a change
+    /// does not restate data already stored.
+    pub slow_ms: u64,
+    /// Per-application slow thresholds, milliseconds, overriding `slow_ms`:
+    /// `slow_ms_by_app = { shop = 1000 }`.
+    pub slow_ms_by_app: HashMap<String, u64>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             path: PathBuf::from("/var/lib/sonde/collector"),
+            slow_ms: 3000,
+            slow_ms_by_app: HashMap::new(),
         }
     }
 }
@@ -191,6 +201,12 @@ impl Config {
         if self.storage.path.as_os_str().is_empty() {
             return Err(("storage.path", "must not be empty"));
         }
+        if self.storage.slow_ms == 0 {
+            return Err(("storage.slow_ms", "must be at least 1"));
+        }
+        if self.storage.slow_ms_by_app.values().any(|&ms| ms == 0) {
+            return Err(("storage.slow_ms_by_app", "a threshold must be at least 1"));
+        }
         if self.auth.agent_tokens.iter().any(|t| t.trim().is_empty()) {
             return Err(("auth.agent_tokens", "a token must not be empty"));
         }
@@ -261,6 +277,20 @@ mod tests {
         assert_eq!(c.console.admin_password, "");
         assert_eq!(c.grpc.heartbeat_interval_ms, 5000);
         assert_eq!(c.grpc.max_message_bytes, 16 << 20);
+        assert_eq!(c.storage.slow_ms, 3000);
+        assert!(c.storage.slow_ms_by_app.is_empty());
+    }
+
+    #[test]
+    fn slow_thresholds() {
+        let c =
+            Config::parse("[storage]\nslow_ms = 2000\nslow_ms_by_app = { shop = 500 }\n").unwrap();
+        assert_eq!(c.storage.slow_ms, 2000);
+        assert_eq!(c.storage.slow_ms_by_app["shop"], 500);
+        let m = err("[storage]\nslow_ms = 0\n");
+        assert!(m.contains("key `storage.slow_ms`"), "{m}");
+        let m = err("[storage]\nslow_ms_by_app = { shop = 0 }\n");
+        assert!(m.contains("storage.slow_ms_by_app"), "{m}");
     }
 
     #[test]

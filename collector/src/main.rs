@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::auth::Tokens;
 use crate::config::Config;
+use crate::storage::rollup::SlowThresholds;
 use crate::storage::sqlite::SqliteStore;
 use crate::storage::SharedStore;
 
@@ -91,7 +92,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let dir = config.storage.path.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
+    let slow = SlowThresholds {
+        default_ms: config.storage.slow_ms,
+        per_app: config.storage.slow_ms_by_app.clone(),
+    };
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open_with(&dir, slow))
         .await?
         .with_context(|| {
             format!(

@@ -13,8 +13,8 @@ use sonde_proto::v1::collector_client::CollectorClient;
 use sonde_proto::v1::collector_message::Msg as Reply;
 use sonde_proto::v1::deregister_request::Reason;
 use sonde_proto::v1::{
-    Ack, AgentIdentity, AgentMessage, Batch, DeregisterRequest, RegisterRequest, RequestRecord,
-    StreamHello,
+    Ack, AgentIdentity, AgentMessage, Batch, DeregisterRequest, HostMetrics, RegisterRequest,
+    RequestRecord, StreamHello,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
@@ -223,6 +223,11 @@ async fn agent_to_api() {
     let batch = Batch {
         batch_id: 7,
         records: records(now_ns),
+        host_metrics: vec![HostMetrics {
+            ts_unix_ms: now_ns / 1_000_000,
+            cpu_percent: 12.5,
+            ..Default::default()
+        }],
         ..Default::default()
     };
     let acks = send_batch(&mut client, batch.clone()).await;
@@ -281,6 +286,34 @@ async fn agent_to_api() {
     assert_eq!(first["error"], false);
     let end_ms = (now_ns - 2_000_000_000 + 12_500_000) / 1_000_000;
     assert_eq!(first["ts_ms"], end_ms);
+
+    // The rollups saw each record once, despite the replay.
+    let path = format!("/api/v1/endpoints?from=0&to={}", end_ms + 60_000);
+    let (status, body) =
+        tokio::task::spawn_blocking(move || http_get(http, &path, Some(API_TOKEN)))
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let endpoints = json(&body);
+    assert_eq!(
+        endpoints["endpoints"][0]["endpoint"], "/orders/{num}",
+        "{body}"
+    );
+    assert_eq!(endpoints["endpoints"][0]["calls"], 2, "{body}");
+    assert_eq!(endpoints["endpoints"][0]["avg_ms"], 12.5, "{body}");
+    // Host metrics from the batch, named after the agent's host.
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        http_get(http, "/api/v1/hosts/series", Some(API_TOKEN))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let hosts = json(&body);
+    assert_eq!(hosts["hosts"][0]["host"], "web-test", "{body}");
+    assert_eq!(
+        hosts["hosts"][0]["points"][0]["cpu_percent"], 12.5,
+        "{body}"
+    );
 
     let path = format!("/api/v1/transactions/{}", "02".repeat(16));
     let (status, body) =

@@ -7,8 +7,10 @@
 pub mod dsn;
 pub mod endpoint;
 pub mod frame;
+pub mod hll;
 pub mod ids;
 pub mod redact;
 pub mod request;
+pub mod sketch;
 pub mod sql;
 pub mod trace;

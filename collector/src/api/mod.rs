@@ -3,7 +3,13 @@
 //! store and the live state, never writes them.
 
 mod agents;
+mod hosts;
+mod reports;
+mod rollups;
 mod transactions;
+
+#[cfg(test)]
+mod rollup_tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +94,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/transactions/:id", get(transactions::detail))
         .route("/agents", get(agents::list))
         .route("/active", get(agents::active))
+        .route("/endpoints", get(rollups::endpoints))
+        .route("/sql", get(rollups::sql))
+        .route("/series", get(rollups::series))
+        .route("/reports/daily", get(reports::daily))
+        .route("/hosts/series", get(hosts::series))
         .route("/stats", get(stats))
         .fallback(|| async { ApiError::NotFound("no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), require_token));

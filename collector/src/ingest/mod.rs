@@ -223,11 +223,12 @@ pub async fn serve(
 mod tests {
     use super::*;
     use crate::storage::{
-        AgentRecord, InsertOutcome, Store, StoreError, TxDetail, TxFilter, TxPage,
+        AgentRecord, EndpointStats, HostSeries, InsertOutcome, RollupRange, SqlStats, Step, Store,
+        StoreError, TxDetail, TxFilter, TxPage, Visitors,
     };
     use sonde_proto::v1::agent_message::Msg;
     use sonde_proto::v1::collector_client::CollectorClient;
-    use sonde_proto::v1::{AgentIdentity, AgentMessage, Batch, RequestRecord};
+    use sonde_proto::v1::{AgentIdentity, AgentMessage, Batch, HostMetrics, RequestRecord};
     use tonic::Code;
 
     /// A store whose disk is full: every write fails.
@@ -243,6 +244,34 @@ mod tests {
             _: &[RequestRecord],
             _: &str,
         ) -> Result<InsertOutcome, StoreError> {
+            full()
+        }
+        fn insert_host_metrics(&self, _: &[HostMetrics], _: &str) -> Result<u32, StoreError> {
+            full()
+        }
+        fn endpoints(&self, _: &RollupRange) -> Result<Vec<EndpointStats>, StoreError> {
+            full()
+        }
+        fn sql_statements(
+            &self,
+            _: &RollupRange,
+            _: Option<&str>,
+        ) -> Result<Vec<SqlStats>, StoreError> {
+            full()
+        }
+        fn steps(&self, _: &RollupRange, _: i64, _: bool) -> Result<Vec<Step>, StoreError> {
+            full()
+        }
+        fn visitors(&self, _: &RollupRange, _: i64) -> Result<Visitors, StoreError> {
+            full()
+        }
+        fn host_series(
+            &self,
+            _: i64,
+            _: i64,
+            _: Option<&str>,
+            _: usize,
+        ) -> Result<(Vec<HostSeries>, bool), StoreError> {
             full()
         }
         fn query_transactions(&self, _: &TxFilter) -> Result<TxPage, StoreError> {

@@ -179,11 +179,15 @@ impl Session {
             .into_iter()
             .map(str::to_owned)
             .collect();
-        // Host metrics are not stored yet.
         let records = batch.records;
+        let host_metrics = batch.host_metrics;
         let host = self.hostname.clone();
+        // Host metrics are idempotent per (host, time), so storing them
+        // after the records is safe: a failure gets the batch resent whole.
         let outcome = run_blocking(&self.ingest.store, move |s| {
-            s.insert_records(&records, &host)
+            let outcome = s.insert_records(&records, &host)?;
+            s.insert_host_metrics(&host_metrics, &host)?;
+            Ok(outcome)
         })
         .await;
         let outcome = match outcome {

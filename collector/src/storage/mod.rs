@@ -7,6 +7,7 @@
 //! directly on the runtime.
 
 pub mod detail;
+pub mod rollup;
 pub mod sqlite;
 
 use std::borrow::Cow;
@@ -14,10 +15,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use sonde_core::endpoint::EndpointNamer;
-use sonde_proto::v1::{AgentIdentity, RequestRecord};
+use sonde_proto::v1::{AgentIdentity, HostMetrics, RequestRecord};
 use thiserror::Error;
 
 pub use detail::TxDetail;
+pub use rollup::{EndpointStats, HostSeries, RollupRange, SqlStats, Step, Visitors};
 
 /// What a storage operation can fail with.
 #[derive(Debug, Error)]
@@ -46,14 +48,57 @@ pub enum StoreError {
 /// Every method blocks until its work is done; a write that returns `Ok`
 /// has been committed.
 pub trait Store: Send + Sync {
-    /// Stores each record once (by `RequestRecord.id`); records already
-    /// stored are counted as duplicates. `fallback_host` is used for records
+    /// Stores each record once (by `RequestRecord.id`) and folds each newly
+    /// stored one into the rollups, in one commit; records already stored
+    /// are counted as duplicates and leave the rollups untouched. `fallback_host` is used for records
     /// whose `host` is empty (the sending agent's hostname).
     fn insert_records(
         &self,
         records: &[RequestRecord],
         fallback_host: &str,
     ) -> Result<InsertOutcome, StoreError>;
+
+    /// Stores host-metrics samples once per (host, `ts_unix_ms`); a resent
+    /// sample is ignored. `fallback_host` names samples without a hostname.
+    /// Returns how many were new.
+    fn insert_host_metrics(
+        &self,
+        metrics: &[HostMetrics],
+        fallback_host: &str,
+    ) -> Result<u32, StoreError>;
+
+    /// Per (app, endpoint) totals over `range`, most total time first.
+    fn endpoints(&self, range: &RollupRange) -> Result<Vec<EndpointStats>, StoreError>;
+
+    /// Per SQL statement totals over `range` (optionally of one endpoint),
+    /// most total time first.
+    fn sql_statements(
+        &self,
+        range: &RollupRange,
+        endpoint: Option<&str>,
+    ) -> Result<Vec<SqlStats>, StoreError>;
+
+    /// Totals per step of `step_ms`, starting at `range.from_ms`: one
+    /// [`Step`] per step up to `range.to_ms` (empty steps included). With
+    /// `peak`, each step also gets its busiest second.
+    fn steps(&self, range: &RollupRange, step_ms: i64, peak: bool)
+        -> Result<Vec<Step>, StoreError>;
+
+    /// Distinct visitors over `range` and per step of `step_ms` from
+    /// `range.from_ms`, counted from the hourly sketches whose hour starts
+    /// in the range (or step).
+    fn visitors(&self, range: &RollupRange, step_ms: i64) -> Result<Visitors, StoreError>;
+
+    /// Host-metrics samples in `[from_ms, to_ms]`, per host, at most
+    /// `limit` samples in all (the most recent kept); the bool says whether
+    /// some were left out.
+    fn host_series(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        host: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<HostSeries>, bool), StoreError>;
 
     /// Transaction summaries matching `filter`, oldest first.
     fn query_transactions(&self, filter: &TxFilter) -> Result<TxPage, StoreError>;

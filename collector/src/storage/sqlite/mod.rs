@@ -4,10 +4,14 @@
 //! One writer connection (writes are serialised; a batch is one
 //! transaction, committed before `insert_records` returns) and one reader
 //! connection. Exactly-once storage rests on the UNIQUE `record_id` column
-//! and `INSERT OR IGNORE`. `synchronous = NORMAL`: a commit survives a crash
+//! and `INSERT OR IGNORE`: only records whose insert took a row are folded
+//! into the rollups (`rollup`), in the same transaction. `synchronous = NORMAL`: a commit survives a crash
 //! of the collector; a power loss may lose the last commits, which agents
 //! then no longer hold (the trade-off for not syncing every batch).
 
+mod rollup;
+
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -17,18 +21,21 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use sonde_core::endpoint::EndpointNamer;
 use sonde_core::ids::to_hex;
-use sonde_proto::v1::{AgentIdentity, RequestRecord};
+use sonde_proto::v1::{AgentIdentity, HostMetrics, RequestRecord};
 
+use super::rollup::{BatchRollup, SlowThresholds};
 use super::{
-    AgentRecord, AgentState, InsertOutcome, Store, StoreError, TxDetail, TxFilter, TxPage, TxRow,
-    TxSummary,
+    AgentRecord, AgentState, EndpointStats, HostSeries, InsertOutcome, RollupRange, SqlStats, Step,
+    Store, StoreError, TxDetail, TxFilter, TxPage, TxRow, TxSummary, Visitors,
 };
 
 /// The database file inside `[storage] path`.
 pub const DB_FILE: &str = "sonde.db";
 
-/// Bumped whenever `SCHEMA` changes incompatibly.
-const SCHEMA_VERSION: i64 = 1;
+/// Bumped whenever the schema changes. 2: rollups, texts, host metrics
+/// (a version-1 database gains the tables; its older rows are not rolled
+/// up).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS transactions (
@@ -75,6 +82,9 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     namer: EndpointNamer,
+    slow: SlowThresholds,
+    /// Committed text ids; only touched while holding `writer`.
+    texts: Mutex<HashMap<String, i64>>,
 }
 
 /// A connection from a mutex whose holder panicked is still usable: an
@@ -84,8 +94,16 @@ fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database in directory `dir`.
+    /// Opens (creating if needed) the database in directory `dir`, with the
+    /// default slow threshold.
+    #[cfg(test)]
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, SlowThresholds::default())
+    }
+
+    /// Opens (creating if needed) the database in directory `dir`; `slow`
+    /// decides which transactions count as bad responses.
+    pub fn open_with(dir: &Path, slow: SlowThresholds) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|cause| StoreError::CreateDir {
             path: dir.to_owned(),
             cause,
@@ -106,17 +124,22 @@ impl SqliteStore {
             });
         }
         writer.execute_batch(SCHEMA)?;
+        writer.execute_batch(rollup::SCHEMA)?;
         writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        rollup::register_functions(&writer)?;
 
         let reader = Connection::open_with_flags(
             &file,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         reader.busy_timeout(Duration::from_secs(5))?;
+        rollup::register_functions(&reader)?;
         Ok(SqliteStore {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             namer: EndpointNamer::default(),
+            slow,
+            texts: Mutex::default(),
         })
     }
 }
@@ -161,7 +184,9 @@ impl Store for SqliteStore {
     ) -> Result<InsertOutcome, StoreError> {
         let mut outcome = InsertOutcome::default();
         let mut conn = lock(&self.writer);
+        let mut cache = self.texts.lock().unwrap_or_else(PoisonError::into_inner);
         let tx = conn.transaction()?;
+        let mut rollups = BatchRollup::default();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO transactions
@@ -195,13 +220,74 @@ impl Store for SqliteStore {
                 ])?;
                 if n == 1 {
                     outcome.stored += 1;
+                    rollups.add(&row, record, &self.slow);
                 } else {
                     outcome.duplicates += 1;
                 }
             }
         }
+        let mut texts = rollup::Texts {
+            committed: &cache,
+            pending: HashMap::new(),
+        };
+        rollup::write(&tx, &rollups, &mut texts)?;
+        let pending = texts.pending;
         tx.commit()?;
+        if cache.len() + pending.len() > rollup::TEXT_CACHE_MAX {
+            cache.clear();
+        }
+        cache.extend(pending);
         Ok(outcome)
+    }
+
+    fn insert_host_metrics(
+        &self,
+        metrics: &[HostMetrics],
+        fallback_host: &str,
+    ) -> Result<u32, StoreError> {
+        if metrics.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        let stored = rollup::insert_host_metrics(&tx, metrics, fallback_host)?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    fn endpoints(&self, range: &RollupRange) -> Result<Vec<EndpointStats>, StoreError> {
+        rollup::endpoints(&lock(&self.reader), range)
+    }
+
+    fn sql_statements(
+        &self,
+        range: &RollupRange,
+        endpoint: Option<&str>,
+    ) -> Result<Vec<SqlStats>, StoreError> {
+        rollup::sql_statements(&lock(&self.reader), range, endpoint)
+    }
+
+    fn steps(
+        &self,
+        range: &RollupRange,
+        step_ms: i64,
+        peak: bool,
+    ) -> Result<Vec<Step>, StoreError> {
+        rollup::steps(&lock(&self.reader), range, step_ms, peak)
+    }
+
+    fn visitors(&self, range: &RollupRange, step_ms: i64) -> Result<Visitors, StoreError> {
+        rollup::visitors(&lock(&self.reader), range, step_ms)
+    }
+
+    fn host_series(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        host: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<HostSeries>, bool), StoreError> {
+        rollup::host_series(&lock(&self.reader), from_ms, to_ms, host, limit)
     }
 
     fn query_transactions(&self, filter: &TxFilter) -> Result<TxPage, StoreError> {
