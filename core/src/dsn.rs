@@ -42,6 +42,8 @@ pub fn instance(driver: &str, host: &str, port: &str, db: &str, socket: &str) ->
     let default_port = match scheme {
         "postgresql" => "5432",
         "mysql" => "3306",
+        "redis" => "6379",
+        "memcached" => "11211",
         _ => "",
     };
     let host = if host.is_empty() && !socket.is_empty() {
@@ -57,8 +59,11 @@ pub fn instance(driver: &str, host: &str, port: &str, db: &str, socket: &str) ->
         out.push(':');
         out.push_str(port);
     }
-    out.push('/');
-    out.push_str(db);
+    // Key-value stores have no database path.
+    if !(db.is_empty() && matches!(scheme, "redis" | "memcached")) {
+        out.push('/');
+        out.push_str(db);
+    }
     out
 }
 

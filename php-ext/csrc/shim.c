@@ -96,6 +96,16 @@ zend_result sonde_shim_call_prev_post_startup(void) {
 
 zend_function *sonde_shim_func(zend_execute_data *ex) { return ex->func; }
 
+const char *sonde_shim_function_name(zend_execute_data *ex, size_t *len) {
+    zend_string *name = ex->func ? ex->func->common.function_name : NULL;
+    if (!name) {
+        *len = 0;
+        return "";
+    }
+    *len = ZSTR_LEN(name);
+    return ZSTR_VAL(name);
+}
+
 zend_object *sonde_shim_this(zend_execute_data *ex) {
     return Z_TYPE(ex->This) == IS_OBJECT ? Z_OBJ(ex->This) : NULL;
 }

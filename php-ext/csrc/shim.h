@@ -61,6 +61,8 @@ zend_result sonde_shim_call_prev_post_startup(void);
 /* The function being called, its $this object (NULL for plain functions),
  * the number of arguments, and argument n (1-based; NULL past the end). */
 zend_function *sonde_shim_func(zend_execute_data *ex);
+/* The called function's name as declared (e.g. "hGetAll"). */
+const char *sonde_shim_function_name(zend_execute_data *ex, size_t *len);
 zend_object *sonde_shim_this(zend_execute_data *ex);
 uint32_t sonde_shim_num_args(zend_execute_data *ex);
 zval *sonde_shim_arg(zend_execute_data *ex, uint32_t n);

@@ -154,6 +154,35 @@ impl SpanBuf {
             .unwrap_or([0; 8])
     }
 
+    /// Records a cache command (`operation`, e.g. `hGetAll`) on `db`.
+    pub fn cache(
+        &mut self,
+        library: &'static str,
+        start_ns: u64,
+        duration_ns: u64,
+        operation: &[u8],
+        db: u16,
+        error: &[u8],
+    ) {
+        let text = self.text(operation);
+        let error = if error.is_empty() {
+            Text::default()
+        } else {
+            self.text(error)
+        };
+        self.push(RawSpan {
+            kind: SpanKind::Cache as i32,
+            library,
+            start_ns,
+            duration_ns,
+            text,
+            db,
+            calls: 1,
+            error,
+            ..Default::default()
+        });
+    }
+
     /// Records an outgoing call to `url` (query removed here).
     #[allow(clippy::too_many_arguments)]
     pub fn external(
@@ -467,6 +496,20 @@ impl SpanBuf {
                         message: self.string(s.error),
                         ..Default::default()
                     }),
+                    ..Default::default()
+                });
+                continue;
+            }
+            if s.kind == SpanKind::Cache as i32 {
+                out.push(Span {
+                    kind: s.kind,
+                    start_ns: s.start_ns,
+                    duration_ns: s.duration_ns,
+                    operation: self.string(s.text).to_ascii_uppercase(),
+                    db: instance,
+                    error: self.string(s.error),
+                    library: s.library.to_string(),
+                    calls: 1,
                     ..Default::default()
                 });
                 continue;

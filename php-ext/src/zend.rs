@@ -441,3 +441,14 @@ pub fn curl_info<'b>(
         until_nul(err),
     ))
 }
+
+/// The called function's declared name (`hGetAll`).
+pub fn function_name(call: &Call) -> &[u8] {
+    let mut len = 0usize;
+    // SAFETY: the frame is live; the name is an interned string of the
+    // function, which lives for the process.
+    unsafe {
+        let p = sys::sonde_shim_function_name(call.execute_data, &mut len);
+        std::slice::from_raw_parts(p.cast::<u8>(), len)
+    }
+}

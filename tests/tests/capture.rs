@@ -241,3 +241,36 @@ fn curl_calls_are_external_spans_and_the_callee_joins_the_trace() {
     // The callee's elapsed time fits inside the caller's external span.
     assert!(callee["elapsed_ms"].as_f64().unwrap() <= ext[0]["duration_ms"].as_f64().unwrap());
 }
+
+#[test]
+fn redis_commands_are_cache_spans() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let r = stack.web("GET", "/t/redis.php", &[], "").unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.body, stack.logs());
+    assert_eq!(r.body, "v1 {\"f\":\"1\"}\n");
+    let d = detail_of(&stack, from, "/t/redis.php");
+    let spans = d["spans"].as_array().unwrap();
+    let ops: Vec<(&str, &str, &str)> = spans
+        .iter()
+        .map(|s| {
+            (
+                s["kind"].as_str().unwrap(),
+                s["operation"].as_str().unwrap_or(""),
+                s["db"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let db = "redis://127.0.0.1:6379";
+    assert_eq!(
+        ops,
+        vec![
+            ("cache", "SET", db),
+            ("cache", "GET", db),
+            ("cache", "HSET", db),
+            ("cache", "HGETALL", db),
+            ("cache", "DEL", db),
+        ],
+        "{spans:#?}"
+    );
+}

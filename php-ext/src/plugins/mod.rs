@@ -5,6 +5,7 @@ pub mod curl;
 pub mod mysqli;
 pub mod pdo;
 pub mod pgsql;
+pub mod redis;
 
 use sonde_proto::v1::SpanKind;
 
@@ -14,7 +15,14 @@ use crate::spans::{RawSpan, Text};
 use crate::zend;
 
 /// Every plugin's hooks.
-pub const ALL: &[&[HookSpec]] = &[pdo::HOOKS, mysqli::HOOKS, pgsql::HOOKS, curl::HOOKS];
+pub const ALL: &[&[HookSpec]] = &[
+    pdo::HOOKS,
+    mysqli::HOOKS,
+    pgsql::HOOKS,
+    curl::HOOKS,
+    redis::HOOKS,
+    redis::COMMANDS,
+];
 
 /// Records a SQL span for `call`: statement `text`, connection `db_key`
 /// with its (driver, DSN), `rows`, and an error when the call threw or

@@ -1,0 +1,185 @@
+//! phpredis (`Redis` class): each command is a cache span with its name,
+//! duration, instance and error. The instance comes from `connect` /
+//! `pconnect` in the same request (a connection reused from an earlier
+//! request shows none).
+
+use crate::hooks::{Call, HookSpec};
+use crate::module::with_spans;
+use crate::zend;
+
+const LIBRARY: &str = "redis";
+
+macro_rules! commands {
+    ($($name:literal),* $(,)?) => {
+        &[$(HookSpec { class: Some(c"redis"), function: $name, record: command, before: None }),*]
+    };
+}
+
+/// Connections, then the commands timed (lower case, as in the class table).
+pub const HOOKS: &[HookSpec] = &[
+    HookSpec {
+        class: Some(c"redis"),
+        function: c"connect",
+        record: connect,
+        before: None,
+    },
+    HookSpec {
+        class: Some(c"redis"),
+        function: c"pconnect",
+        record: connect,
+        before: None,
+    },
+    HookSpec {
+        class: Some(c"redis"),
+        function: c"open",
+        record: connect,
+        before: None,
+    },
+    HookSpec {
+        class: Some(c"redis"),
+        function: c"popen",
+        record: connect,
+        before: None,
+    },
+];
+
+/// The commands timed.
+pub const COMMANDS: &[HookSpec] = commands![
+    c"get",
+    c"set",
+    c"setex",
+    c"psetex",
+    c"setnx",
+    c"del",
+    c"unlink",
+    c"exists",
+    c"expire",
+    c"pexpire",
+    c"expireat",
+    c"ttl",
+    c"pttl",
+    c"incr",
+    c"incrby",
+    c"incrbyfloat",
+    c"decr",
+    c"decrby",
+    c"mget",
+    c"mset",
+    c"msetnx",
+    c"getset",
+    c"append",
+    c"strlen",
+    c"hget",
+    c"hset",
+    c"hsetnx",
+    c"hmget",
+    c"hmset",
+    c"hgetall",
+    c"hdel",
+    c"hexists",
+    c"hincrby",
+    c"hkeys",
+    c"hvals",
+    c"hlen",
+    c"lpush",
+    c"rpush",
+    c"lpop",
+    c"rpop",
+    c"lrange",
+    c"llen",
+    c"lrem",
+    c"ltrim",
+    c"lindex",
+    c"lset",
+    c"sadd",
+    c"srem",
+    c"smembers",
+    c"sismember",
+    c"scard",
+    c"spop",
+    c"zadd",
+    c"zrem",
+    c"zrange",
+    c"zrevrange",
+    c"zrangebyscore",
+    c"zrevrangebyscore",
+    c"zscore",
+    c"zincrby",
+    c"zcard",
+    c"zrank",
+    c"zrevrank",
+    c"eval",
+    c"evalsha",
+    c"publish",
+    c"keys",
+    c"scan",
+    c"ping",
+    c"exec",
+    c"rawcommand",
+    c"select",
+    c"flushdb",
+    c"info",
+];
+
+fn connect(call: &Call) {
+    let obj = zend::this(call) as usize;
+    let Some(host) = zend::arg_str(call, 1) else {
+        return;
+    };
+    let port = match zend::arg_long(call, 2) {
+        p if p > 0 => p,
+        _ => 6379,
+    };
+    let mut dsn = [0u8; 300];
+    let mut n = 0;
+    for part in [&b"host="[..], host, b";port="] {
+        let k = part.len().min(dsn.len() - n);
+        dsn[n..n + k].copy_from_slice(&part[..k]);
+        n += k;
+    }
+    let mut digits = itoa(port as u64);
+    let d = digits.as_mut_slice();
+    let k = d.len().min(dsn.len() - n);
+    dsn[n..n + k].copy_from_slice(&d[..k]);
+    n += k;
+    with_spans(|buf, _| {
+        // A reconnect of the same object to another server: forget the old.
+        buf.db(obj, || Some((&b"redis"[..], &dsn[..n])));
+    });
+}
+
+fn itoa(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20);
+    loop {
+        out.push(b'0' + (v % 10) as u8);
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    out
+}
+
+fn command(call: &Call) {
+    let obj = zend::this(call) as usize;
+    let name = zend::function_name(call);
+    let mut class = [0u8; 128];
+    let mut msg = [0u8; 512];
+    let exception = zend::exception(&mut class, &mut msg);
+    with_spans(|buf, req_start| {
+        let db = buf.db(obj, || None);
+        let err: &[u8] = match exception {
+            Some((_, m)) => m.as_bytes(),
+            None => &[],
+        };
+        buf.cache(
+            LIBRARY,
+            call.start.saturating_duration_since(req_start).as_nanos() as u64,
+            call.end.saturating_duration_since(call.start).as_nanos() as u64,
+            name,
+            db,
+            err,
+        );
+    });
+}
