@@ -44,6 +44,16 @@ pub struct Config {
     /// Permissions of the socket: a TOML octal integer (`0o660`) or an octal
     /// string (`"0660"`). At most `0o777`.
     pub socket_mode: SocketMode,
+    /// The in-flight scoreboard file: one slot per PHP worker, written by the
+    /// extension through shared memory and read here every second (the
+    /// requests running now, and workers that died mid-request). Leave out
+    /// to use `scoreboard` beside `socket` (where the extension looks by
+    /// default; set `sonde.scoreboard` if you move it). Owned by
+    /// `socket_group` with `socket_mode`, like the socket.
+    pub scoreboard: Option<PathBuf>,
+    /// Slots in the scoreboard: the most PHP workers on this host that
+    /// show as in flight. Used when the file is created.
+    pub scoreboard_slots: u32,
     /// Directory for the agent's own state: the disk spool (segment files
     /// `spool-<n>.seg` holding batches the collector has not acknowledged),
     /// and `agent-id` when there is no `/etc/machine-id`. Created (0750) if
@@ -83,6 +93,20 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+impl Config {
+    /// The scoreboard path: `scoreboard`, else beside the socket.
+    pub fn scoreboard_path(&self) -> PathBuf {
+        match &self.scoreboard {
+            Some(p) => p.clone(),
+            None => self
+                .socket
+                .parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .join("scoreboard"),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -91,6 +115,8 @@ impl Default for Config {
             socket: "/run/sonde/agent.sock".into(),
             socket_group: "www-data".into(),
             socket_mode: SocketMode(0o660),
+            scoreboard: None,
+            scoreboard_slots: sonde_core::scoreboard::DEFAULT_SLOTS,
             spool_dir: "/var/lib/sonde/agent".into(),
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             host_metrics_interval_secs: 5,
@@ -276,6 +302,12 @@ impl Config {
             return Err(invalid(
                 "spool_max_bytes",
                 format!("must be at least {MIN_SPOOL_MAX_BYTES} (1 MiB)"),
+            ));
+        }
+        if !(1..=65_536).contains(&self.scoreboard_slots) {
+            return Err(invalid(
+                "scoreboard_slots",
+                format!("{} is not between 1 and 65536", self.scoreboard_slots),
             ));
         }
         if !self.metrics_listen.is_empty() {

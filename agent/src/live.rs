@@ -22,6 +22,9 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct LiveTable {
     map: Mutex<HashMap<Vec<u8>, Entry>>,
+    /// Requests running now as read from the scoreboard (replaced whole
+    /// every scan).
+    board: Mutex<Vec<InflightRequest>>,
 }
 
 impl LiveTable {
@@ -68,13 +71,25 @@ impl LiveTable {
         self.lock().retain(|_, e| e.conn != conn);
     }
 
+    /// The requests the scoreboard shows running now.
+    pub fn set_board(&self, running: Vec<InflightRequest>) {
+        *self.board.lock().unwrap_or_else(|p| p.into_inner()) = running;
+    }
+
     /// Every request with its elapsed time at `now_unix_ns`, oldest first.
     pub fn snapshot(&self, now_unix_ns: i64) -> Vec<InflightRequest> {
-        let mut out: Vec<InflightRequest> = self
-            .lock()
+        let map = self.lock();
+        let board = self.board.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<InflightRequest> = map
             .values()
-            .map(|e| {
-                let mut r = e.request.clone();
+            .map(|e| e.request.clone())
+            .chain(
+                board
+                    .iter()
+                    .filter(|r| !map.contains_key(&r.request_id))
+                    .cloned(),
+            )
+            .map(|mut r| {
                 r.elapsed_ms = (now_unix_ns.saturating_sub(r.start_unix_ns)).max(0) as f64 / 1e6;
                 r
             })

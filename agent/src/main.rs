@@ -38,6 +38,7 @@ use crate::live::LiveTable;
 use crate::notify::Notifier;
 use crate::sink::grpc::{GrpcSink, Settings, Shared};
 use crate::sources::host;
+use crate::sources::scoreboard::{self, Scoreboard};
 use crate::sources::socket::{Context, SocketSource};
 
 /// Exit code for a missing or invalid configuration (EX_CONFIG is 78, but
@@ -123,6 +124,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let source = SocketSource::bind(&config.socket, &config.socket_group, config.socket_mode.0)?;
+    // The in-flight scoreboard beside it: the extension maps it. Without it
+    // the agent still forwards records; in-flight requests just stay unseen.
+    let board = match Scoreboard::open(
+        &config.scoreboard_path(),
+        config.scoreboard_slots,
+        &config.socket_group,
+        config.socket_mode.0,
+    ) {
+        Ok(b) => Some(b),
+        Err(error) => {
+            warn!(%error, "no in-flight scoreboard; requests in flight will not show");
+            None
+        }
+    };
+    let board_queue = queue_tx.clone();
     let ctx = Arc::new(Context::new(
         queue_tx,
         live.clone(),
@@ -137,6 +153,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }));
     // Workers can send from here on; records wait in the queue.
     let source_task = tokio::spawn(source.run(ctx, shutdown.clone()));
+    if let Some(board) = board {
+        tokio::spawn(scoreboard::run(
+            board,
+            live.clone(),
+            board_queue,
+            identity.hostname.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     // Opening the spool reads it through (checksums), which takes a moment
     // when a long outage filled it: off the runtime, after the socket.

@@ -15,6 +15,7 @@
 
 pub mod ipc;
 pub mod record;
+pub mod scoreboard;
 pub mod spans;
 
 #[cfg(not(test))]

@@ -15,6 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ipc::AgentSocket;
 use crate::record::{Builder, Captured, Ids};
+use crate::scoreboard::Board;
 use crate::spans::{SpanBuf, DEFAULT_MAX_SPANS};
 use crate::{errors, hooks, plugins, sys, zend};
 
@@ -43,6 +44,9 @@ struct State {
     socket_path: Option<CString>,
     /// Spans of the current request; allocated on the first traced request.
     spans: Option<SpanBuf>,
+    /// This worker's in-flight slot.
+    board: Board,
+    board_path: Option<CString>,
 }
 
 struct Process {
@@ -145,6 +149,7 @@ unsafe extern "C" fn module_shutdown(_type: c_int, module_number: c_int) -> sys:
     boundary(|| {
         if let Some(st) = state_if_any() {
             st.request = None;
+            st.board.release(std::process::id());
         }
     });
     SUCCESS
@@ -197,13 +202,74 @@ fn request_start() {
     let mut ts_buf = [0u8; 512];
     let tracestate = zend::sapi_env(c"HTTP_TRACESTATE", &mut ts_buf).map(|(t, _)| t);
     let ids = process.builder.start(traceparent, tracestate);
+    let start = Instant::now();
+    board_begin(st, pid, start, start_unix_ns, &ids);
     st.request = Some(Request {
         ids,
-        start: Instant::now(),
+        start,
         start_unix_ns,
         cpu_start: cpu_times(),
     });
     hooks::set_recording(true);
+}
+
+/// Marks this worker busy in the scoreboard (`sonde.scoreboard`, by default
+/// `scoreboard` beside the agent socket).
+fn board_begin(st: &mut State, pid: u32, now: Instant, start_unix_ns: i64, ids: &Ids) {
+    let configured = zend::ini_str(c"sonde.scoreboard").filter(|p| !p.is_empty());
+    let path: &CStr = match configured {
+        Some(p) => p,
+        None => {
+            if st.board_path.is_none() {
+                let sock = zend::ini_str(c"sonde.agent_socket").unwrap_or(c"/run/sonde/agent.sock");
+                let sock = sock.to_bytes();
+                let dir = match sock.iter().rposition(|b| *b == b'/') {
+                    Some(i) => &sock[..i],
+                    None => &b"."[..],
+                };
+                let mut p = dir.to_vec();
+                p.extend_from_slice(b"/scoreboard");
+                st.board_path = CString::new(p).ok();
+            }
+            match &st.board_path {
+                Some(p) => p.as_c_str(),
+                None => return,
+            }
+        }
+    };
+    if !st.board.attach(path, pid, now) {
+        return;
+    }
+    let mut uri_buf = [0u8; 512];
+    let url = zend::sapi_env(c"REQUEST_URI", &mut uri_buf).map_or(&b""[..], |(u, _)| u.as_bytes());
+    let method = zend::request_method().map_or(&b""[..], |m| m.to_bytes());
+    let app = zend::ini_str(c"sonde.app_name").map_or(&b""[..], |a| a.to_bytes());
+    st.board.begin(start_unix_ns, &ids.record, method, app, url);
+}
+
+/// The current request now runs `text` (scoreboard `CURRENT_*` kind).
+pub(crate) fn running(kind: u32, text: &[u8]) {
+    let st = state();
+    if st.request.is_some() {
+        st.board.current(kind, text, unix_ns());
+    }
+}
+
+/// Like `running`, for a statement prepared earlier in the request.
+pub(crate) fn running_prepared(kind: u32, key: usize) {
+    let st = state();
+    if let (Some(_), Some(buf)) = (&st.request, &st.spans) {
+        if let Some(text) = buf.prepared_bytes(key) {
+            st.board.current(kind, text, unix_ns());
+        }
+    }
+}
+
+fn unix_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 fn request_end() {
@@ -213,6 +279,7 @@ fn request_end() {
     let Some(req) = st.request.take() else {
         return;
     };
+    st.board.end();
     let end = Instant::now();
     let wall_ns = end.duration_since(req.start).as_nanos() as u64;
     let cpu = cpu_times();

@@ -387,6 +387,11 @@ impl SpanBuf {
         self.open_result(to, stmt.filter(|i| *i != usize::MAX));
     }
 
+    /// The text of prepared statement `key`.
+    pub fn prepared_bytes(&self, key: usize) -> Option<&[u8]> {
+        self.prepared_text(key).map(|(t, _)| self.get(t))
+    }
+
     /// A raw span's text and DB (for plugins that reuse them).
     pub fn span_text(&self, idx: usize) -> Option<(Text, u16)> {
         self.spans.get(idx).map(|s| (s.text, s.db))

@@ -63,7 +63,9 @@ fn pdo_mysql_statements_and_fetches_are_spans_of_one_transaction() {
         })
         .collect();
     let sql = |stmt: &str, rows: i64| ("sql".to_string(), stmt.replace("{T}", &t), rows, 0);
-    let fetch = |rows: i64, calls: i64| ("fetch".to_string(), String::new(), rows, calls);
+    let fetch = |stmt: &str, rows: i64, calls: i64| {
+        ("fetch".to_string(), stmt.replace("{T}", &t), rows, calls)
+    };
     let expected = vec![
         sql("DROP TABLE IF EXISTS {T}", 0),
         sql("CREATE TABLE {T} (id INT PRIMARY KEY, name VARCHAR(?))", 0),
@@ -71,11 +73,11 @@ fn pdo_mysql_statements_and_fetches_are_spans_of_one_transaction() {
         sql("INSERT INTO {T} (id, name) VALUES (?, ?)", 1),
         sql("INSERT INTO {T} (id, name) VALUES (?, ?)", 1000),
         sql("SELECT name FROM {T} WHERE id = ?", 1),
-        fetch(1, 1),
+        fetch("SELECT name FROM {T} WHERE id = ?", 1, 1),
         sql("SELECT id, name FROM {T} ORDER BY id LIMIT ?", 1000),
-        fetch(1000, 1),
+        fetch("SELECT id, name FROM {T} ORDER BY id LIMIT ?", 1000, 1),
         sql("SELECT name FROM {T} WHERE id IN (?)", 3),
-        fetch(3, 4),
+        fetch("SELECT name FROM {T} WHERE id IN (?)", 3, 4),
         sql("UPDATE {T} SET name = ? WHERE id <= ?", 10),
         sql("SELECT * FROM no_such_table_sonde", 0),
         // The PDOException the app then catches.
@@ -150,10 +152,10 @@ fn mysqli_and_pgsql_statements_and_fetches() {
     let sql = |stmt: &str, rows: i64, db: &str| {
         ("sql".to_string(), stmt.to_string(), rows, 0, db.to_string())
     };
-    let fetch = |rows: i64, calls: i64, db: &str| {
+    let fetch = |stmt: &str, rows: i64, calls: i64, db: &str| {
         (
             "fetch".to_string(),
-            String::new(),
+            stmt.to_string(),
             rows,
             calls,
             db.to_string(),
@@ -168,14 +170,14 @@ fn mysqli_and_pgsql_statements_and_fetches() {
         sql("DELETE FROM sonde_e2e_mysqli", 3, my),
         sql("INSERT INTO sonde_e2e_mysqli VALUES (?, ?)", 3, my),
         sql("SELECT v FROM sonde_e2e_mysqli WHERE id >= ?", 0, my),
-        fetch(2, 3, my),
+        fetch("SELECT v FROM sonde_e2e_mysqli WHERE id >= ?", 2, 3, my),
         sql("SELECT id FROM sonde_e2e_mysqli ORDER BY id", 3, my),
-        fetch(3, 1, my),
+        fetch("SELECT id FROM sonde_e2e_mysqli ORDER BY id", 3, 1, my),
         sql("SELECT * FROM no_such_table_sonde", 0, my),
         sql("SELECT generate_series(?, ?) AS n", 0, pg),
-        fetch(25, 26, pg),
+        fetch("SELECT generate_series(?, ?) AS n", 25, 26, pg),
         sql("SELECT ?::int + ? AS x", 0, pg),
-        fetch(1, 1, pg),
+        fetch("SELECT ?::int + ? AS x", 1, 1, pg),
     ];
     // The DELETE's row count depends on what an earlier run left: 0 or 3.
     let mut got = summary.clone();

@@ -1,5 +1,7 @@
 //! Where the agent's data comes from: the PHP extension's socket, and the
-//! host itself (system and php-fpm pool metrics).
+//! host itself (system and php-fpm pool metrics), and the in-flight
+//! scoreboard the extension keeps in shared memory.
 
 pub mod host;
+pub mod scoreboard;
 pub mod socket;

@@ -247,7 +247,7 @@ impl SocketSource {
     }
 }
 
-fn set_group(path: &Path, group: &str) {
+pub(crate) fn set_group(path: &Path, group: &str) {
     if group.is_empty() {
         return;
     }

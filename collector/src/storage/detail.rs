@@ -142,6 +142,9 @@ impl SpanView {
             }
             SpanKind::Fetch => {
                 v.kind = "fetch";
+                // The statement whose result set this fetch read, when the
+                // extension attributed it.
+                v.statement = non_empty(&span.statement);
                 v.rows = Some(span.rows);
                 v.calls = Some(span.calls);
                 v.db = non_empty(&span.db);
@@ -279,6 +282,7 @@ mod tests {
         let mut fetch = span(SpanKind::Fetch, 3_000_000, 250_000);
         fetch.rows = 40;
         fetch.calls = 41;
+        fetch.statement = "SELECT * FROM t WHERE id = ?".into();
         let mut fetch2 = span(SpanKind::Fetch, 5_000_000, 250_000);
         fetch2.rows = 2;
         let mut ext = span(SpanKind::External, 6_000_000, 30_000_000);
@@ -331,6 +335,8 @@ mod tests {
             (spans[1]["rows"].as_i64(), spans[1]["calls"].as_i64()),
             (Some(40), Some(41))
         );
+        assert_eq!(spans[1]["statement"], "SELECT * FROM t WHERE id = ?");
+        assert!(spans[3].get("statement").is_none(), "no statement, no key");
         assert_eq!(spans[4]["url"], "https://api.example.com/x?key=[redacted]");
         assert_eq!(spans[4]["status"], 502);
         assert_eq!(spans[5]["operation"], "GET");

@@ -51,6 +51,7 @@ fn setopt_array(call: &Call) {
 }
 
 fn before_exec(call: &Call) {
+    crate::module::running(sonde_core::scoreboard::CURRENT_EXTERNAL, b"curl_exec");
     let propagate = zend::ini_long(c"sonde.propagate") != 0;
     let ch = zend::arg_zval(call, 1);
     if let Some((traceparent, tracestate)) = outgoing() {

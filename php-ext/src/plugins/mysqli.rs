@@ -13,69 +13,51 @@ const LIBRARY: &str = "mysqli";
 
 macro_rules! spec {
     ($class:expr, $f:expr, $rec:expr) => {
+        spec!($class, $f, $rec, None)
+    };
+    ($class:expr, $f:expr, $rec:expr, $before:expr) => {
         HookSpec {
             class: $class,
             function: $f,
             record: $rec,
-            before: None,
+            before: $before,
         }
     };
 }
 
+const M: Option<&std::ffi::CStr> = Some(c"mysqli");
+const STMT: Option<&std::ffi::CStr> = Some(c"mysqli_stmt");
+const RES: Option<&std::ffi::CStr> = Some(c"mysqli_result");
+
 pub const HOOKS: &[HookSpec] = &[
-    // Object style: the link is $this, the SQL is argument 1.
-    spec!(Some(c"mysqli"), c"query", |c| query(c, Link::This)),
-    spec!(Some(c"mysqli"), c"real_query", |c| query(c, Link::This)),
-    spec!(Some(c"mysqli"), c"multi_query", |c| query(c, Link::This)),
-    spec!(Some(c"mysqli"), c"execute_query", |c| query(c, Link::This)),
-    spec!(Some(c"mysqli"), c"prepare", |c| prepare(c, Link::This)),
-    spec!(Some(c"mysqli_stmt"), c"execute", |c| execute(
-        c,
-        zend::this(c)
-    )),
-    spec!(Some(c"mysqli_stmt"), c"get_result", |c| get_result(
-        c,
-        zend::this(c)
-    )),
-    spec!(Some(c"mysqli_stmt"), c"fetch", |c| stmt_fetch(
-        c,
-        zend::this(c)
-    )),
-    spec!(Some(c"mysqli_result"), c"fetch_assoc", |c| fetch_one(
-        c,
-        zend::this(c)
-    )),
-    spec!(Some(c"mysqli_result"), c"fetch_row", |c| fetch_one(
-        c,
-        zend::this(c)
-    )),
-    spec!(Some(c"mysqli_result"), c"fetch_array", |c| fetch_one(
-        c,
-        zend::this(c)
-    )),
-    spec!(Some(c"mysqli_result"), c"fetch_object", |c| fetch_one(
-        c,
-        zend::this(c)
-    )),
-    spec!(Some(c"mysqli_result"), c"fetch_column", |c| fetch_one(
-        c,
-        zend::this(c)
-    )),
-    spec!(Some(c"mysqli_result"), c"fetch_all", |c| fetch_all(
-        c,
-        zend::this(c)
-    )),
+    // Object style: the link (statement, result) is $this, the SQL argument 1.
+    spec!(M, c"query", query_this, Some(running_this)),
+    spec!(M, c"real_query", query_this, Some(running_this)),
+    spec!(M, c"multi_query", query_this, Some(running_this)),
+    spec!(M, c"execute_query", query_this, Some(running_this)),
+    spec!(M, c"prepare", |c| prepare(c, Link::This)),
+    spec!(STMT, c"execute", execute_this, Some(running_stmt_this)),
+    spec!(STMT, c"get_result", |c| get_result(c, zend::this(c))),
+    spec!(STMT, c"fetch", |c| stmt_fetch(c, zend::this(c))),
+    spec!(RES, c"fetch_assoc", fetch_one_this),
+    spec!(RES, c"fetch_row", fetch_one_this),
+    spec!(RES, c"fetch_array", fetch_one_this),
+    spec!(RES, c"fetch_object", fetch_one_this),
+    spec!(RES, c"fetch_column", fetch_one_this),
+    spec!(RES, c"fetch_all", |c| fetch_all(c, zend::this(c))),
     // Procedural style: the link (statement, result) is argument 1.
-    spec!(None, c"mysqli_query", |c| query(c, Link::Arg1)),
-    spec!(None, c"mysqli_real_query", |c| query(c, Link::Arg1)),
-    spec!(None, c"mysqli_multi_query", |c| query(c, Link::Arg1)),
-    spec!(None, c"mysqli_execute_query", |c| query(c, Link::Arg1)),
+    spec!(None, c"mysqli_query", query_arg, Some(running_arg)),
+    spec!(None, c"mysqli_real_query", query_arg, Some(running_arg)),
+    spec!(None, c"mysqli_multi_query", query_arg, Some(running_arg)),
+    spec!(None, c"mysqli_execute_query", query_arg, Some(running_arg)),
     spec!(None, c"mysqli_prepare", |c| prepare(c, Link::Arg1)),
-    spec!(None, c"mysqli_stmt_execute", |c| execute(
-        c,
-        zend::arg_obj(c, 1)
-    )),
-    spec!(None, c"mysqli_execute", |c| execute(c, zend::arg_obj(c, 1))),
+    spec!(
+        None,
+        c"mysqli_stmt_execute",
+        execute_arg,
+        Some(running_stmt_arg)
+    ),
+    spec!(None, c"mysqli_execute", execute_arg, Some(running_stmt_arg)),
     spec!(None, c"mysqli_stmt_get_result", |c| get_result(
         c,
         zend::arg_obj(c, 1)
@@ -84,31 +66,47 @@ pub const HOOKS: &[HookSpec] = &[
         c,
         zend::arg_obj(c, 1)
     )),
-    spec!(None, c"mysqli_fetch_assoc", |c| fetch_one(
-        c,
-        zend::arg_obj(c, 1)
-    )),
-    spec!(None, c"mysqli_fetch_row", |c| fetch_one(
-        c,
-        zend::arg_obj(c, 1)
-    )),
-    spec!(None, c"mysqli_fetch_array", |c| fetch_one(
-        c,
-        zend::arg_obj(c, 1)
-    )),
-    spec!(None, c"mysqli_fetch_object", |c| fetch_one(
-        c,
-        zend::arg_obj(c, 1)
-    )),
-    spec!(None, c"mysqli_fetch_column", |c| fetch_one(
-        c,
-        zend::arg_obj(c, 1)
-    )),
+    spec!(None, c"mysqli_fetch_assoc", fetch_one_arg),
+    spec!(None, c"mysqli_fetch_row", fetch_one_arg),
+    spec!(None, c"mysqli_fetch_array", fetch_one_arg),
+    spec!(None, c"mysqli_fetch_object", fetch_one_arg),
+    spec!(None, c"mysqli_fetch_column", fetch_one_arg),
     spec!(None, c"mysqli_fetch_all", |c| fetch_all(
         c,
         zend::arg_obj(c, 1)
     )),
 ];
+
+fn query_this(c: &Call) {
+    query(c, Link::This)
+}
+fn query_arg(c: &Call) {
+    query(c, Link::Arg1)
+}
+fn running_this(c: &Call) {
+    running(c, Link::This)
+}
+fn running_arg(c: &Call) {
+    running(c, Link::Arg1)
+}
+fn execute_this(c: &Call) {
+    execute(c, zend::this(c))
+}
+fn execute_arg(c: &Call) {
+    execute(c, zend::arg_obj(c, 1))
+}
+fn running_stmt_this(c: &Call) {
+    running_stmt(zend::this(c))
+}
+fn running_stmt_arg(c: &Call) {
+    running_stmt(zend::arg_obj(c, 1))
+}
+fn fetch_one_this(c: &Call) {
+    fetch_one(c, zend::this(c))
+}
+fn fetch_one_arg(c: &Call) {
+    fetch_one(c, zend::arg_obj(c, 1))
+}
 
 #[derive(Clone, Copy)]
 enum Link {
@@ -201,4 +199,14 @@ fn fetch_one(call: &Call, result: *mut sys::zend_object) {
 
 fn fetch_all(call: &Call, result: *mut sys::zend_object) {
     fetch(call, LIBRARY, result as usize, zend::ret_count(call) as i64);
+}
+
+fn running(call: &Call, link: Link) {
+    if let (_, Some(sql)) = link_and_sql(call, link) {
+        crate::module::running(sonde_core::scoreboard::CURRENT_SQL, sql);
+    }
+}
+
+fn running_stmt(stmt: *mut sys::zend_object) {
+    crate::module::running_prepared(sonde_core::scoreboard::CURRENT_SQL, stmt as usize);
 }

@@ -16,19 +16,19 @@ pub const HOOKS: &[HookSpec] = &[
         class: Some(c"pdo"),
         function: c"exec",
         record: exec,
-        before: None,
+        before: Some(running_arg1),
     },
     HookSpec {
         class: Some(c"pdo"),
         function: c"query",
         record: query,
-        before: None,
+        before: Some(running_arg1),
     },
     HookSpec {
         class: Some(c"pdostatement"),
         function: c"execute",
         record: execute,
-        before: None,
+        before: Some(running_stmt),
     },
     HookSpec {
         class: Some(c"pdostatement"),
@@ -127,4 +127,16 @@ fn fetch_all(call: &Call) {
 
 fn fetch(call: &Call, rows: i64) {
     super::fetch(call, LIBRARY, zend::this(call) as usize, rows);
+}
+
+fn running_arg1(call: &Call) {
+    if let Some(sql) = zend::arg_str(call, 1) {
+        crate::module::running(sonde_core::scoreboard::CURRENT_SQL, sql);
+    }
+}
+
+fn running_stmt(call: &Call) {
+    if let Some((sql, _, _)) = zend::pdo_stmt(zend::this(call)) {
+        crate::module::running(sonde_core::scoreboard::CURRENT_SQL, sql);
+    }
 }

@@ -17,11 +17,14 @@ const DEFAULT_CONN: usize = usize::MAX;
 
 macro_rules! spec {
     ($f:expr, $rec:expr) => {
+        spec!($f, $rec, None)
+    };
+    ($f:expr, $rec:expr, $before:expr) => {
         HookSpec {
             class: None,
             function: $f,
             record: $rec,
-            before: None,
+            before: $before,
         }
     };
 }
@@ -29,11 +32,11 @@ macro_rules! spec {
 pub const HOOKS: &[HookSpec] = &[
     spec!(c"pg_connect", connect),
     spec!(c"pg_pconnect", connect),
-    spec!(c"pg_query", |c| query(c, 2)),
-    spec!(c"pg_exec", |c| query(c, 2)),
-    spec!(c"pg_query_params", |c| query(c, 3)),
+    spec!(c"pg_query", |c| query(c, 2), Some(|c| running(c, 2))),
+    spec!(c"pg_exec", |c| query(c, 2), Some(|c| running(c, 2))),
+    spec!(c"pg_query_params", |c| query(c, 3), Some(|c| running(c, 3))),
     spec!(c"pg_prepare", prepare),
-    spec!(c"pg_execute", execute),
+    spec!(c"pg_execute", execute, Some(running_prepared)),
     spec!(c"pg_fetch_assoc", fetch_one),
     spec!(c"pg_fetch_row", fetch_one),
     spec!(c"pg_fetch_array", fetch_one),
@@ -130,4 +133,21 @@ fn fetch_all(call: &Call) {
         zend::arg_obj(call, 1) as usize,
         zend::ret_count(call) as i64,
     );
+}
+
+fn running(call: &Call, full_args: u32) {
+    let (_, shift) = conn_of(call, full_args);
+    if let Some(sql) = zend::arg_str(call, 1 + shift) {
+        crate::module::running(sonde_core::scoreboard::CURRENT_SQL, sql);
+    }
+}
+
+fn running_prepared(call: &Call) {
+    let (conn, shift) = conn_of(call, 3);
+    if let Some(name) = zend::arg_str(call, 1 + shift) {
+        crate::module::running_prepared(
+            sonde_core::scoreboard::CURRENT_SQL,
+            statement_key(conn, name),
+        );
+    }
 }

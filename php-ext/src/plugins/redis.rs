@@ -11,7 +11,7 @@ const LIBRARY: &str = "redis";
 
 macro_rules! commands {
     ($($name:literal),* $(,)?) => {
-        &[$(HookSpec { class: Some(c"redis"), function: $name, record: command, before: None }),*]
+        &[$(HookSpec { class: Some(c"redis"), function: $name, record: command, before: Some(running) }),*]
     };
 }
 
@@ -182,4 +182,11 @@ fn command(call: &Call) {
             err,
         );
     });
+}
+
+fn running(call: &Call) {
+    crate::module::running(
+        sonde_core::scoreboard::CURRENT_CACHE,
+        zend::function_name(call),
+    );
 }
