@@ -6,6 +6,75 @@
 
 const char *sonde_shim_build_id(void) { return ZEND_MODULE_BUILD_ID; }
 
+/* ---- the PHP API ---- */
+
+/* Implemented in Rust (module.rs). Each returns 1 when a request is traced. */
+extern int sonde_rs_set_name(const char *name, size_t len);
+extern int sonde_rs_add_attribute(const char *key, size_t key_len, const char *value, size_t value_len);
+extern int sonde_rs_record_error(zend_object *error);
+extern int sonde_rs_ignore(void);
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_sonde_set_transaction_name, 0, 1, _IS_BOOL, 0)
+    ZEND_ARG_TYPE_INFO(0, name, IS_STRING, 0)
+ZEND_END_ARG_INFO()
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_sonde_add_attribute, 0, 2, _IS_BOOL, 0)
+    ZEND_ARG_TYPE_INFO(0, key, IS_STRING, 0)
+    ZEND_ARG_TYPE_MASK(0, value, MAY_BE_STRING | MAY_BE_LONG | MAY_BE_DOUBLE | MAY_BE_BOOL, NULL)
+ZEND_END_ARG_INFO()
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_sonde_record_error, 0, 1, _IS_BOOL, 0)
+    ZEND_ARG_OBJ_INFO(0, error, Throwable, 0)
+ZEND_END_ARG_INFO()
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_sonde_ignore_transaction, 0, 0, _IS_BOOL, 0)
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(sonde_set_transaction_name) {
+    zend_string *name;
+    ZEND_PARSE_PARAMETERS_START(1, 1)
+        Z_PARAM_STR(name)
+    ZEND_PARSE_PARAMETERS_END();
+    RETURN_BOOL(sonde_rs_set_name(ZSTR_VAL(name), ZSTR_LEN(name)));
+}
+
+static PHP_FUNCTION(sonde_add_attribute) {
+    zend_string *key, *value;
+    zval *zv;
+    int ok;
+    ZEND_PARSE_PARAMETERS_START(2, 2)
+        Z_PARAM_STR(key)
+        Z_PARAM_ZVAL(zv)
+    ZEND_PARSE_PARAMETERS_END();
+    value = zval_get_string(zv);
+    ok = sonde_rs_add_attribute(ZSTR_VAL(key), ZSTR_LEN(key), ZSTR_VAL(value), ZSTR_LEN(value));
+    zend_string_release(value);
+    RETURN_BOOL(ok);
+}
+
+static PHP_FUNCTION(sonde_record_error) {
+    zval *error;
+    ZEND_PARSE_PARAMETERS_START(1, 1)
+        Z_PARAM_OBJECT_OF_CLASS(error, zend_ce_throwable)
+    ZEND_PARSE_PARAMETERS_END();
+    RETURN_BOOL(sonde_rs_record_error(Z_OBJ_P(error)));
+}
+
+static PHP_FUNCTION(sonde_ignore_transaction) {
+    ZEND_PARSE_PARAMETERS_NONE();
+    RETURN_BOOL(sonde_rs_ignore());
+}
+
+static const zend_function_entry sonde_functions[] = {
+    PHP_FE(sonde_set_transaction_name, arginfo_sonde_set_transaction_name)
+    PHP_FE(sonde_add_attribute, arginfo_sonde_add_attribute)
+    PHP_FE(sonde_record_error, arginfo_sonde_record_error)
+    PHP_FE(sonde_ignore_transaction, arginfo_sonde_ignore_transaction)
+    PHP_FE_END
+};
+
+const zend_function_entry *sonde_shim_functions(void) { return sonde_functions; }
+
 /* No on_modify handlers: values are read by name at request start, which is
  * when php-fpm's per-pool values are visible. */
 PHP_INI_BEGIN()

@@ -40,6 +40,11 @@ int sonde_shim_response_code(void);
  * Returns the full length of the value, or -1 when it is not set. */
 long sonde_shim_sapi_env(const char *name, char *buf, size_t cap);
 
+/* The PHP functions of the extension's API (sonde_set_transaction_name,
+ * sonde_add_attribute, sonde_record_error, sonde_ignore_transaction); their
+ * work is done by the Rust functions sonde_rs_*. */
+const zend_function_entry *sonde_shim_functions(void);
+
 /* ---- hooking internal functions ---- */
 
 typedef void (*sonde_handler)(zend_execute_data *execute_data, zval *return_value);

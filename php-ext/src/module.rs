@@ -55,6 +55,12 @@ struct Process {
 }
 
 struct Request {
+    /// Set by `sonde_set_transaction_name()`.
+    name: Option<String>,
+    /// Set by `sonde_add_attribute()` (at most `MAX_ATTRIBUTES`).
+    attributes: Vec<(String, String)>,
+    /// Set by `sonde_ignore_transaction()`: no record is sent.
+    ignore: bool,
     ids: Ids,
     start: Instant,
     start_unix_ns: i64,
@@ -79,6 +85,110 @@ pub(crate) fn with_spans(f: impl FnOnce(&mut SpanBuf, Instant)) {
     if let (Some(req), Some(buf)) = (&st.request, &mut st.spans) {
         f(buf, req.start);
     }
+}
+
+/// Most attributes one request keeps; later ones are ignored.
+const MAX_ATTRIBUTES: usize = 64;
+/// Longest attribute key or value, and transaction name, kept.
+const MAX_API_TEXT: usize = 256;
+
+fn api_text(ptr: *const c_char, len: usize) -> String {
+    // SAFETY: the shim passes a zend_string's bytes and length, valid for
+    // the duration of the call.
+    let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
+    let mut s = String::from_utf8_lossy(bytes).into_owned();
+    if s.len() > MAX_API_TEXT {
+        let mut cut = MAX_API_TEXT;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// Runs `f` on the traced request; 1 when there is one, else 0.
+fn api(f: impl FnOnce(&mut State)) -> c_int {
+    let mut done = 0;
+    boundary(|| {
+        let st = state();
+        if st.request.is_some() {
+            f(st);
+            done = 1;
+        }
+    });
+    done
+}
+
+/// `sonde_set_transaction_name(string $name): bool`
+#[no_mangle]
+pub extern "C" fn sonde_rs_set_name(name: *const c_char, len: usize) -> c_int {
+    api(|st| {
+        if let Some(req) = &mut st.request {
+            req.name = Some(api_text(name, len)).filter(|n| !n.is_empty());
+        }
+    })
+}
+
+/// `sonde_add_attribute(string $key, scalar $value): bool`
+#[no_mangle]
+pub extern "C" fn sonde_rs_add_attribute(
+    key: *const c_char,
+    key_len: usize,
+    value: *const c_char,
+    value_len: usize,
+) -> c_int {
+    api(|st| {
+        if let Some(req) = &mut st.request {
+            let key = api_text(key, key_len);
+            let value = api_text(value, value_len);
+            if let Some(slot) = req.attributes.iter_mut().find(|(k, _)| *k == key) {
+                slot.1 = value;
+            } else if req.attributes.len() < MAX_ATTRIBUTES {
+                req.attributes.push((key, value));
+            }
+        }
+    })
+}
+
+/// `sonde_record_error(Throwable $e): bool`
+#[no_mangle]
+pub extern "C" fn sonde_rs_record_error(error: *mut sys::zend_object) -> c_int {
+    let mut class = [0u8; 128];
+    let mut msg = [0u8; 512];
+    // SAFETY: `error` is the Throwable argument of the call; the shim copies
+    // its class name and message without calling user code.
+    let ok = unsafe {
+        sys::sonde_shim_object_exception(
+            error,
+            class.as_mut_ptr().cast(),
+            class.len(),
+            msg.as_mut_ptr().cast(),
+            msg.len(),
+        )
+    };
+    if ok == 0 {
+        return 0;
+    }
+    let until_nul = |b: &[u8]| b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    api(|st| {
+        if let (Some(req), Some(buf)) = (&st.request, &mut st.spans) {
+            let at = Instant::now()
+                .saturating_duration_since(req.start)
+                .as_nanos() as u64;
+            buf.recorded_error(at, &class[..until_nul(&class)], &msg[..until_nul(&msg)]);
+        }
+    })
+}
+
+/// `sonde_ignore_transaction(): bool`
+#[no_mangle]
+pub extern "C" fn sonde_rs_ignore() -> c_int {
+    api(|st| {
+        if let Some(req) = &mut st.request {
+            req.ignore = true;
+        }
+    })
 }
 
 /// For an outgoing call of the current request (if traced): a new span
@@ -205,6 +315,9 @@ fn request_start() {
     let start = Instant::now();
     board_begin(st, pid, start, start_unix_ns, &ids);
     st.request = Some(Request {
+        name: None,
+        attributes: Vec::new(),
+        ignore: false,
         ids,
         start,
         start_unix_ns,
@@ -280,6 +393,9 @@ fn request_end() {
         return;
     };
     st.board.end();
+    if req.ignore {
+        return;
+    }
     let end = Instant::now();
     let wall_ns = end.duration_since(req.start).as_nanos() as u64;
     let cpu = cpu_times();
@@ -388,6 +504,10 @@ fn request_end() {
         dropped_records: st.socket.dropped_since_sent,
     };
     let mut record = process.builder.record(&captured);
+    if let Some(name) = &req.name {
+        record.endpoint = name.clone();
+    }
+    record.attributes = req.attributes.iter().cloned().collect();
     if let Some(buf) = &st.spans {
         record.error = buf.request_error(record.status);
         record.spans = buf.finish();
@@ -497,6 +617,8 @@ pub extern "C" fn get_module() -> *mut sys::zend_module_entry {
             zend_debug: sys::ZEND_DEBUG as u8,
             zts: sys::USING_ZTS as u8,
             name: c"sonde".as_ptr(),
+            // SAFETY: a pointer to the shim's static function table.
+            functions: unsafe { sys::sonde_shim_functions() },
             module_startup_func: Some(module_startup),
             module_shutdown_func: Some(module_shutdown),
             request_startup_func: Some(request_startup),

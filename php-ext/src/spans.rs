@@ -267,6 +267,30 @@ impl SpanBuf {
         });
     }
 
+    /// The application recorded a handled error (`sonde_record_error()`):
+    /// an error span, and the request's error unless one is already set.
+    /// It does not make the request a failure on its own.
+    pub fn recorded_error(&mut self, at_ns: u64, class: &[u8], message: &[u8]) {
+        let c = self.text(class);
+        let m = self.text(message);
+        self.push(RawSpan {
+            kind: SpanKind::Error as i32,
+            library: "php",
+            start_ns: at_ns,
+            text: c,
+            error: m,
+            db: u16::MAX,
+            ..Default::default()
+        });
+        if self.error.is_none() {
+            self.error = Some(ReqError {
+                class: c,
+                message: m,
+                ..Default::default()
+            });
+        }
+    }
+
     /// The request's error: a fatal error or uncaught exception; else, for
     /// a response of 500 or more, the last exception thrown (frameworks
     /// catch it and answer 500 themselves).

@@ -276,3 +276,43 @@ fn redis_commands_are_cache_spans() {
         "{spans:#?}"
     );
 }
+
+#[test]
+fn the_php_api_names_ignores_and_records_errors() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let r = stack.web("GET", "/t/api.php", &[], "").unwrap();
+    assert_eq!(
+        r.body,
+        "bool(true)\nbool(true)\nbool(true)\nbool(true)\nTypeError\n"
+    );
+    let r = stack.web("GET", "/t/api.php?ignore=1", &[], "").unwrap();
+    assert_eq!(r.body, "bool(true)\n");
+    // A marker request after both, so the wait below knows both were handled.
+    stack.web("GET", "/health?after-api", &[], "").unwrap();
+    let d = detail_of(&stack, from, "checkout/confirm");
+    assert_eq!(d["url"], "/t/api.php");
+    assert_eq!(d["error"]["class"], "DomainException", "{d}");
+    assert_eq!(d["error"]["message"], "coupon expired");
+    let _ = detail_of(&stack, from, "/health");
+    let v = stack
+        .api(&format!(
+            "/api/v1/transactions?from={from}&to={}",
+            now_ms() + 60_000
+        ))
+        .unwrap();
+    let urls: Vec<&str> = v["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        vec!["checkout/confirm", "/health"],
+        "the ignored request is not recorded"
+    );
+    // A handled error is shown, but does not fail the request.
+    let t = &v["transactions"][0];
+    assert_eq!(t["error"], false);
+}
