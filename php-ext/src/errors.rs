@@ -7,7 +7,6 @@
 //! Rust frame.
 
 use std::ffi::c_char;
-use std::time::Instant;
 
 use crate::module::{in_boundary, with_spans};
 use crate::sys;
@@ -41,7 +40,7 @@ unsafe extern "C" fn on_error(
 
 unsafe extern "C" fn on_throw(ex: *mut sys::zend_object) {
     in_boundary(|| {
-        let now = Instant::now();
+        let now = crate::clock::ticks();
         let mut class = [0u8; 128];
         let mut msg = [0u8; 512];
         // SAFETY: `ex` is the exception being thrown; the shim copies its
@@ -60,7 +59,7 @@ unsafe extern "C" fn on_throw(ex: *mut sys::zend_object) {
         }
         let until_nul = |b: &[u8]| b.iter().position(|c| *c == 0).unwrap_or(b.len());
         with_spans(|buf, start| {
-            let at = now.saturating_duration_since(start).as_nanos() as u64;
+            let at = now.saturating_sub(start);
             buf.exception(at, &class[..until_nul(&class)], &msg[..until_nul(&msg)]);
         });
     });

@@ -15,7 +15,6 @@
 
 use std::ffi::{c_void, CStr};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
-use std::time::Instant;
 
 use crate::sys;
 
@@ -37,8 +36,9 @@ pub struct HookSpec {
 pub struct Call {
     pub execute_data: *mut sys::zend_execute_data,
     pub return_value: *mut sys::zval,
-    pub start: Instant,
-    pub end: Instant,
+    /// `clock::ticks()` before and after the original handler.
+    pub start: u64,
+    pub end: u64,
 }
 
 pub type Recorder = fn(&Call);
@@ -160,7 +160,7 @@ unsafe extern "C" fn dispatch(ex: *mut sys::zend_execute_data, rv: *mut sys::zva
         return;
     }
     if let Some(before) = hook.before {
-        let now = Instant::now();
+        let now = crate::clock::ticks();
         let call = Call {
             execute_data: ex,
             return_value: rv,
@@ -169,11 +169,11 @@ unsafe extern "C" fn dispatch(ex: *mut sys::zend_execute_data, rv: *mut sys::zva
         };
         crate::module::in_boundary(|| before(&call));
     }
-    let start = Instant::now();
+    let start = crate::clock::ticks();
     // SAFETY: as above. It may longjmp out (bailout); nothing here needs
     // dropping.
     unsafe { original(ex, rv) };
-    let end = Instant::now();
+    let end = crate::clock::ticks();
     let call = Call {
         execute_data: ex,
         return_value: rv,

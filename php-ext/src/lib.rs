@@ -13,6 +13,7 @@
 //! `spans` (the per-request span buffer, PHP-free), `record` (building the
 //! `sonde.v1.RequestRecord`, PHP-free), `ipc` (the agent socket, PHP-free).
 
+pub mod clock;
 pub mod ipc;
 pub mod record;
 pub mod scoreboard;

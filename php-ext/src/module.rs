@@ -22,6 +22,9 @@ use crate::{errors, hooks, plugins, sys, zend};
 const SUCCESS: sys::zend_result = sys::ZEND_RESULT_CODE_SUCCESS;
 /// Longest URI kept; longer ones are cut and counted as truncated.
 const MAX_URI: usize = 8192;
+/// The request-end scratch space: URI, host, address, forwarded-for,
+/// cookies, queue header.
+const SCRATCH_BYTES: usize = MAX_URI + 256 + 64 + 512 + 4096 + 64;
 
 /// Set when a panic was caught: the extension stays off in this process.
 static DISABLED: AtomicBool = AtomicBool::new(false);
@@ -52,6 +55,8 @@ struct State {
 struct Process {
     pid: u32,
     builder: Builder,
+    /// Ticks to nanoseconds for this process.
+    calibration: crate::clock::Calibration,
 }
 
 struct Request {
@@ -63,11 +68,28 @@ struct Request {
     ignore: bool,
     ids: Ids,
     start: Instant,
+    /// `clock::ticks()` at the start: spans are offsets from it.
+    start_ticks: u64,
     start_unix_ns: i64,
     cpu_start: (u64, u64),
 }
 
 static STATE: Global<Option<State>> = Global(UnsafeCell::new(None));
+
+/// Reused buffers for SAPI values read at request end (allocated once, not
+/// zeroed per request).
+static SCRATCH: Global<Vec<u8>> = Global(UnsafeCell::new(Vec::new()));
+
+/// The request-end scratch space. Only `request_end` uses it, once per call.
+fn scratch() -> &'static mut [u8] {
+    // SAFETY: see `Global`; `request_end` is the only user and does not
+    // re-enter itself.
+    let v = unsafe { &mut *SCRATCH.0.get() };
+    if v.len() < SCRATCH_BYTES {
+        v.resize(SCRATCH_BYTES, 0);
+    }
+    &mut v[..]
+}
 
 /// The process state. Callers must not hold the reference across another
 /// call to `state()`; the callbacks are not re-entrant.
@@ -80,10 +102,11 @@ fn state() -> &'static mut State {
 /// Runs `f` with the current request's span buffer and start instant, if a
 /// request is being traced. Hooks call this after the original handler has
 /// returned, never across it.
-pub(crate) fn with_spans(f: impl FnOnce(&mut SpanBuf, Instant)) {
+/// (The second argument is the request's start in `clock::ticks()`.)
+pub(crate) fn with_spans(f: impl FnOnce(&mut SpanBuf, u64)) {
     let st = state();
     if let (Some(req), Some(buf)) = (&st.request, &mut st.spans) {
-        f(buf, req.start);
+        f(buf, req.start_ticks);
     }
 }
 
@@ -173,9 +196,7 @@ pub extern "C" fn sonde_rs_record_error(error: *mut sys::zend_object) -> c_int {
     let until_nul = |b: &[u8]| b.iter().position(|c| *c == 0).unwrap_or(b.len());
     api(|st| {
         if let (Some(req), Some(buf)) = (&st.request, &mut st.spans) {
-            let at = Instant::now()
-                .saturating_duration_since(req.start)
-                .as_nanos() as u64;
+            let at = crate::clock::ticks().saturating_sub(req.start_ticks);
             buf.recorded_error(at, &class[..until_nul(&class)], &msg[..until_nul(&msg)]);
         }
     })
@@ -241,6 +262,7 @@ unsafe extern "C" fn module_startup(_type: c_int, module_number: c_int) -> sys::
     // A panic must never print into the application's output or logs; it is
     // caught at the boundary and shown by phpinfo().
     std::panic::set_hook(Box::new(|_| {}));
+    crate::clock::init();
     // SAFETY: called once by Zend during MINIT with our module number.
     unsafe { sys::sonde_shim_register_ini(module_number) };
     #[cfg(not(php_zts))]
@@ -305,14 +327,17 @@ fn request_start() {
         _ => st.process.insert(Process {
             pid,
             builder: Builder::new(seed(pid)),
+            calibration: crate::clock::Calibration::default(),
         }),
     };
+    process.calibration.observe();
     let mut tp_buf = [0u8; 128];
     let traceparent = zend::sapi_env(c"HTTP_TRACEPARENT", &mut tp_buf).map(|(t, _)| t);
     let mut ts_buf = [0u8; 512];
     let tracestate = zend::sapi_env(c"HTTP_TRACESTATE", &mut ts_buf).map(|(t, _)| t);
     let ids = process.builder.start(traceparent, tracestate);
     let start = Instant::now();
+    let start_ticks = crate::clock::ticks();
     board_begin(st, pid, start, start_unix_ns, &ids);
     st.request = Some(Request {
         name: None,
@@ -320,6 +345,7 @@ fn request_start() {
         ignore: false,
         ids,
         start,
+        start_ticks,
         start_unix_ns,
         cpu_start: cpu_times(),
     });
@@ -410,10 +436,16 @@ fn request_end() {
 
     let sapi = zend::sapi_name();
     let cli = matches!(sapi, "cli" | "phpdbg" | "embed");
-    let mut uri_buf = [0u8; MAX_URI];
+    let scratch = scratch();
+    let (uri_buf, rest) = scratch.split_at_mut(MAX_URI);
+    let (host_buf, rest) = rest.split_at_mut(256);
+    let (ip_buf, rest) = rest.split_at_mut(64);
+    let (fwd_buf, rest) = rest.split_at_mut(512);
+    let (cookie_buf, rest) = rest.split_at_mut(4096);
+    let qs_buf = &mut rest[..64];
     let mut truncated = 0u32;
     let uri_owned;
-    let uri: &str = match zend::sapi_env(c"REQUEST_URI", &mut uri_buf) {
+    let uri: &str = match zend::sapi_env(c"REQUEST_URI", uri_buf) {
         Some((u, cut)) if !cli => {
             truncated += cut as u32;
             u
@@ -432,23 +464,19 @@ fn request_end() {
             &uri_owned
         }
     };
-    let mut host_buf = [0u8; 256];
-    let http_host = zend::sapi_env(c"HTTP_HOST", &mut host_buf).map_or("", |(h, _)| h);
-    let mut ip_buf = [0u8; 64];
-    let remote_addr = zend::sapi_env(c"REMOTE_ADDR", &mut ip_buf).map_or("", |(h, _)| h);
-    let mut fwd_buf = [0u8; 512];
+    let http_host = zend::sapi_env(c"HTTP_HOST", host_buf).map_or("", |(h, _)| h);
+    let remote_addr = zend::sapi_env(c"REMOTE_ADDR", ip_buf).map_or("", |(h, _)| h);
     let forwarded = match zend::ini_str(c"sonde.client_ip_header").and_then(|h| h.to_str().ok()) {
         Some(h) if !h.is_empty() => {
             let var = format!("HTTP_{}", h.to_ascii_uppercase().replace('-', "_"));
             CString::new(var)
                 .ok()
-                .and_then(|v| zend::sapi_env(&v, &mut fwd_buf).map(|(f, _)| f.to_string()))
+                .and_then(|v| zend::sapi_env(&v, fwd_buf).map(|(f, _)| f.to_string()))
         }
         _ => None,
     };
     let client_ip = sonde_core::request::client_ip(remote_addr, forwarded.as_deref());
-    let mut cookie_buf = [0u8; 4096];
-    let cookies = zend::sapi_env(c"HTTP_COOKIE", &mut cookie_buf).map(|(c, _)| c);
+    let cookies = zend::sapi_env(c"HTTP_COOKIE", cookie_buf).map(|(c, _)| c);
     let cookie_names = zend::ini_str(c"sonde.visitor_cookies")
         .and_then(|s| s.to_str().ok())
         .unwrap_or("");
@@ -457,8 +485,7 @@ fn request_end() {
     } else {
         sonde_core::request::visitor_id(cookies, cookie_names, client_ip)
     };
-    let mut qs_buf = [0u8; 64];
-    let queue_ns = zend::sapi_env(c"HTTP_X_REQUEST_START", &mut qs_buf)
+    let queue_ns = zend::sapi_env(c"HTTP_X_REQUEST_START", qs_buf)
         .and_then(|(v, _)| sonde_core::request::queue_ns(v, req.start_unix_ns))
         .unwrap_or(0);
     let method_owned = zend::request_method().map(|m| m.to_string_lossy().into_owned());
@@ -479,8 +506,10 @@ fn request_end() {
         _ => st.process.insert(Process {
             pid,
             builder: Builder::new(seed(pid)),
+            calibration: crate::clock::Calibration::default(),
         }),
     };
+    process.calibration.observe();
     let captured = Captured {
         app,
         pid,
@@ -510,7 +539,7 @@ fn request_end() {
     record.attributes = req.attributes.iter().cloned().collect();
     if let Some(buf) = &st.spans {
         record.error = buf.request_error(record.status);
-        record.spans = buf.finish();
+        record.spans = buf.finish(process.calibration.ns_per_tick());
         if let Some(d) = &mut record.dropped {
             d.spans = buf.dropped_spans;
             d.truncated_texts += buf.truncated_texts;

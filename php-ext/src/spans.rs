@@ -497,7 +497,11 @@ impl SpanBuf {
     /// The spans as protobuf, SQL normalised, in start order (a span is
     /// pushed when its call returns, so nested work — an exception thrown
     /// inside a query — would otherwise come first).
-    pub fn finish(&self) -> Vec<Span> {
+    ///
+    /// Span times were recorded in `clock::ticks()`; `ns_per_tick` turns
+    /// them into nanoseconds.
+    pub fn finish(&self, ns_per_tick: f64) -> Vec<Span> {
+        let ns = |ticks: u64| (ticks as f64 * ns_per_tick) as u64;
         let mut out = Vec::with_capacity(self.spans.len());
         for s in &self.spans {
             let (driver, instance) = match self.dbs.get(s.db as usize) {
@@ -518,7 +522,7 @@ impl SpanBuf {
             if s.kind == SpanKind::Error as i32 {
                 out.push(Span {
                     kind: s.kind,
-                    start_ns: s.start_ns,
+                    start_ns: ns(s.start_ns),
                     library: s.library.to_string(),
                     exception: Some(ErrorInfo {
                         class: self.string(s.text),
@@ -532,8 +536,8 @@ impl SpanBuf {
             if s.kind == SpanKind::Cache as i32 {
                 out.push(Span {
                     kind: s.kind,
-                    start_ns: s.start_ns,
-                    duration_ns: s.duration_ns,
+                    start_ns: ns(s.start_ns),
+                    duration_ns: ns(s.duration_ns),
                     operation: self.string(s.text).to_ascii_uppercase(),
                     db: instance,
                     error: self.string(s.error),
@@ -546,8 +550,8 @@ impl SpanBuf {
             if s.kind == SpanKind::External as i32 {
                 out.push(Span {
                     kind: s.kind,
-                    start_ns: s.start_ns,
-                    duration_ns: s.duration_ns,
+                    start_ns: ns(s.start_ns),
+                    duration_ns: ns(s.duration_ns),
                     url: self.string(s.text),
                     status: s.status,
                     error: self.string(s.error),
@@ -570,8 +574,8 @@ impl SpanBuf {
             };
             out.push(Span {
                 kind: s.kind,
-                start_ns: s.start_ns,
-                duration_ns: s.duration_ns,
+                start_ns: ns(s.start_ns),
+                duration_ns: ns(s.duration_ns),
                 statement,
                 db: instance,
                 rows: s.rows,
@@ -635,7 +639,7 @@ mod tests {
         let s2 = sql_span(&mut b, "SELECT * FROM t WHERE id = 2", 300);
         b.open_result(0xAA, s2);
         b.fetch(0xAA, "pdo", 400, 450, 1000);
-        let spans = b.finish();
+        let spans = b.finish(1.0);
         assert_eq!(spans.len(), 4);
         assert_eq!(spans[1].kind, SpanKind::Fetch as i32);
         assert_eq!(spans[1].calls, 6);
@@ -675,7 +679,7 @@ mod tests {
             (e.file.as_str(), e.line, e.fatal),
             ("/app/index.php", 42, true)
         );
-        let spans = b.finish();
+        let spans = b.finish(1.0);
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].kind, SpanKind::Error as i32);
         assert_eq!(

@@ -315,6 +315,7 @@ impl Stack {
                  proxy_temp_path {dir}/nginx-proxy;\n  fastcgi_temp_path {dir}/nginx-fastcgi;\n\
                  uwsgi_temp_path {dir}/nginx-uwsgi;\n  scgi_temp_path {dir}/nginx-scgi;\n\
                  server {{\n    listen 127.0.0.1:{web};\n    root {app};\n\
+                 location = /ping {{ return 204; }}\n\
                  location ~ ^/t/([a-z0-9_]+\\.php)$ {{\n      include /etc/nginx/fastcgi_params;\n\
                  fastcgi_param SCRIPT_FILENAME {tests_php}/$1;\n\
                  fastcgi_pass 127.0.0.1:{fpm};\n    }}\n\

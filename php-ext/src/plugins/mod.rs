@@ -47,8 +47,8 @@ pub(crate) fn sql_span(
         idx = buf.push(RawSpan {
             kind: SpanKind::Sql as i32,
             library,
-            start_ns: call.start.saturating_duration_since(req_start).as_nanos() as u64,
-            duration_ns: call.end.saturating_duration_since(call.start).as_nanos() as u64,
+            start_ns: call.start.saturating_sub(req_start),
+            duration_ns: call.end.saturating_sub(call.start),
             text,
             db,
             rows: rows.max(0),
@@ -81,8 +81,8 @@ pub(crate) fn prepared_span(
         idx = buf.push(RawSpan {
             kind: SpanKind::Sql as i32,
             library,
-            start_ns: call.start.saturating_duration_since(req_start).as_nanos() as u64,
-            duration_ns: call.end.saturating_duration_since(call.start).as_nanos() as u64,
+            start_ns: call.start.saturating_sub(req_start),
+            duration_ns: call.end.saturating_sub(call.start),
             text,
             db,
             rows: rows.max(0),
@@ -124,8 +124,8 @@ fn write_error(out: &mut [u8], class: &str, msg: &str) -> usize {
 /// Records one fetch call on result set `key` returning `rows` rows.
 pub(crate) fn fetch(call: &Call, library: &'static str, key: usize, rows: i64) {
     with_spans(|buf, req_start| {
-        let start = call.start.saturating_duration_since(req_start).as_nanos() as u64;
-        let end = call.end.saturating_duration_since(req_start).as_nanos() as u64;
+        let start = call.start.saturating_sub(req_start);
+        let end = call.end.saturating_sub(req_start);
         buf.fetch(key, library, start, end, rows);
     });
 }

@@ -175,8 +175,8 @@ fn command(call: &Call) {
         };
         buf.cache(
             LIBRARY,
-            call.start.saturating_duration_since(req_start).as_nanos() as u64,
-            call.end.saturating_duration_since(call.start).as_nanos() as u64,
+            call.start.saturating_sub(req_start),
+            call.end.saturating_sub(call.start),
             name,
             db,
             err,

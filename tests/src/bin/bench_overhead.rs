@@ -5,7 +5,9 @@
 //! reporting throughput and php-fpm CPU per request (utime+stime of the pool
 //! from /proc). Runs alternate A/B/C `rounds` times to spread noise.
 //!
-//! Usage: cargo run --release -p sonde-e2e --bin bench_overhead -- [secs] [rounds]
+//! Usage: cargo run --release -p sonde-e2e --bin bench_overhead -- [secs] [rounds] [path]
+//! (path defaults to /t/bench_page.php: 10 PDO-MySQL statements, a fetch of
+//! 100 rows and one curl call)
 //! (build the release binaries first: `cargo build --release`; SONDE_BIN_DIR
 //! defaults to target/release here). Needs `wrk` (Debian package).
 #![forbid(unsafe_code)]
@@ -82,7 +84,10 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let secs: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
-    let path = "/api/v6/photos?lang=ko&page=1";
+    let path = args
+        .get(3)
+        .map(String::as_str)
+        .unwrap_or("/t/bench_page.php");
     let configs = [
         (
             "without extension",
