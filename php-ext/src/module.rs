@@ -57,6 +57,8 @@ struct Process {
     builder: Builder,
     /// Ticks to nanoseconds for this process.
     calibration: crate::clock::Calibration,
+    /// Normalised statements already seen by this process.
+    statements: crate::spans::StatementCache,
 }
 
 struct Request {
@@ -328,6 +330,7 @@ fn request_start() {
             pid,
             builder: Builder::new(seed(pid)),
             calibration: crate::clock::Calibration::default(),
+            statements: crate::spans::StatementCache::default(),
         }),
     };
     process.calibration.observe();
@@ -507,6 +510,7 @@ fn request_end() {
             pid,
             builder: Builder::new(seed(pid)),
             calibration: crate::clock::Calibration::default(),
+            statements: crate::spans::StatementCache::default(),
         }),
     };
     process.calibration.observe();
@@ -539,7 +543,7 @@ fn request_end() {
     record.attributes = req.attributes.iter().cloned().collect();
     if let Some(buf) = &st.spans {
         record.error = buf.request_error(record.status);
-        record.spans = buf.finish(process.calibration.ns_per_tick());
+        record.spans = buf.finish(process.calibration.ns_per_tick(), &mut process.statements);
         if let Some(d) = &mut record.dropped {
             d.spans = buf.dropped_spans;
             d.truncated_texts += buf.truncated_texts;

@@ -500,25 +500,29 @@ impl SpanBuf {
     ///
     /// Span times were recorded in `clock::ticks()`; `ns_per_tick` turns
     /// them into nanoseconds.
-    pub fn finish(&self, ns_per_tick: f64) -> Vec<Span> {
+    pub fn finish(&self, ns_per_tick: f64, cache: &mut StatementCache) -> Vec<Span> {
         let ns = |ticks: u64| (ticks as f64 * ns_per_tick) as u64;
+        // Instance names, once per connection entry.
+        let instances: Vec<(bool, String)> = self
+            .dbs
+            .iter()
+            .map(|d| {
+                let driver = String::from_utf8_lossy(self.get(d.driver));
+                let dsn = String::from_utf8_lossy(self.get(d.dsn));
+                (driver == "pgsql", dsn::pdo_instance(&driver, &dsn))
+            })
+            .collect();
         let mut out = Vec::with_capacity(self.spans.len());
         for s in &self.spans {
-            let (driver, instance) = match self.dbs.get(s.db as usize) {
-                Some(d) => {
-                    let driver = String::from_utf8_lossy(self.get(d.driver)).into_owned();
-                    let dsn = String::from_utf8_lossy(self.get(d.dsn));
-                    let inst = dsn::pdo_instance(&driver, &dsn);
-                    (driver, inst)
-                }
-                None => (String::new(), String::new()),
+            let (pg, instance) = match instances.get(s.db as usize) {
+                Some((pg, inst)) => (*pg, inst.clone()),
+                None => (false, String::new()),
             };
-            let dialect = if driver == "pgsql" {
+            let dialect = if pg {
                 sql::Dialect::Postgres
             } else {
                 sql::Dialect::MySql
             };
-            let text = String::from_utf8_lossy(self.get(s.text));
             if s.kind == SpanKind::Error as i32 {
                 out.push(Span {
                     kind: s.kind,
@@ -568,7 +572,7 @@ impl SpanBuf {
             }
             let statement = if matches!(s.kind, k if k == SpanKind::Sql as i32 || k == SpanKind::Fetch as i32)
             {
-                sql::normalize(&text, dialect, MAX_STATEMENT)
+                cache.normalize(self.get(s.text), dialect)
             } else {
                 String::new()
             };
@@ -587,6 +591,37 @@ impl SpanBuf {
         }
         out.sort_by_key(|s| s.start_ns);
         out
+    }
+}
+
+/// Normalised statements by the hash of their raw text, per process: the
+/// same (prepared) statement is normalised once, not once per execution.
+/// Bounded; emptied when full.
+#[derive(Debug, Default)]
+pub struct StatementCache {
+    map: std::collections::HashMap<(u64, usize, bool), String>,
+}
+
+/// Entries kept before the cache starts over.
+const STATEMENT_CACHE: usize = 1024;
+
+impl StatementCache {
+    fn normalize(&mut self, raw: &[u8], dialect: sql::Dialect) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in raw {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let key = (h, raw.len(), dialect == sql::Dialect::Postgres);
+        if let Some(s) = self.map.get(&key) {
+            return s.clone();
+        }
+        let s = sql::normalize(&String::from_utf8_lossy(raw), dialect, MAX_STATEMENT);
+        if self.map.len() >= STATEMENT_CACHE {
+            self.map.clear();
+        }
+        self.map.insert(key, s.clone());
+        s
     }
 }
 
@@ -639,7 +674,7 @@ mod tests {
         let s2 = sql_span(&mut b, "SELECT * FROM t WHERE id = 2", 300);
         b.open_result(0xAA, s2);
         b.fetch(0xAA, "pdo", 400, 450, 1000);
-        let spans = b.finish(1.0);
+        let spans = b.finish(1.0, &mut StatementCache::default());
         assert_eq!(spans.len(), 4);
         assert_eq!(spans[1].kind, SpanKind::Fetch as i32);
         assert_eq!(spans[1].calls, 6);
@@ -679,7 +714,7 @@ mod tests {
             (e.file.as_str(), e.line, e.fatal),
             ("/app/index.php", 42, true)
         );
-        let spans = b.finish(1.0);
+        let spans = b.finish(1.0, &mut StatementCache::default());
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].kind, SpanKind::Error as i32);
         assert_eq!(

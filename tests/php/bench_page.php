@@ -10,7 +10,7 @@ $db = new PDO('mysql:host=127.0.0.1;port=3306;dbname=test', 'root', '', [
 ]);
 $db->exec('CREATE TABLE IF NOT EXISTS sonde_bench (id INT PRIMARY KEY, lang CHAR(2), title VARCHAR(40), likes INT DEFAULT 0)');
 if ((int)$db->query('SELECT COUNT(*) FROM sonde_bench')->fetchColumn() < 400) {
-    $values = implode(',', array_map(fn ($i) => "($i, '" . ['ko', 'en', 'ja', 'zh'][$i % 4] . "', 'photo $i', 0)", range(1, 400)));
+    $values = implode(',', array_map(fn ($i) => "($i, '" . ['ko', 'en', 'ja', 'zh'][$i % 4] . "', 'photo $i')", range(1, 400)));
     $db->exec("INSERT IGNORE INTO sonde_bench (id, lang, title) VALUES $values");
 }
 $lang = ['ko', 'en', 'ja', 'zh'][random_int(0, 3)];
