@@ -10,7 +10,12 @@ PKGS=(
   libclang-dev                                    # bindgen
   protobuf-compiler                               # protoc for sonde-proto
   curl ca-certificates
+  chromium                                        # the console's headless-browser tests (tests/console)
 )
+# node and npm drive that browser; a machine may already have them from
+# elsewhere (e.g. a nodejs package that bundles npm), so only when missing.
+command -v node >/dev/null || PKGS+=(nodejs)
+command -v npm >/dev/null || PKGS+=(npm)
 
 missing=()
 for p in "${PKGS[@]}"; do

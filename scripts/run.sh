@@ -28,6 +28,7 @@ chmod 755 "$RUN"
 cp demo/app/index.php "$RUN/app/"
 chown -R "$FPM_USER:$FPM_USER" "$RUN/data"
 TOKEN=demo-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+CONSOLE_PASSWORD=${SONDE_ADMIN_PASSWORD:-$(head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 
 cat >"$RUN/collector.toml" <<TOML
 [grpc]
@@ -38,6 +39,9 @@ listen = "127.0.0.1:$HTTP_PORT"
 path = "$RUN/collector"
 [auth]
 agent_tokens = ["$TOKEN"]
+[console]
+admin_user = "admin"
+admin_password = "$CONSOLE_PASSWORD"
 TOML
 
 cat >"$RUN/agent.toml" <<TOML
@@ -124,6 +128,7 @@ php demo/traffic.php "http://127.0.0.1:$WEB_PORT" "$RPS" >/dev/null 2>&1 & PIDS+
 cat <<MSG
 
 Sonde is running (logs and configs in $RUN):
+  console      http://127.0.0.1:$HTTP_PORT/   log in as admin / $CONSOLE_PASSWORD
   demo app     http://127.0.0.1:$WEB_PORT/api/v6/photos?lang=ko   ($RPS requests/s of traffic)
   transactions http://127.0.0.1:$HTTP_PORT/api/v1/transactions
   agents       http://127.0.0.1:$HTTP_PORT/api/v1/agents

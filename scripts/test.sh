@@ -11,5 +11,7 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo build"
 cargo build --workspace
+echo "==> npm ci (tests/console: playwright-core, drives Debian's chromium)"
+(cd tests/console && npm ci --no-audit --no-fund)
 echo "==> cargo test"
 cargo test --workspace

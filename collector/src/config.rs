@@ -25,6 +25,31 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The web console.
     pub console: ConsoleConfig,
+    /// The dashboard's live stream (`/api/v1/live`, `/api/v1/active`).
+    pub live: LiveConfig,
+}
+
+/// `[live]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// Upper bounds, milliseconds, of the first three active-service
+    /// buckets (the fourth holds the rest): requests in flight for less
+    /// than 1 s, 1–3 s, 3–8 s and 8 s or more by default. Strictly rising.
+    pub active_bounds_ms: [u64; 3],
+    /// Seconds the dashboard's headline TPS, average and p90 are taken
+    /// over (whole seconds, ending one second before the current one).
+    /// 1 to 60.
+    pub window_secs: u32,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            active_bounds_ms: crate::live::BOUNDS_MS,
+            window_secs: 5,
+        }
+    }
 }
 
 /// `[grpc]`
@@ -207,6 +232,16 @@ impl Config {
         if self.storage.slow_ms_by_app.values().any(|&ms| ms == 0) {
             return Err(("storage.slow_ms_by_app", "a threshold must be at least 1"));
         }
+        let b = self.live.active_bounds_ms;
+        if b[0] == 0 || b[0] >= b[1] || b[1] >= b[2] {
+            return Err((
+                "live.active_bounds_ms",
+                "must be three rising bounds above 0, e.g. [1000, 3000, 8000]",
+            ));
+        }
+        if !(1..=60).contains(&self.live.window_secs) {
+            return Err(("live.window_secs", "must be between 1 and 60"));
+        }
         if self.auth.agent_tokens.iter().any(|t| t.trim().is_empty()) {
             return Err(("auth.agent_tokens", "a token must not be empty"));
         }
@@ -279,6 +314,20 @@ mod tests {
         assert_eq!(c.grpc.max_message_bytes, 16 << 20);
         assert_eq!(c.storage.slow_ms, 3000);
         assert!(c.storage.slow_ms_by_app.is_empty());
+        assert_eq!(c.live.active_bounds_ms, [1000, 3000, 8000]);
+        assert_eq!(c.live.window_secs, 5);
+    }
+
+    #[test]
+    fn live_keys() {
+        let c = Config::parse("[live]\nactive_bounds_ms = [500, 2000, 5000]\nwindow_secs = 10\n")
+            .unwrap();
+        assert_eq!(c.live.active_bounds_ms, [500, 2000, 5000]);
+        assert_eq!(c.live.window_secs, 10);
+        let m = err("[live]\nactive_bounds_ms = [3000, 1000, 8000]\n");
+        assert!(m.contains("key `live.active_bounds_ms`"), "{m}");
+        let m = err("[live]\nwindow_secs = 0\n");
+        assert!(m.contains("key `live.window_secs`"), "{m}");
     }
 
     #[test]

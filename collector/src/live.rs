@@ -9,7 +9,8 @@ use serde::Serialize;
 use sonde_core::endpoint::EndpointNamer;
 use sonde_proto::v1::LiveSnapshot;
 
-/// Upper bounds of the elapsed-time buckets of `/api/v1/active`, ms.
+/// Default upper bounds of the elapsed-time buckets of `/api/v1/active`,
+/// ms (`[live] active_bounds_ms`).
 pub const BOUNDS_MS: [u64; 3] = [1000, 3000, 8000];
 
 struct Entry {
@@ -20,9 +21,16 @@ struct Entry {
 
 /// Latest snapshot per agent id. Its size is bounded by the number of
 /// connected agents: an agent's entry goes when its stream ends.
-#[derive(Default)]
 pub struct LiveState {
     agents: Mutex<HashMap<String, Entry>>,
+    /// Bucket bounds (`[live] active_bounds_ms`).
+    bounds_ms: [u64; 3],
+}
+
+impl Default for LiveState {
+    fn default() -> Self {
+        LiveState::new(BOUNDS_MS)
+    }
 }
 
 /// What `/api/v1/active` returns.
@@ -50,6 +58,14 @@ pub struct ActiveRequest {
 }
 
 impl LiveState {
+    /// Buckets requests by the rising `bounds_ms`.
+    pub fn new(bounds_ms: [u64; 3]) -> Self {
+        LiveState {
+            agents: Mutex::default(),
+            bounds_ms,
+        }
+    }
+
     /// Replaces `agent_id`'s snapshot.
     pub fn update(&self, agent_id: &str, hostname: &str, snapshot: LiveSnapshot, now_ms: i64) {
         let entry = Entry {
@@ -70,7 +86,7 @@ impl LiveState {
     pub fn active(&self, app: Option<&str>, now_ms: i64, max_age_ms: i64) -> ActiveView {
         let namer = EndpointNamer::default();
         let mut view = ActiveView {
-            bounds_ms: BOUNDS_MS,
+            bounds_ms: self.bounds_ms,
             buckets: [0; 4],
             active: Vec::new(),
         };
@@ -89,10 +105,11 @@ impl LiveState {
                 }
                 // The request kept running since the snapshot was taken.
                 let elapsed_ms = r.elapsed_ms + age_ms.max(0) as f64;
-                let bucket = BOUNDS_MS
+                let bucket = self
+                    .bounds_ms
                     .iter()
                     .position(|&b| elapsed_ms < b as f64)
-                    .unwrap_or(BOUNDS_MS.len());
+                    .unwrap_or(self.bounds_ms.len());
                 view.buckets[bucket] += 1;
                 view.active.push(ActiveRequest {
                     host: host.clone(),

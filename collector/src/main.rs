@@ -9,8 +9,10 @@ mod clock;
 mod config;
 mod ingest;
 mod live;
+mod live_stats;
 mod shutdown;
 mod storage;
+mod web;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -96,6 +98,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         default_ms: config.storage.slow_ms,
         per_app: config.storage.slow_ms_by_app.clone(),
     };
+    let slow_thresholds = slow.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open_with(&dir, slow))
         .await?
         .with_context(|| {
@@ -115,13 +118,44 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
+    let users_dir = config.storage.path.clone();
+    let users = tokio::task::spawn_blocking(move || auth::users::UserStore::open(&users_dir))
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot open the console users in {} (storage.path)",
+                config.storage.path.display()
+            )
+        })?;
+    let users = Arc::new(users);
+    let console_open = config.console.admin_password.is_empty();
+    if console_open {
+        warn!(listen = %config.http.listen, "console.admin_password is empty: the console is open, without login (meant for loopback use)");
+    } else {
+        let u = Arc::clone(&users);
+        let (name, password) = (
+            config.console.admin_user.clone(),
+            config.console.admin_password.clone(),
+        );
+        let created =
+            tokio::task::spawn_blocking(move || u.ensure_admin(&name, &password, clock::now_ms()))
+                .await?
+                .context("cannot create the console admin (console.admin_user)")?;
+        if created {
+            info!(user = %config.console.admin_user, "console admin created");
+        }
+    }
+    let console = Arc::new(web::Console::new(users, console_open));
+
     let (trigger, shutdown) = shutdown::channel();
-    let live = Arc::new(live::LiveState::default());
+    let live = Arc::new(live::LiveState::new(config.live.active_bounds_ms));
+    let stats = Arc::new(live_stats::LiveStats::new(slow_thresholds.clone()));
     let counters = Arc::new(ingest::IngestCounters::default());
     let ingest = ingest::Ingest {
         store: Arc::clone(&store),
         tokens: agent_tokens,
         live: Arc::clone(&live),
+        stats: Arc::clone(&stats),
         counters: Arc::clone(&counters),
         shutdown: shutdown.clone(),
         heartbeat_interval_ms: config.grpc.heartbeat_interval_ms,
@@ -130,9 +164,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let api = api::ApiState {
         store: Arc::clone(&store),
         live,
+        stats,
+        live_window_s: i64::from(config.live.window_secs),
         counters,
         tokens: api_tokens,
+        console,
         down_after_ms: 3 * i64::from(config.grpc.heartbeat_interval_ms),
+        shutdown: shutdown.clone(),
     };
 
     let mut servers = JoinSet::new();

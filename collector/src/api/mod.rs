@@ -4,9 +4,11 @@
 
 mod agents;
 mod hosts;
+mod live;
 mod reports;
 mod rollups;
 mod transactions;
+mod users;
 
 #[cfg(test)]
 mod rollup_tests;
@@ -18,7 +20,7 @@ use axum::extract::{ConnectInfo, OriginalUri, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -30,18 +32,28 @@ use crate::auth::{AuthError, Tokens};
 use crate::clock::now_ms;
 use crate::ingest::IngestCounters;
 use crate::live::LiveState;
+use crate::live_stats::LiveStats;
 use crate::shutdown::Shutdown;
 use crate::storage::{SharedStore, StoreError};
+use crate::web::Console;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: SharedStore,
     pub live: Arc<LiveState>,
+    /// The dashboard's live statistics.
+    pub stats: Arc<LiveStats>,
+    /// Seconds of the live stream's headline window (`[live] window_secs`).
+    pub live_window_s: i64,
     pub counters: Arc<IngestCounters>,
     pub tokens: Tokens,
+    /// Console users and sessions.
+    pub console: Arc<Console>,
     /// An agent silent for longer than this is `down` (3 heartbeats).
     pub down_after_ms: i64,
+    /// Ends the live streams at shutdown.
+    pub shutdown: Shutdown,
 }
 
 /// Why a request failed; each becomes `{"error": "…"}` with its status.
@@ -53,6 +65,12 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error")]
+    Internal(String),
     #[error("storage error")]
     Store(#[from] StoreError),
 }
@@ -72,6 +90,12 @@ impl IntoResponse for ApiError {
             ApiError::BadParam { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Internal(e) => {
+                error!(error = %e, "API request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ApiError::Store(e) => {
                 error!(error = %e, "API request failed in storage");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -100,16 +124,32 @@ pub fn router(state: ApiState) -> Router {
         .route("/reports/daily", get(reports::daily))
         .route("/hosts/series", get(hosts::series))
         .route("/stats", get(stats))
+        .route("/live", get(live::stream))
+        .route("/live/snapshot", get(live::snapshot))
+        .route("/session", get(users::session))
+        .route("/users", get(users::list).post(users::create))
+        .route("/users/:name", delete(users::delete))
         .fallback(|| async { ApiError::NotFound("no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .nest("/api/v1", api)
+        .merge(crate::web::routes())
         .with_state(state)
 }
 
-/// With `api_tokens` set, `/api/v1/*` needs `Authorization: Bearer TOKEN`.
-async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+/// With `api_tokens` set, `/api/v1/*` needs `Authorization: Bearer TOKEN`
+/// or a console session. The session's principal goes with the request
+/// for the handlers that change things.
+async fn require_token(
+    State(state): State<ApiState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if let Some(principal) = state.console.principal(request.headers()) {
+        request.extensions_mut().insert(principal);
+        return next.run(request).await;
+    }
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -141,6 +181,7 @@ async fn stats(State(state): State<ApiState>) -> Json<serde_json::Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "now_ms": now_ms(),
         "ingest": state.counters.view(),
+        "live": {"late_records": state.stats.late()},
     }))
 }
 
@@ -175,12 +216,20 @@ pub(crate) mod tests {
     pub(crate) fn state(tokens: &[&str]) -> (tempfile::TempDir, ApiState) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        // Live streams in tests end with their test.
+        std::mem::forget(trigger);
+        let users = Arc::new(crate::auth::users::UserStore::in_memory());
         let state = ApiState {
             store: Arc::new(store),
             live: Arc::default(),
+            stats: Arc::default(),
+            live_window_s: 5,
             counters: Arc::default(),
             tokens: Tokens::new(tokens.iter().map(|t| t.to_string()).collect()),
+            console: Arc::new(Console::new(users, false)),
             down_after_ms: 15_000,
+            shutdown,
         };
         (dir, state)
     }

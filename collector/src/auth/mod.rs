@@ -1,6 +1,11 @@
-//! Bearer-token checks, shared by the gRPC ingest (agent tokens) and the
-//! JSON API (API tokens). Owns only the comparison; callers decide what a
-//! refusal looks like on their protocol and log it with the peer.
+//! Who may do what. Bearer-token checks, shared by the gRPC ingest (agent
+//! tokens) and the JSON API (API tokens), here; console users with hashed
+//! passwords in `users`, their login sessions in `sessions`. This module
+//! owns the checks only; callers decide what a refusal looks like on their
+//! protocol and log it with the peer.
+
+pub mod sessions;
+pub mod users;
 
 use thiserror::Error;
 
@@ -61,7 +66,7 @@ impl Tokens {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use crate::auth::{AuthError, Tokens};
 use crate::clock::now_ms;
 use crate::live::LiveState;
+use crate::live_stats::LiveStats;
 use crate::shutdown::Shutdown;
 use crate::storage::{run_blocking, AgentState, SharedStore};
 
@@ -74,6 +75,8 @@ pub struct Ingest {
     pub store: SharedStore,
     pub tokens: Tokens,
     pub live: Arc<LiveState>,
+    /// The dashboard's live statistics, fed after each commit.
+    pub stats: Arc<LiveStats>,
     pub counters: Arc<IngestCounters>,
     pub shutdown: Shutdown,
     pub heartbeat_interval_ms: u32,
@@ -311,6 +314,7 @@ mod tests {
             store: Arc::new(FullDisk),
             tokens: Tokens::new(vec![]),
             live: Arc::default(),
+            stats: Arc::default(),
             counters: Arc::clone(&counters),
             shutdown: shutdown.clone(),
             heartbeat_interval_ms: 5000,

@@ -99,6 +99,11 @@ impl Session {
                     Ok(())
                 }
                 Msg::Live(snapshot) => {
+                    if let Some(host) = &snapshot.host {
+                        self.ingest
+                            .stats
+                            .host_metrics(host, &self.hostname, now_ms());
+                    }
                     if !self.agent_id.is_empty() {
                         self.ingest
                             .live
@@ -187,11 +192,24 @@ impl Session {
         let outcome = run_blocking(&self.ingest.store, move |s| {
             let outcome = s.insert_records(&records, &host)?;
             s.insert_host_metrics(&host_metrics, &host)?;
-            Ok(outcome)
+            Ok((outcome, records, host_metrics))
         })
         .await;
         let outcome = match outcome {
-            Ok(o) => o,
+            Ok((o, records, host_metrics)) => {
+                // The live view counts what was stored now. A batch with
+                // duplicates is a resend or replay: rather than tell its
+                // new records from the old, leave it out (the rollups have
+                // it exactly).
+                let now = now_ms();
+                if o.duplicates == 0 && o.stored > 0 {
+                    self.ingest.stats.observe(&records, &self.hostname, now);
+                }
+                for m in &host_metrics {
+                    self.ingest.stats.host_metrics(m, &self.hostname, now);
+                }
+                o
+            }
             Err(error) => {
                 add(&counters.store_errors, 1);
                 warn!(%error, agent = %self.agent_id, peer = %self.peer, batch_id, "storing batch failed; ending the stream so the agent resends it");

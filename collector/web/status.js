@@ -1,0 +1,78 @@
+// Application status: /api/v1/endpoints for a time range (sortable, CSV
+// export); click an endpoint for its SQL statements from /api/v1/sql.
+import { api, h, clear, fmtMs, fmtNum, fmtTime, table, downloadCsv, setHashParams, errorBox } from './lib.js';
+
+const RANGES = [['15m', 15 * 60e3], ['1h', 3600e3], ['6h', 6 * 3600e3], ['24h', 86400e3], ['7d', 7 * 86400e3]];
+
+export function mount(el, ctx) {
+  let span = ctx.params.range || '1h';
+  const out = h('div', { id: 'status-table' });
+  const sqlBox = h('div', { id: 'status-sql' });
+  const info = h('span', { class: 'muted' });
+  const rangeSel = h('select', { onchange: () => { span = rangeSel.value; load(); } },
+    RANGES.map(([k]) => h('option', { value: k, selected: k === span }, 'last ' + k)));
+  const csvBtn = h('button', { type: 'button', id: 'status-csv' }, 'Export CSV');
+  el.appendChild(h('section', {},
+    h('div', { class: 'page-head' }, h('h2', {}, 'Application status'), info),
+    h('div', { class: 'toolbar' }, rangeSel, csvBtn),
+    out, sqlBox));
+
+  const cols = [
+    { key: 'endpoint', label: 'Endpoint' },
+    { key: 'app', label: 'App' },
+    { key: 'calls', label: 'Calls', num: true, fmt: (v) => fmtNum(v) },
+    { key: 'failures', label: 'Failures', num: true, fmt: (v) => fmtNum(v) },
+    { key: 'bad_responses', label: 'Bad responses', num: true, fmt: (v) => fmtNum(v) },
+    { key: 'avg_ms', label: 'Avg', num: true, fmt: fmtMs },
+    { key: 'max_ms', label: 'Max', num: true, fmt: fmtMs },
+    { key: 'p90_ms', label: 'p90', num: true, fmt: fmtMs },
+    { key: 'sql_ms_per_tx', label: 'SQL/tx', num: true, fmt: fmtMs },
+    { key: 'fetch_ms_per_tx', label: 'Fetch/tx', num: true, fmt: fmtMs },
+    { key: 'external_ms_per_tx', label: 'External/tx', num: true, fmt: fmtMs },
+    { key: 'total_ms', label: 'Total time', num: true, fmt: fmtMs },
+  ];
+  let rows = [];
+  csvBtn.addEventListener('click', () => downloadCsv('sonde-endpoints.csv', cols.map((c) => c.key), rows.map((r) => cols.map((c) => r[c.key]))));
+
+  async function load() {
+    setHashParams('status', { range: span });
+    const ms = RANGES.find(([k]) => k === span)[1];
+    const to = Date.now(), from = to - ms;
+    clear(out); clear(sqlBox);
+    try {
+      const r = await api('/endpoints', { from, to, app: ctx.app });
+      rows = r.endpoints;
+      info.textContent = `${fmtTime(from, true)} – ${fmtTime(to, true)}`;
+      if (!rows.length) {
+        out.appendChild(h('p', { class: 'empty' }, 'No transactions in this range. Install the agent and the PHP extension on your web servers (see the README), or pick a longer range.'));
+        return;
+      }
+      out.appendChild(table(cols, rows, {
+        sortKey: 'total_ms',
+        onRow: (r) => showSql(r, from, to),
+        rowAttrs: (r) => ({ dataset: { endpoint: r.endpoint } }),
+      }));
+    } catch (e) { out.appendChild(errorBox(e)); }
+  }
+
+  async function showSql(row, from, to) {
+    clear(sqlBox);
+    sqlBox.appendChild(h('h3', {}, `SQL of ${row.endpoint}`));
+    try {
+      const r = await api('/sql', { from, to, app: row.app, endpoint: row.endpoint });
+      if (!r.statements.length) { sqlBox.appendChild(h('p', { class: 'muted' }, 'No SQL statements for this endpoint in this range.')); return; }
+      sqlBox.appendChild(table([
+        { key: 'statement', label: 'Statement', fmt: (v) => h('span', { class: 'mono' }, v) },
+        { key: 'calls', label: 'Calls', num: true, fmt: (v) => fmtNum(v) },
+        { key: 'failures', label: 'Failures', num: true, fmt: (v) => fmtNum(v) },
+        { key: 'avg_ms', label: 'Avg', num: true, fmt: fmtMs },
+        { key: 'max_ms', label: 'Max', num: true, fmt: fmtMs },
+        { key: 'total_ms', label: 'Total', num: true, fmt: fmtMs },
+      ], r.statements, { sortKey: 'total_ms' }));
+      sqlBox.appendChild(h('p', { class: 'muted small' }, 'External calls per endpoint are not in the API yet; open a transaction from X-View to see its external calls.'));
+    } catch (e) { sqlBox.appendChild(errorBox(e)); }
+    sqlBox.scrollIntoView({ behavior: 'smooth', block: 'nearest' });
+  }
+
+  load();
+}

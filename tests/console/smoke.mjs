@@ -1,0 +1,169 @@
+// Headless-browser smoke test of the Sonde console, against a running
+// collector with traffic flowing. Drives Debian's chromium through
+// playwright-core (never downloads a browser).
+//
+//   node smoke.mjs http://127.0.0.1:7718
+//
+// Env: SONDE_USER / SONDE_PASSWORD (the admin login), SONDE_SHOTS (where
+// screenshots go; default a new temp dir), SONDE_CHROMIUM (the browser,
+// default /usr/bin/chromium). Prints one JSON line of findings; exits 1 on
+// the first failed check.
+import { chromium } from 'playwright-core';
+import { mkdtempSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const base = (process.argv[2] || 'http://127.0.0.1:7718').replace(/\/$/, '');
+const user = process.env.SONDE_USER || 'admin';
+const password = process.env.SONDE_PASSWORD || '';
+const shots = process.env.SONDE_SHOTS || mkdtempSync(join(tmpdir(), 'sonde-shots-'));
+mkdirSync(shots, { recursive: true });
+const found = { shots };
+const t0 = Date.now();
+const step = (name) => { found.steps = found.steps || []; found.steps.push(`${name} @${Date.now() - t0}ms`); };
+
+const browser = await chromium.launch({
+  executablePath: process.env.SONDE_CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-dev-shm-usage'],
+});
+let page;
+try {
+  const context = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
+  page = await context.newPage();
+  const consoleErrors = [];
+  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+
+  // Log in.
+  await page.goto(base + '/');
+  if (page.url().includes('/login')) {
+    await page.fill('input[name=user]', user);
+    await page.fill('input[name=password]', password);
+    await Promise.all([page.waitForURL((u) => !u.pathname.startsWith('/login'), { timeout: 20000 }), page.click('button[type=submit]')]);
+    step('logged in');
+  }
+
+  // Dashboard: live TPS > 0 within a few seconds.
+  await page.waitForSelector('#v-tps');
+  await page.waitForFunction(() => Number(document.querySelector('#v-tps')?.dataset.tps || 0) > 0, null, { timeout: 15000 });
+  const tps = await page.$eval('#v-tps', (e) => ({ tps: Number(e.dataset.tps), from: Number(e.dataset.from), to: Number(e.dataset.to) }));
+  found.dashboard = tps;
+  await page.waitForSelector('#board .ep', { timeout: 10000 });
+  found.board = await page.$$eval('#board .ep', (els) => els.map((e) => [e.querySelector('.ep-name').textContent, e.dataset.level]));
+  // Equalizer: a bar with requests in it lists them when clicked.
+  const busy = await page.waitForFunction(() => {
+    const b = [...document.querySelectorAll('.eq-bar')].find((x) => Number(x.dataset.count) > 0);
+    return b ? b.dataset.bucket : null;
+  }, null, { timeout: 10000 }).then((h) => h.jsonValue()).catch(() => null);
+  if (busy !== null) {
+    await page.click(`.eq-bar[data-bucket="${busy}"]`);
+    await page.waitForSelector('#active-list table tbody tr', { timeout: 5000 });
+    found.active = await page.$$eval('#active-list tbody tr', (rows) => rows.map((r) => r.children[1].textContent));
+  }
+  await page.screenshot({ path: join(shots, 'dashboard.png'), fullPage: true });
+  step('dashboard');
+
+  // X-View: points on the canvas; drag over all of them; open one.
+  await page.goto(base + '/#/xview');
+  await page.waitForFunction(() => Number(document.querySelector('#xview-canvas')?.dataset.points || 0) > 0, null, { timeout: 15000 });
+  const box = await page.$eval('#xview-canvas', (c) => { const r = c.getBoundingClientRect(); return { x: r.x, y: r.y, w: r.width, h: r.height, points: Number(c.dataset.points) }; });
+  found.xview_points = box.points;
+  await page.mouse.move(box.x + 57, box.y + 11);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.w / 2, box.y + box.h / 2, { steps: 5 });
+  await page.mouse.move(box.x + box.w - 13, box.y + box.h - 25, { steps: 5 });
+  await page.mouse.up();
+  await page.waitForSelector('#xview-selected');
+  found.selected = await page.$eval('#xview-selected', (e) => Number(e.dataset.count));
+  if (!(found.selected > 0)) throw new Error('drag-select listed no transactions');
+  if (!/sel=/.test(page.url())) throw new Error('the selection is not in the URL: ' + page.url());
+  found.xview_url = page.url();
+  await page.screenshot({ path: join(shots, 'xview.png'), fullPage: true });
+  step('xview');
+  const sqlRow = await page.$$eval('#xview-list tbody tr', (rows) => {
+    const r = rows.find((x) => x.children[2].textContent === '/api/v6/photos');
+    return r ? r.dataset.id : null;
+  });
+  if (!sqlRow) throw new Error('no /api/v6/photos transaction in the selection');
+  await page.click(`#xview-list tr[data-id="${sqlRow}"]`);
+  await page.waitForSelector('tr.span-sql', { timeout: 10000 });
+  found.profile_sql = await page.$$eval('tr.span-sql .sql', (els) => els.map((e) => e.textContent));
+  await page.screenshot({ path: join(shots, 'profile.png'), fullPage: true });
+  step('profile');
+
+  // Captured text that looks like markup is shown as text and runs nothing.
+  if (process.env.SONDE_XSS_TX) {
+    await page.goto(base + '/#/tx/' + process.env.SONDE_XSS_TX);
+    await page.waitForSelector('dl.kv dd');
+    found.xss_literal = await page.$$eval('dl.kv dd', (dds) => dds.some((d) => d.textContent.includes('<script>window.__xss=1</script>"\'')));
+    found.xss_ran = await page.evaluate(() => window.__xss !== undefined || document.querySelectorAll('main script').length > 0);
+    await page.screenshot({ path: join(shots, 'profile-markup.png'), fullPage: true });
+    step('markup');
+  }
+
+  // Application status: the endpoints sent; click one for its SQL.
+  await page.goto(base + '/#/status');
+  await page.waitForSelector('#status-table tbody tr', { timeout: 10000 });
+  found.status_endpoints = await page.$$eval('#status-table tbody tr', (rows) => rows.map((r) => r.dataset.endpoint));
+  await page.click('#status-table tr[data-endpoint="/api/v6/photos"]');
+  await page.waitForSelector('#status-sql tbody tr', { timeout: 10000 });
+  found.status_sql = await page.$$eval('#status-sql tbody tr', (rows) => rows.length);
+  await page.screenshot({ path: join(shots, 'status.png'), fullPage: true });
+  step('status');
+
+  // Daily report and servers: they render.
+  await page.goto(base + '/#/report');
+  await page.waitForSelector('#report-compare tbody tr', { timeout: 10000 });
+  found.report_rows = await page.$$eval('#report-compare tbody tr', (rows) => rows.length);
+  await page.screenshot({ path: join(shots, 'report.png'), fullPage: true });
+  await page.goto(base + '/#/servers');
+  await page.waitForSelector('#agents table tbody tr', { timeout: 10000 });
+  await page.screenshot({ path: join(shots, 'servers.png'), fullPage: true });
+  step('report+servers');
+
+  // The read-only role is refused changes by the server.
+  const ro = await page.evaluate(async () => {
+    const r = await fetch('/api/v1/users', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ name: 'viewer', password: 'viewer-pw', role: 'read-only' }) });
+    return r.status;
+  });
+  if (ro !== 201) throw new Error('admin could not create a read-only user: ' + ro);
+  const viewer = await browser.newContext();
+  const vp = await viewer.newPage();
+  await vp.goto(base + '/login');
+  await vp.fill('input[name=user]', 'viewer');
+  await vp.fill('input[name=password]', 'viewer-pw');
+  await Promise.all([vp.waitForURL((u) => !u.pathname.startsWith('/login'), { timeout: 20000 }), vp.click('button[type=submit]')]);
+  found.read_only_post = await vp.evaluate(async () => (await fetch('/api/v1/users', { method: 'POST',
+    headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ name: 'x', password: 'y', role: 'admin' }) })).status);
+  if (found.read_only_post !== 403) throw new Error('a read-only user could create a user: ' + found.read_only_post);
+  await viewer.close();
+  step('read-only');
+
+  // X-View with 100,000 points: the draw time (docs/console.md).
+  await page.goto(base + '/#/xview');
+  // After the page's own first load, so it cannot replace the points.
+  await page.waitForFunction(() => Number(document.querySelector('#xview-canvas')?.dataset.points || 0) > 0);
+  found.xview_100k_draw_ms = await page.evaluate(() => window.sondeXviewSynthetic(100000));
+  found.xview_100k_points = await page.$eval('#xview-canvas', (c) => Number(c.dataset.points));
+  await page.screenshot({ path: join(shots, 'xview-100k.png') });
+
+  // Logout ends the session.
+  await page.goto(base + '/#/dashboard');
+  await page.click('#logout');
+  await page.waitForURL((u) => u.pathname.startsWith('/login'), { timeout: 5000 });
+  found.after_logout = await page.evaluate(async () => (await fetch('/api/v1/session')).status);
+
+  found.page_errors = consoleErrors;
+  if (consoleErrors.length) throw new Error('errors in the page: ' + consoleErrors.join('; '));
+  found.ok = true;
+  console.log(JSON.stringify(found));
+} catch (e) {
+  found.ok = false;
+  found.error = String(e && e.stack || e);
+  if (page) await page.screenshot({ path: join(shots, 'failure.png'), fullPage: true }).catch(() => {});
+  console.log(JSON.stringify(found));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
