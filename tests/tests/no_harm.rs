@@ -80,3 +80,62 @@ fn without_an_agent_pages_render_identically_and_nothing_is_logged() {
         );
     }
 }
+
+/// Every hooked function returns, throws and warns exactly as without the
+/// extension (php-cli, with CLI tracing on so every hook records).
+#[test]
+fn hooked_functions_behave_identically() {
+    let script = sonde_e2e::repo_root().join("tests/php/behaviour.php");
+    let run = |with: bool| {
+        let mut cmd = std::process::Command::new("php");
+        if with {
+            let so = sonde_e2e::artifact("libsonde_php.so").unwrap();
+            cmd.arg("-d")
+                .arg(format!("extension={}", so.display()))
+                .args([
+                    "-d",
+                    "sonde.trace_cli=1",
+                    "-d",
+                    "sonde.agent_socket=/nonexistent/agent.sock",
+                ]);
+        }
+        let out = cmd
+            .args(["-d", "display_errors=stderr"])
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (out_without, err_without) = run(false);
+    let (out_with, err_with) = run(true);
+    assert!(out_without.ends_with("done\n"), "{out_without}");
+    assert!(out_without.lines().count() > 60, "{out_without}");
+    assert_eq!(out_with, out_without);
+    assert_eq!(err_with, err_without);
+    // The script really went through the hooks.
+    let so = sonde_e2e::artifact("libsonde_php.so").unwrap();
+    let ri = std::process::Command::new("php")
+        .arg("-d")
+        .arg(format!("extension={}", so.display()))
+        .args(["--ri", "sonde"])
+        .output()
+        .unwrap();
+    let ri = String::from_utf8_lossy(&ri.stdout);
+    for f in [
+        "pdo::query",
+        "mysqli::query",
+        "pg_query",
+        "curl_exec",
+        "redis::get",
+    ] {
+        assert!(ri.contains(f), "{f} not hooked: {ri}");
+    }
+}
