@@ -10,6 +10,7 @@ PKGS=(
   libclang-dev                                    # bindgen
   protobuf-compiler                               # protoc for sonde-proto
   curl ca-certificates
+  wrk                                             # load for the JIT test and the benchmarks
   chromium                                        # the console's headless-browser tests (tests/console)
 )
 # node and npm drive that browser; a machine may already have them from

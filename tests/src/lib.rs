@@ -168,6 +168,8 @@ pub struct StackOptions {
     /// Load the extension into php-fpm.
     pub extension: bool,
     pub app_name: String,
+    /// Extra `-d name=value` settings for php-fpm (e.g. opcache and JIT).
+    pub fpm_ini: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -177,6 +179,7 @@ impl Default for StackOptions {
             agent: true,
             extension: true,
             app_name: "fanapp".into(),
+            fpm_ini: Vec::new(),
         }
     }
 }
@@ -291,6 +294,9 @@ impl Stack {
             .arg("--fpm-config")
             .arg(&cfg)
             .arg("--allow-to-run-as-root");
+        for setting in &opts.fpm_ini {
+            cmd.arg("-d").arg(setting);
+        }
         if opts.extension {
             cmd.arg("-d").arg(format!(
                 "extension={}",
