@@ -154,6 +154,8 @@ pub struct Stack {
     pub http_port: u16,
     pub web_port: u16,
     pub fpm_port: u16,
+    /// The first agent's Prometheus endpoint (`/metrics`).
+    pub agent_metrics_port: u16,
     pub agent_socket: PathBuf,
     pub agent_token: String,
     // Dropped in reverse start order: nginx, php-fpm, agent, collector.
@@ -203,6 +205,7 @@ impl Stack {
             http_port: free_port(),
             web_port: free_port(),
             fpm_port: free_port(),
+            agent_metrics_port: free_port(),
             agent_socket: dir.path().join("agent.sock"),
             agent_token: "e2e-agent-token".into(),
             dir,
@@ -254,11 +257,16 @@ impl Stack {
             format!(
                 "collector = \"http://127.0.0.1:{}\"\ntoken = \"{}\"\nsocket = \"{}\"\n\
                  socket_group = \"root\"\nspool_dir = \"{}\"\nflush_interval_ms = 200\n\
-                 hostname = \"{name}-host\"\n",
+                 hostname = \"{name}-host\"\nmetrics_listen = \"{metrics}\"\n",
                 self.grpc_port,
                 token,
                 socket.display(),
                 self.path(&format!("{name}-spool")).display(),
+                metrics = if name == "agent" {
+                    format!("127.0.0.1:{}", self.agent_metrics_port)
+                } else {
+                    String::new()
+                },
             ),
         )?;
         let mut cmd = Command::new(artifact("sonde-agent")?);
@@ -385,6 +393,17 @@ impl Stack {
         }
         serde_json::from_str(&r.body)
             .with_context(|| format!("GET {path_and_query}: not JSON: {}", r.body))
+    }
+
+    /// A counter from the first agent's `/metrics` (summed over labels).
+    pub fn agent_metric(&self, name: &str) -> Result<u64> {
+        let r = http::request(self.agent_metrics_port, "GET", "/metrics", &[], "")?;
+        Ok(r.body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum())
     }
 
     /// Every log of the stack, for a failure message.

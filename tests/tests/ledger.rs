@@ -1,0 +1,101 @@
+//! The agent frozen (SIGSTOP) under load: every page still answers at once
+//! (the extension never waits), and afterwards every request is accounted
+//! for — stored in the collector or counted as dropped — exactly.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sonde_e2e::{http, wait_for, Stack, StackOptions};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Sends `n` requests on 4 threads; every one must answer 200.
+fn load(stack: &Stack, n: usize, pad: &str) {
+    let port = stack.web_port;
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let pad = pad.to_string();
+            std::thread::spawn(move || {
+                for i in (t..n).step_by(4) {
+                    let r =
+                        http::request(port, "GET", &format!("/health?i={i}&pad={pad}"), &[], "")
+                            .unwrap();
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn a_frozen_agent_never_slows_php_and_the_ledger_balances() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    // Large records (a 4 KB URL each) so the socket buffers fill quickly.
+    let pad = "x".repeat(4000);
+    let (before, during, after) = (100, 1500, 200);
+
+    load(&stack, before, &pad);
+    let agent = stack
+        .procs
+        .iter()
+        .find(|p| p.name == "agent")
+        .unwrap()
+        .pid();
+    kill(Pid::from_raw(agent as i32), Signal::SIGSTOP).unwrap();
+    // While it is frozen, every page is served: nothing waits on the agent.
+    load(&stack, during, &pad);
+    kill(Pid::from_raw(agent as i32), Signal::SIGCONT).unwrap();
+    // More traffic, so each worker reports what it had to drop.
+    load(&stack, after, "");
+
+    let made = (before + during + after) as u64;
+    let count = || {
+        stack
+            .api(&format!(
+                "/api/v1/transactions?from={from}&to={}&limit=200000",
+                now_ms() + 60_000
+            ))
+            .map(|v| v["transactions"].as_array().map_or(0, |a| a.len() as u64))
+            .unwrap_or(0)
+    };
+    let dropped = || {
+        stack
+            .agent_metric("sonde_agent_ext_records_dropped_total")
+            .unwrap_or(0)
+            + stack
+                .agent_metric("sonde_agent_records_dropped_total")
+                .unwrap_or(0)
+    };
+    let mut last = (0, 0);
+    let balanced = wait_for("stored + dropped == made", Duration::from_secs(30), || {
+        last = (count(), dropped());
+        last.0 + last.1 == made
+    });
+    if let Err(e) = balanced {
+        panic!(
+            "{e}: made {made}, stored {}, dropped {}\n{}",
+            last.0,
+            last.1,
+            stack.logs()
+        );
+    }
+    assert!(
+        last.1 > 0,
+        "the freeze should have forced drops (stored {})",
+        last.0
+    );
+    eprintln!(
+        "made {made}: stored {}, dropped and counted {}",
+        last.0, last.1
+    );
+}
