@@ -540,3 +540,19 @@ int sonde_shim_curl_info(zval *ch, char *url, size_t url_cap, int64_t *status, c
     }
     return 1;
 }
+
+double sonde_shim_curl_total_time(zval *ch) {
+    zval opt, ret;
+    double t = -1.0;
+    if (!ch || Z_TYPE_P(ch) != IS_OBJECT || EG(exception)) {
+        return t;
+    }
+    ZVAL_LONG(&opt, 0x300003); /* CURLINFO_TOTAL_TIME */
+    if (call2("curl_getinfo", ch, &opt, NULL, 2, &ret)) {
+        if (Z_TYPE(ret) == IS_DOUBLE) {
+            t = Z_DVAL(ret);
+        }
+        zval_ptr_dtor(&ret);
+    }
+    return t;
+}

@@ -123,5 +123,7 @@ int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, con
                            size_t ts_len);
 int sonde_shim_curl_info(zval *ch, char *url, size_t url_cap, int64_t *status, char *error,
                          size_t error_cap);
+/* CURLINFO_TOTAL_TIME of handle `ch` in seconds, -1 when unknown. */
+double sonde_shim_curl_total_time(zval *ch);
 
 #endif

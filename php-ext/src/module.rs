@@ -214,6 +214,16 @@ pub extern "C" fn sonde_rs_ignore() -> c_int {
     })
 }
 
+/// Nanoseconds as ticks for this process (curl reports transfer times).
+pub(crate) fn ns_to_ticks(ns: f64) -> u64 {
+    let st = state();
+    let per = st
+        .process
+        .as_ref()
+        .map_or(1.0, |p| p.calibration.ns_per_tick());
+    (ns / per) as u64
+}
+
 /// For an outgoing call of the current request (if traced): a new span
 /// id, remembered until the call ends (`SpanBuf::pop_pending`), and the
 /// `traceparent` and `tracestate` values that pass the trace on.

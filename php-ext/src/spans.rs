@@ -94,7 +94,12 @@ pub struct SpanBuf {
     /// Span ids of outgoing calls in progress (set before, used after).
     pending: [[u8; 8]; 4],
     pending_len: usize,
+    /// curl_multi transfers in progress: (handle, start ticks, span id).
+    multi: [(usize, u64, [u8; 8]); MULTI],
 }
+
+/// curl_multi transfers tracked at once per request.
+const MULTI: usize = 64;
 
 impl SpanBuf {
     pub fn new(max_spans: usize) -> Self {
@@ -114,6 +119,7 @@ impl SpanBuf {
             warnings: 0,
             pending: [[0; 8]; 4],
             pending_len: 0,
+            multi: [(0, 0, [0; 8]); MULTI],
         }
     }
 
@@ -132,6 +138,24 @@ impl SpanBuf {
         self.error = None;
         self.warnings = 0;
         self.pending_len = 0;
+        self.multi = [(0, 0, [0; 8]); MULTI];
+    }
+
+    /// A curl_multi transfer on handle `key` starts (added to the multi).
+    pub fn multi_start(&mut self, key: usize, start: u64, span_id: [u8; 8]) {
+        if let Some(slot) = self.multi.iter_mut().find(|m| m.0 == key || m.0 == 0) {
+            *slot = (key, start, span_id);
+        } else {
+            self.dropped_spans += 1;
+        }
+    }
+
+    /// The transfer on handle `key` is over: its start ticks and span id.
+    pub fn multi_end(&mut self, key: usize) -> Option<(u64, [u8; 8])> {
+        let slot = self.multi.iter_mut().find(|m| m.0 == key && key != 0)?;
+        let out = (slot.1, slot.2);
+        *slot = (0, 0, [0; 8]);
+        Some(out)
     }
 
     /// An outgoing call starts with span id `id`.

@@ -452,3 +452,11 @@ pub fn function_name(call: &Call) -> &[u8] {
         std::slice::from_raw_parts(p.cast::<u8>(), len)
     }
 }
+
+/// curl: the transfer time of handle `ch` (CURLINFO_TOTAL_TIME), seconds.
+pub fn curl_total_time(ch: *mut sys::zval) -> Option<f64> {
+    // SAFETY: `ch` is a curl handle zval of the live frame; the shim calls
+    // curl_getinfo and never throws.
+    let t = unsafe { sys::sonde_shim_curl_total_time(ch) };
+    (t >= 0.0).then_some(t)
+}

@@ -316,3 +316,66 @@ fn the_php_api_names_ignores_and_records_errors() {
     let t = &v["transactions"][0];
     assert_eq!(t["error"], false);
 }
+
+#[test]
+fn curl_multi_transfers_are_external_spans_linked_to_their_callees() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let r = stack.web("GET", "/t/multi.php", &[], "").unwrap();
+    assert_eq!(
+        r.body,
+        "a: x-app=- traceparent=yes\nb: x-app=- traceparent=yes\n",
+        "{}",
+        stack.logs()
+    );
+    let caller = detail_of(&stack, from, "/t/multi.php");
+    let ext: Vec<&Value> = caller["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "external")
+        .collect();
+    assert_eq!(ext.len(), 2, "{caller:#}");
+    for e in &ext {
+        assert_eq!(
+            e["url"],
+            format!("http://127.0.0.1:{}/t/callee.php", stack.web_port)
+        );
+        assert_eq!(e["status"], 200);
+        assert!(e["duration_ms"].as_f64().unwrap() > 0.0);
+    }
+    // Both callees continue the caller's trace and name it as their parent.
+    let callees: Vec<Value> = {
+        let mut v = Vec::new();
+        wait_for("two callee transactions", Duration::from_secs(10), || {
+            v = stack
+                .api(&format!(
+                    "/api/v1/transactions?from={from}&to={}",
+                    now_ms() + 60_000
+                ))
+                .map(|x| {
+                    x["transactions"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|t| t["endpoint"] == "/t/callee.php")
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.len() == 2
+        })
+        .unwrap();
+        v
+    };
+    for t in callees {
+        assert_eq!(t["trace_id"], caller["trace_id"]);
+        let d = stack
+            .api(&format!(
+                "/api/v1/transactions/{}",
+                t["id"].as_str().unwrap()
+            ))
+            .unwrap();
+        assert_eq!(d["parent_id"], caller["id"]);
+    }
+}

@@ -3,7 +3,9 @@
 //! `traceparent` and `tracestate` (`sonde=<this transaction's id>`), added
 //! to the app's own headers for that handle (`sonde.propagate`, default on:
 //! it changes what the callee receives, never what this app returns).
-//! `curl_multi` handles are not timed yet.
+//! A handle run by `curl_multi` is one external span from
+//! `curl_multi_add_handle` (trace headers added then) lasting curl's own
+//! transfer time, recorded at `curl_multi_remove_handle`.
 
 use crate::hooks::{Call, HookSpec};
 use crate::module::{outgoing, with_spans};
@@ -38,6 +40,12 @@ pub const HOOKS: &[HookSpec] = &[
     spec!(c"curl_setopt", setopt, None),
     spec!(c"curl_setopt_array", setopt_array, None),
     spec!(c"curl_exec", exec, Some(before_exec)),
+    spec!(
+        c"curl_multi_add_handle",
+        multi_added,
+        Some(before_multi_add)
+    ),
+    spec!(c"curl_multi_remove_handle", multi_removed, None),
 ];
 
 fn setopt(call: &Call) {
@@ -81,6 +89,50 @@ fn exec(call: &Call) {
             url,
             status,
             if failed { err } else { &[] },
+            span,
+        );
+    });
+}
+
+fn before_multi_add(call: &Call) {
+    let propagate = zend::ini_long(c"sonde.propagate") != 0;
+    let ch = zend::arg_zval(call, 2);
+    if let Some((traceparent, tracestate)) = outgoing() {
+        if propagate {
+            zend::curl_inject(ch, &traceparent, &tracestate);
+        }
+    }
+}
+
+fn multi_added(call: &Call) {
+    let ch = zend::arg_obj(call, 2) as usize;
+    with_spans(|buf, _| {
+        let span = buf.pop_pending();
+        buf.multi_start(ch, call.start, span);
+    });
+}
+
+fn multi_removed(call: &Call) {
+    let chz = zend::arg_zval(call, 2);
+    let ch = zend::arg_obj(call, 2) as usize;
+    let mut url = [0u8; 2048];
+    let mut err = [0u8; 256];
+    let info = zend::curl_info(chz, &mut url, &mut err);
+    let total = zend::curl_total_time(chz);
+    let total_ticks = total.map(|t| crate::module::ns_to_ticks(t * 1e9));
+    with_spans(|buf, req_start| {
+        let Some((start, span)) = buf.multi_end(ch) else {
+            return;
+        };
+        let (url, status, err) = info.unwrap_or((&[], 0, &[]));
+        let duration = total_ticks.unwrap_or_else(|| call.start.saturating_sub(start));
+        buf.external(
+            LIBRARY,
+            start.saturating_sub(req_start),
+            duration,
+            url,
+            status,
+            err,
             span,
         );
     });
