@@ -77,6 +77,8 @@ fn main() {
         .allowlist_function("zend_ini_long")
         .allowlist_function("zend_ini_string_ex")
         .allowlist_function("zend_memory_peak_usage")
+        .allowlist_function("zend_get_executed_filename")
+        .allowlist_function("zend_get_executed_lineno")
         .allowlist_function("php_info_print_table_start")
         .allowlist_function("php_info_print_table_end")
         .allowlist_function("php_info_print_table_row")

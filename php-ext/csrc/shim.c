@@ -84,6 +84,7 @@ PHP_INI_ENTRY("sonde.agent_socket", "/run/sonde/agent.sock", PHP_INI_SYSTEM | PH
 PHP_INI_ENTRY("sonde.trace_cli", "0", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("sonde.redact_params", "", PHP_INI_SYSTEM | PHP_INI_PERDIR, NULL)
 PHP_INI_ENTRY("sonde.propagate", "1", PHP_INI_ALL, NULL)
+PHP_INI_ENTRY("sonde.slow_sql_ms", "100", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("sonde.scoreboard", "", PHP_INI_SYSTEM, NULL)
 PHP_INI_ENTRY("sonde.client_ip_header", "", PHP_INI_SYSTEM | PHP_INI_PERDIR, NULL)
 PHP_INI_ENTRY("sonde.visitor_cookies", "PHPSESSID,laravel_session,ci_session", PHP_INI_SYSTEM | PHP_INI_PERDIR, NULL)

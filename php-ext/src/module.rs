@@ -344,6 +344,11 @@ fn request_start() {
         }),
     };
     process.calibration.observe();
+    let per_tick = process.calibration.ns_per_tick();
+    if let Some(buf) = &mut st.spans {
+        let ms = zend::ini_long(c"sonde.slow_sql_ms").max(0) as f64;
+        buf.slow_ticks = (ms * 1e6 / per_tick) as u64;
+    }
     let mut tp_buf = [0u8; 128];
     let traceparent = zend::sapi_env(c"HTTP_TRACEPARENT", &mut tp_buf).map(|(t, _)| t);
     let mut ts_buf = [0u8; 512];

@@ -48,6 +48,9 @@ pub struct RawSpan {
     pub status: u32,
     /// External: the span id passed to the callee.
     pub span_id: [u8; 8],
+    /// Slow SQL: the PHP file and line that issued it.
+    pub file: Text,
+    pub line: u32,
 }
 
 /// The error that failed the request, as texts in the arena.
@@ -96,6 +99,8 @@ pub struct SpanBuf {
     pending_len: usize,
     /// curl_multi transfers in progress: (handle, start ticks, span id).
     multi: [(usize, u64, [u8; 8]); MULTI],
+    /// SQL calls at least this long (ticks) record the PHP file and line.
+    pub slow_ticks: u64,
 }
 
 /// curl_multi transfers tracked at once per request.
@@ -120,6 +125,7 @@ impl SpanBuf {
             pending: [[0; 8]; 4],
             pending_len: 0,
             multi: [(0, 0, [0; 8]); MULTI],
+            slow_ticks: u64::MAX,
         }
     }
 
@@ -440,6 +446,15 @@ impl SpanBuf {
         self.prepared_text(key).map(|(t, _)| self.get(t))
     }
 
+    /// Attaches the issuing PHP file and line to span `idx`.
+    pub fn set_location(&mut self, idx: usize, file: &[u8], line: u32) {
+        let file = self.text(file);
+        if let Some(s) = self.spans.get_mut(idx) {
+            s.file = file;
+            s.line = line;
+        }
+    }
+
     /// A raw span's text and DB (for plugins that reuse them).
     pub fn span_text(&self, idx: usize) -> Option<(Text, u16)> {
         self.spans.get(idx).map(|s| (s.text, s.db))
@@ -608,6 +623,8 @@ impl SpanBuf {
                 db: instance,
                 rows: s.rows,
                 calls: s.calls,
+                file: self.string(s.file),
+                line: s.line,
                 error: String::from_utf8_lossy(self.get(s.error)).into_owned(),
                 library: s.library.to_string(),
                 ..Default::default()

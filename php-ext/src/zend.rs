@@ -460,3 +460,18 @@ pub fn curl_total_time(ch: *mut sys::zval) -> Option<f64> {
     let t = unsafe { sys::sonde_shim_curl_total_time(ch) };
     (t >= 0.0).then_some(t)
 }
+
+/// The PHP file and line executing now (the caller of a hooked function).
+pub fn executed_location() -> (&'static [u8], u32) {
+    // SAFETY: valid during a request; the file name is the compiled script's
+    // interned name, copied by the caller before the request ends.
+    unsafe {
+        let f = sys::zend_get_executed_filename();
+        let file = if f.is_null() {
+            &b""[..]
+        } else {
+            CStr::from_ptr(f).to_bytes()
+        };
+        (file, sys::zend_get_executed_lineno())
+    }
+}

@@ -57,7 +57,21 @@ pub(crate) fn sql_span(
             ..Default::default()
         });
     });
+    slow_location(call, idx);
     idx
+}
+
+/// For a statement slower than the threshold, where in the app it ran.
+fn slow_location(call: &Call, idx: Option<usize>) {
+    let Some(idx) = idx else {
+        return;
+    };
+    let (file, line) = zend::executed_location();
+    with_spans(|buf, _| {
+        if call.end.saturating_sub(call.start) >= buf.slow_ticks {
+            buf.set_location(idx, file, line);
+        }
+    });
 }
 
 /// Like `sql_span`, for a statement whose text and DB were recorded at
@@ -91,6 +105,7 @@ pub(crate) fn prepared_span(
             ..Default::default()
         });
     });
+    slow_location(call, idx);
     idx
 }
 
