@@ -81,6 +81,11 @@ curl_setopt($bad, CURLOPT_RETURNTRANSFER, true);
 show('curl refused', curl_exec($bad));
 show('curl refused errno', curl_errno($bad));
 
+// PHP streams: local files and a refused HTTP URL.
+show('fgc local', strlen(file_get_contents(__FILE__)) > 0);
+show('fopen local', is_resource(fopen(__FILE__, 'r')));
+show('fgc refused', @file_get_contents('http://127.0.0.1:1/'));
+
 // Redis.
 $r = new Redis();
 show('redis connect', $r->connect('127.0.0.1', 6379));

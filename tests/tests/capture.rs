@@ -379,3 +379,38 @@ fn curl_multi_transfers_are_external_spans_linked_to_their_callees() {
         assert_eq!(d["parent_id"], caller["id"]);
     }
 }
+
+#[test]
+fn php_http_streams_are_external_spans() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let r = stack.web("GET", "/t/stream.php", &[], "").unwrap();
+    assert_eq!(
+        r.body,
+        "callee said: x-app=- traceparent=no\nlocal ok\nbool(false)\n",
+        "{}",
+        stack.logs()
+    );
+    let d = detail_of(&stack, from, "/t/stream.php");
+    let ext: Vec<(&str, &str)> = d["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "external")
+        .map(|s| {
+            (
+                s["url"].as_str().unwrap(),
+                s["error"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let callee = format!("http://127.0.0.1:{}/t/callee.php", stack.web_port);
+    assert_eq!(
+        ext,
+        vec![
+            (callee.as_str(), ""),
+            ("http://127.0.0.1:1/closed", "failed (returned false)")
+        ],
+        "a local file is not an external call: {d:#}"
+    );
+}

@@ -2,6 +2,7 @@
 //! recording helpers live here.
 
 pub mod curl;
+pub mod http_stream;
 pub mod mysqli;
 pub mod pdo;
 pub mod pgsql;
@@ -20,6 +21,7 @@ pub const ALL: &[&[HookSpec]] = &[
     mysqli::HOOKS,
     pgsql::HOOKS,
     curl::HOOKS,
+    http_stream::HOOKS,
     redis::HOOKS,
     redis::COMMANDS,
 ];
