@@ -15,13 +15,13 @@ pub const HOOKS: &[HookSpec] = &[
     HookSpec {
         class: None,
         function: c"file_get_contents",
-        record: record,
+        record,
         before: Some(running),
     },
     HookSpec {
         class: None,
         function: c"fopen",
-        record: record,
+        record,
         before: Some(running),
     },
 ];
