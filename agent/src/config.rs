@@ -47,8 +47,9 @@ pub struct Config {
     /// The in-flight scoreboard file: one slot per PHP worker, written by the
     /// extension through shared memory and read here every second (the
     /// requests running now, and workers that died mid-request). Leave out
-    /// to use `scoreboard` beside `socket` (where the extension looks by
-    /// default; set `sonde.scoreboard` if you move it). Owned by
+    /// to use the socket's path with the extension `.scoreboard`
+    /// (`/run/sonde/agent.scoreboard`, where the extension looks by default;
+    /// set `sonde.scoreboard` if you move it). Owned by
     /// `socket_group` with `socket_mode`, like the socket.
     pub scoreboard: Option<PathBuf>,
     /// Slots in the scoreboard: the most PHP workers on this host that
@@ -98,12 +99,14 @@ impl Config {
     pub fn scoreboard_path(&self) -> PathBuf {
         match &self.scoreboard {
             Some(p) => p.clone(),
-            None => self
-                .socket
-                .parent()
-                .unwrap_or(std::path::Path::new("/"))
-                .join("scoreboard"),
+            None => self.socket.with_extension("scoreboard"),
         }
+    }
+
+    /// The record ring: beside the socket, named after it
+    /// (`agent.sock` -> `agent.ring`), where the extension looks for it.
+    pub fn ring_path(&self) -> PathBuf {
+        self.socket.with_extension("ring")
     }
 }
 

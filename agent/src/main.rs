@@ -38,6 +38,7 @@ use crate::live::LiveTable;
 use crate::notify::Notifier;
 use crate::sink::grpc::{GrpcSink, Settings, Shared};
 use crate::sources::host;
+use crate::sources::ring::{self, RingFile};
 use crate::sources::scoreboard::{self, Scoreboard};
 use crate::sources::socket::{Context, SocketSource};
 
@@ -152,6 +153,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
         stopping.notify("STOPPING=1")
     }));
     // Workers can send from here on; records wait in the queue.
+    // The shared-memory record ring beside the socket: workers prefer it
+    // (no syscall per request; records wait there while the agent is busy
+    // or restarting). Without it they use the socket.
+    match RingFile::open(
+        &config.ring_path(),
+        sonde_core::ring::DEFAULT_CAPACITY,
+        &config.socket_group,
+        config.socket_mode.0,
+    ) {
+        Ok(ring) => {
+            tokio::spawn(ring::run(ring, ctx.clone(), shutdown.clone()));
+        }
+        Err(error) => warn!(%error, "no record ring; the extension will use the socket"),
+    }
     let source_task = tokio::spawn(source.run(ctx, shutdown.clone()));
     if let Some(board) = board {
         tokio::spawn(scoreboard::run(

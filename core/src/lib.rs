@@ -11,6 +11,7 @@ pub mod hll;
 pub mod ids;
 pub mod redact;
 pub mod request;
+pub mod ring;
 pub mod scoreboard;
 pub mod sketch;
 pub mod sql;

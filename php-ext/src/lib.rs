@@ -16,6 +16,7 @@
 pub mod clock;
 pub mod ipc;
 pub mod record;
+pub mod ring;
 pub mod scoreboard;
 pub mod spans;
 

@@ -15,6 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ipc::AgentSocket;
 use crate::record::{Builder, Captured, Ids};
+use crate::ring::{PushError, Ring};
 use crate::scoreboard::Board;
 use crate::spans::{SpanBuf, DEFAULT_MAX_SPANS};
 use crate::{errors, hooks, plugins, sys, zend};
@@ -49,6 +50,9 @@ struct State {
     spans: Option<SpanBuf>,
     /// This worker's in-flight slot.
     board: Board,
+    /// The record ring shared with the agent, and where it is.
+    ring: Ring,
+    ring_path: Option<CString>,
     board_path: Option<CString>,
 }
 
@@ -378,15 +382,8 @@ fn board_begin(st: &mut State, pid: u32, now: Instant, start_unix_ns: i64, ids: 
         Some(p) => p,
         None => {
             if st.board_path.is_none() {
-                let sock = zend::ini_str(c"sonde.agent_socket").unwrap_or(c"/run/sonde/agent.sock");
-                let sock = sock.to_bytes();
-                let dir = match sock.iter().rposition(|b| *b == b'/') {
-                    Some(i) => &sock[..i],
-                    None => &b"."[..],
-                };
-                let mut p = dir.to_vec();
-                p.extend_from_slice(b"/scoreboard");
-                st.board_path = CString::new(p).ok();
+                let sock = zend::ini_str(c"sonde.agent_socket");
+                st.board_path = beside_socket(sock, b"scoreboard");
             }
             match &st.board_path {
                 Some(p) => p.as_c_str(),
@@ -450,6 +447,8 @@ fn request_end() {
     if st.socket_path.as_deref() != Some(path) {
         st.socket_path = Some(path.to_owned());
         st.socket = AgentSocket::default();
+        st.ring_path = None;
+        st.ring = Ring::default();
     }
 
     let sapi = zend::sapi_name();
@@ -570,11 +569,49 @@ fn request_end() {
         st.socket.dropped_since_sent += 1;
         return;
     }
+    // The shared-memory ring first (no syscall; records wait there while the
+    // agent is busy or restarting), the socket when there is no ring.
+    if st.ring_path.is_none() {
+        st.ring_path = beside_socket(st.socket_path.as_deref(), b"ring");
+    }
+    if let Some(ring_path) = st.ring_path.as_deref() {
+        if st.ring.attach(ring_path, end) {
+            match st.ring.push(frame) {
+                Ok(()) => {
+                    st.socket.sent_total += 1;
+                    st.socket.dropped_since_sent = 0;
+                    return;
+                }
+                Err(PushError::NoRing) => {}
+                Err(PushError::Full | PushError::TooLarge) => {
+                    st.socket.dropped_total += 1;
+                    st.socket.dropped_since_sent = st.socket.dropped_since_sent.saturating_add(1);
+                    return;
+                }
+            }
+        }
+    }
     let path = st
         .socket_path
         .as_deref()
         .unwrap_or(c"/run/sonde/agent.sock");
     st.socket.send(path, frame, pid, end);
+}
+
+/// The agent socket's path with its extension replaced by `ext`
+/// (`agent.sock` -> `agent.ring`): where the agent keeps the record ring
+/// and the scoreboard.
+fn beside_socket(socket: Option<&CStr>, ext: &[u8]) -> Option<CString> {
+    let sock = socket.unwrap_or(c"/run/sonde/agent.sock").to_bytes();
+    let name_start = sock.iter().rposition(|b| *b == b'/').map_or(0, |i| i + 1);
+    let stem_end = match sock[name_start..].iter().rposition(|b| *b == b'.') {
+        Some(i) if i > 0 => name_start + i,
+        _ => sock.len(),
+    };
+    let mut p = sock[..stem_end].to_vec();
+    p.push(b'.');
+    p.extend_from_slice(ext);
+    CString::new(p).ok()
 }
 
 /// User and system CPU time of this process so far, ns.

@@ -19,7 +19,7 @@ fn now_ms() -> i64 {
 
 /// Busy slots of the scoreboard the agent created: (pid, url).
 fn busy_workers(stack: &Stack) -> Vec<(u32, String)> {
-    let Ok(all) = std::fs::read(stack.path("scoreboard")) else {
+    let Ok(all) = std::fs::read(stack.path("agent.scoreboard")) else {
         return Vec::new();
     };
     let Some(slots) = sb::parse_header(&all) else {

@@ -1,6 +1,7 @@
 //! The agent frozen (SIGSTOP) under load: every page still answers at once
-//! (the extension never waits), and afterwards every request is accounted
-//! for — stored in the collector or counted as dropped — exactly.
+//! (the extension never waits), the records wait in the shared-memory ring,
+//! and afterwards every request is accounted for — stored in the collector
+//! or counted as dropped — exactly, with nothing dropped.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -89,9 +90,10 @@ fn a_frozen_agent_never_slows_php_and_the_ledger_balances() {
             stack.logs()
         );
     }
-    assert!(
-        last.1 > 0,
-        "the freeze should have forced drops (stored {})",
+    // The shared-memory ring holds the records of the stall: none is lost.
+    assert_eq!(
+        last.1, 0,
+        "records dropped during a short stall (stored {})",
         last.0
     );
     eprintln!(

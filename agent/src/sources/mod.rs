@@ -3,5 +3,6 @@
 //! scoreboard the extension keeps in shared memory.
 
 pub mod host;
+pub mod ring;
 pub mod scoreboard;
 pub mod socket;

@@ -1,0 +1,348 @@
+//! The record ring (layout: `sonde_core::ring`): PHP workers put each
+//! finished request's frame into a shared-memory ring; this source drains it
+//! every few milliseconds with plain `pread`/`pwrite` (no shared-memory
+//! access from Rust), hands the frames to the same decoder as the socket,
+//! and frees the space. Records wait in the ring while the agent is stalled
+//! or restarting: an existing valid ring file is kept across restarts.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sonde_core::ring as r;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use super::socket::Context;
+use crate::shutdown::Shutdown;
+
+/// Pause between drains when the ring is empty.
+pub const IDLE_WAIT: Duration = Duration::from_millis(10);
+/// Most bytes read per drain.
+const CHUNK: u64 = 1 << 20;
+/// An entry reserved but never committed for this long belongs to a worker
+/// that died mid-write: it is skipped (or, without a length, the ring
+/// restarts at `head`).
+const STUCK_AFTER: Duration = Duration::from_secs(5);
+/// The connection id given to ring frames (socket connections count up
+/// from 1).
+const RING_CONN: u64 = u64::MAX;
+
+#[derive(Debug, Error)]
+pub enum RingError {
+    #[error("cannot create the record ring {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+}
+
+/// The ring file.
+#[derive(Debug)]
+pub struct RingFile {
+    file: File,
+    path: PathBuf,
+    cap: u64,
+}
+
+/// What one drain did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    pub frames: usize,
+    /// Entries skipped because their worker died before committing them.
+    pub skipped: u64,
+}
+
+impl RingFile {
+    /// Opens `path`, creating it with `capacity` data bytes (a power of two)
+    /// when missing or not a ring; gives it to `group` with `mode`.
+    pub fn open(path: &Path, capacity: u64, group: &str, mode: u32) -> Result<RingFile, RingError> {
+        let err = |source| RingError::Create {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(existing) = Self::open_existing(path) {
+            info!(path = %path.display(), capacity = existing.cap, "using the existing record ring");
+            return Ok(existing);
+        }
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(err)?;
+        }
+        let cap = capacity.next_power_of_two().max(4096);
+        let tmp = path.with_extension("new");
+        let _ = fs::remove_file(&tmp);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        file.set_len(r::HEADER_BYTES as u64 + cap).map_err(err)?;
+        file.write_all_at(&r::header(cap), 0).map_err(err)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(err)?;
+        super::socket::set_group(&tmp, group);
+        fs::rename(&tmp, path).map_err(err)?;
+        info!(path = %path.display(), capacity = cap, "created the record ring");
+        Ok(RingFile {
+            file,
+            path: path.to_path_buf(),
+            cap,
+        })
+    }
+
+    fn open_existing(path: &Path) -> Option<RingFile> {
+        let file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+        let mut h = vec![0u8; r::HEADER_BYTES];
+        file.read_exact_at(&mut h, 0).ok()?;
+        let cap = r::parse_header(&h)?;
+        let len = file.metadata().ok()?.len();
+        (len >= r::HEADER_BYTES as u64 + cap).then(|| RingFile {
+            file,
+            path: path.to_path_buf(),
+            cap,
+        })
+    }
+
+    fn word(&self, off: usize) -> io::Result<u64> {
+        let mut b = [0u8; 8];
+        self.file.read_exact_at(&mut b, off as u64)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Hands every committed frame to `f`, frees their space and advances
+    /// the tail. `stuck_since` tracks an entry that stays uncommitted.
+    pub fn drain(
+        &self,
+        buf: &mut Vec<u8>,
+        stuck_since: &mut Option<(u64, Instant)>,
+        mut f: impl FnMut(&[u8]),
+    ) -> io::Result<Drained> {
+        let mut out = Drained::default();
+        let head = self.word(r::H_HEAD)?;
+        let mut tail = self.word(r::H_TAIL)?;
+        let start_tail = tail;
+        while tail < head {
+            // Read up to the end of the data (entries never wrap) or CHUNK.
+            let off = tail % self.cap;
+            let n = (head - tail).min(self.cap - off).min(CHUNK);
+            buf.resize(n as usize, 0);
+            self.file.read_exact_at(buf, r::HEADER_BYTES as u64 + off)?;
+            let mut pos = 0usize;
+            let mut blocked = false;
+            while pos + r::ENTRY_HEADER <= buf.len() {
+                let len = r::u32_at(buf, pos + r::E_LEN) as usize;
+                let state = r::u32_at(buf, pos + r::E_STATE);
+                let size = r::entry_bytes(len) as usize;
+                match state {
+                    r::STATE_COMMITTED | r::STATE_PADDING if pos + size <= buf.len() => {
+                        if state == r::STATE_COMMITTED {
+                            f(&buf[pos + r::ENTRY_HEADER..pos + r::ENTRY_HEADER + len]);
+                            out.frames += 1;
+                        }
+                        pos += size;
+                    }
+                    r::STATE_COMMITTED | r::STATE_PADDING => break, // rest in the next chunk
+                    _ => {
+                        // Reserved, not committed yet: wait, unless for too long.
+                        let at = tail + pos as u64;
+                        match stuck_since {
+                            Some((where_, since))
+                                if *where_ == at && since.elapsed() >= STUCK_AFTER =>
+                            {
+                                *stuck_since = None;
+                                out.skipped += 1;
+                                if len > 0 && pos + size <= buf.len() {
+                                    pos += size;
+                                    continue;
+                                }
+                                // No length to skip by: start again at head.
+                                self.free(tail, pos as u64)?;
+                                self.file
+                                    .write_all_at(&head.to_le_bytes(), r::H_TAIL as u64)?;
+                                return Ok(out);
+                            }
+                            Some((where_, _)) if *where_ == at => {}
+                            _ => *stuck_since = Some((at, Instant::now())),
+                        }
+                        blocked = true;
+                        break;
+                    }
+                }
+            }
+            if pos == 0 {
+                break;
+            }
+            self.free(tail, pos as u64)?;
+            tail += pos as u64;
+            if blocked {
+                break;
+            }
+        }
+        if tail != start_tail {
+            self.file
+                .write_all_at(&tail.to_le_bytes(), r::H_TAIL as u64)?;
+        }
+        Ok(out)
+    }
+
+    /// Zeroes `len` consumed bytes at `tail` so entry headers read empty
+    /// when producers come round again.
+    fn free(&self, tail: u64, len: u64) -> io::Result<()> {
+        static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(ZEROS.len() as u64);
+            let off = r::HEADER_BYTES as u64 + (tail + done) % self.cap;
+            self.file.write_all_at(&ZEROS[..n as usize], off)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Drains the ring into `ctx` until shutdown, then once more.
+pub async fn run(ring: RingFile, ctx: Arc<Context>, shutdown: Shutdown) {
+    let task = tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::new();
+        let mut stuck = None;
+        let mut warned = false;
+        loop {
+            let stopping = shutdown.is_triggered();
+            match ring.drain(&mut buf, &mut stuck, |frame| {
+                ctx.handle(frame, false, RING_CONN, None)
+            }) {
+                Ok(d) => {
+                    if d.skipped > 0 {
+                        warn!(
+                            skipped = d.skipped,
+                            "skipped ring entries a dead worker never finished"
+                        );
+                    }
+                    if stopping {
+                        break;
+                    }
+                    if d.frames == 0 {
+                        std::thread::sleep(IDLE_WAIT);
+                    }
+                }
+                Err(error) => {
+                    if !warned {
+                        warn!(%error, path = %ring.path().display(), "cannot read the record ring");
+                        warned = true;
+                    }
+                    if stopping {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    });
+    let _ = task.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A producer writing the file directly, as a PHP worker does through
+    /// its mapping.
+    fn produce(f: &File, frame: &[u8], commit: bool) -> bool {
+        let mut h = vec![0u8; r::HEADER_BYTES];
+        f.read_exact_at(&mut h, 0).unwrap();
+        let cap = r::parse_header(&h).unwrap();
+        let (head, tail) = (r::u64_at(&h, r::H_HEAD), r::u64_at(&h, r::H_TAIL));
+        let need = r::entry_bytes(frame.len());
+        let (pad, off) = r::placement(head, need, cap);
+        if !r::fits(head, tail, pad, need, cap) {
+            return false;
+        }
+        let base = r::HEADER_BYTES as u64;
+        if pad > 0 {
+            let mut e = [0u8; 8];
+            e[..4].copy_from_slice(&((pad - 8) as u32).to_le_bytes());
+            e[4..].copy_from_slice(&r::STATE_PADDING.to_le_bytes());
+            f.write_all_at(&e, base + head % cap).unwrap();
+        }
+        let mut e = [0u8; 8];
+        e[..4].copy_from_slice(&(frame.len() as u32).to_le_bytes());
+        if commit {
+            e[4..].copy_from_slice(&r::STATE_COMMITTED.to_le_bytes());
+        }
+        f.write_all_at(frame, base + off + 8).unwrap();
+        f.write_all_at(&e, base + off).unwrap();
+        f.write_all_at(&(head + pad + need).to_le_bytes(), r::H_HEAD as u64)
+            .unwrap();
+        true
+    }
+
+    #[test]
+    fn drains_in_order_across_the_wrap_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ring");
+        let ring = RingFile::open(&path, 4096, "", 0o660).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut sent = Vec::new();
+        let mut got = Vec::new();
+        let mut buf = Vec::new();
+        let mut stuck = None;
+        for i in 0..300u32 {
+            let frame: Vec<u8> = (0..(i * 53 % 700) as usize)
+                .map(|k| (k as u32 ^ i) as u8)
+                .collect();
+            if produce(&f, &frame, true) {
+                sent.push(frame);
+            }
+            if i % 4 == 0 {
+                ring.drain(&mut buf, &mut stuck, |fr| got.push(fr.to_vec()))
+                    .unwrap();
+            }
+        }
+        // An agent restart: the same file, the same position.
+        drop(ring);
+        let ring = RingFile::open(&path, 1 << 20, "", 0o660).unwrap();
+        assert_eq!(ring.cap, 4096, "an existing ring is kept");
+        ring.drain(&mut buf, &mut stuck, |fr| got.push(fr.to_vec()))
+            .unwrap();
+        assert_eq!(got.len(), sent.len());
+        assert_eq!(got, sent);
+    }
+
+    #[test]
+    fn waits_for_an_uncommitted_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ring");
+        let ring = RingFile::open(&path, 4096, "", 0o660).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        assert!(produce(&f, b"first", true));
+        assert!(produce(&f, b"in progress", false));
+        assert!(produce(&f, b"third", true));
+        let (mut buf, mut stuck, mut got) = (Vec::new(), None, Vec::new());
+        let d = ring
+            .drain(&mut buf, &mut stuck, |fr| got.push(fr.to_vec()))
+            .unwrap();
+        assert_eq!(d.frames, 1, "stops at the entry still being written");
+        assert!(stuck.is_some());
+        // Pretend it has been stuck for long: it is skipped.
+        let (at, _) = stuck.unwrap();
+        stuck = Some((at, Instant::now() - STUCK_AFTER));
+        let d = ring
+            .drain(&mut buf, &mut stuck, |fr| got.push(fr.to_vec()))
+            .unwrap();
+        assert_eq!((d.frames, d.skipped), (1, 1));
+        assert_eq!(got, vec![b"first".to_vec(), b"third".to_vec()]);
+    }
+}
