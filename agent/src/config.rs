@@ -140,12 +140,23 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CloudConfig {
-    /// Where to look up this host's cloud identity: `"auto"`, `"aws"` or
-    /// `"none"`. Cloud lookups are not implemented yet: every value currently
-    /// behaves as `"none"` and nothing is contacted.
+    /// Where to look up this host's cloud identity: `"aws"` reads the AWS
+    /// instance metadata service (IMDSv2) and warns if it does not answer;
+    /// `"auto"` tries it too, with the same short timeouts (200 ms to
+    /// connect, 1 s a request), unless the DMI vendor strings are readable
+    /// and none says Amazon (checked only with the default
+    /// `imds_endpoint`), and quietly goes on without a cloud identity when
+    /// nothing answers; `"none"` contacts nothing. Start-up never waits more
+    /// than 3 s for it.
     pub provider: CloudProvider,
     /// The AWS instance metadata service (IMDSv2) base URL.
     pub imds_endpoint: String,
+    /// On AWS, seconds between looks at whether the instance is being
+    /// terminated (Auto Scaling `target-lifecycle-state`, spot
+    /// `instance-action`); an agent stopped after such a notice deregisters
+    /// as terminated rather than stopped. One more look is taken at
+    /// shutdown. 0 = only that last look.
+    pub lifecycle_poll_secs: u64,
 }
 
 impl Default for CloudConfig {
@@ -153,6 +164,7 @@ impl Default for CloudConfig {
         CloudConfig {
             provider: CloudProvider::Auto,
             imds_endpoint: "http://169.254.169.254".into(),
+            lifecycle_poll_secs: 5,
         }
     }
 }
@@ -475,7 +487,33 @@ mod tests {
         assert_eq!(c.queue_capacity, 100_000);
         assert_eq!(c.cloud.provider, CloudProvider::Auto);
         assert_eq!(c.cloud.imds_endpoint, "http://169.254.169.254");
+        assert_eq!(c.cloud.lifecycle_poll_secs, 5);
         assert_eq!(c.log.level, "info");
+    }
+
+    #[test]
+    fn the_packaged_agent_toml_is_valid() {
+        let text = include_str!("../../packaging/agent.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.token, "REPLACE_WITH_AGENT_TOKEN");
+        assert_eq!(c.cloud.provider, CloudProvider::Auto);
+        assert_eq!(c.cloud.lifecycle_poll_secs, 5);
+    }
+
+    #[test]
+    fn the_agent_toml_in_the_cloud_init_example_is_valid() {
+        // The `content: |` block of packaging/cloud-init.yaml, unindented.
+        let yaml = include_str!("../../packaging/cloud-init.yaml");
+        let block: String = yaml
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("content: |"))
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with("      "))
+            .map(|l| format!("{}\n", l.get(6..).unwrap_or("")))
+            .collect();
+        let c = parse(&block).unwrap();
+        assert_eq!(c.collector, "http://COLLECTOR_HOST:7717");
+        assert_eq!(c.cloud.provider, CloudProvider::Aws);
     }
 
     #[test]
@@ -500,6 +538,7 @@ queue_max_bytes = 1048576
 [cloud]
 provider = "aws"
 imds_endpoint = "http://127.0.0.1:1338"
+lifecycle_poll_secs = 2
 [log]
 level = "debug"
 "#,
@@ -507,6 +546,7 @@ level = "debug"
         .unwrap();
         assert_eq!(c.socket_mode, SocketMode(0o600));
         assert_eq!(c.cloud.provider, CloudProvider::Aws);
+        assert_eq!(c.cloud.lifecycle_poll_secs, 2);
         assert_eq!(c.hostname.as_deref(), Some("web-1"));
         assert_eq!(c.log.level, "debug");
     }

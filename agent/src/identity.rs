@@ -1,6 +1,6 @@
-//! Who this agent is: its stable id and host name, and (later) its cloud
-//! identity. It reads local files only; cloud metadata lookups belong in a
-//! future `cloud/` module and must never delay start-up for long.
+//! Who this agent is: its stable id, host name and cloud identity. It reads
+//! local files only; the cloud identity is looked up by `cloud/` and handed
+//! in.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -11,7 +11,8 @@ use rand::RngCore;
 use sonde_proto::v1::{AgentIdentity, RequestRecord, Versions};
 use thiserror::Error;
 
-use crate::config::{CloudProvider, Config};
+use crate::cloud::CloudIdentity;
+use crate::config::Config;
 
 /// The systemd machine id: stable across reboots, unique per install.
 pub const MACHINE_ID_PATH: &str = "/etc/machine-id";
@@ -23,8 +24,8 @@ const AGENT_ID_FILE: &str = "agent-id";
 pub struct Identity {
     pub agent_id: String,
     pub hostname: String,
-    /// Empty when there is no cloud identity.
-    pub cloud_provider: String,
+    /// `None` when there is no cloud identity.
+    pub cloud: Option<CloudIdentity>,
 }
 
 #[derive(Debug, Error)]
@@ -36,28 +37,25 @@ pub enum IdentityError {
 }
 
 impl Identity {
-    /// Resolves the identity. `spool_dir` must exist.
-    pub fn resolve(config: &Config) -> Result<Identity, IdentityError> {
+    /// Resolves the identity. `spool_dir` must exist. The agent id is the
+    /// cloud instance id when there is one: an image baked with leftover
+    /// state still gets a new id on every instance.
+    pub fn resolve(
+        config: &Config,
+        cloud: Option<CloudIdentity>,
+    ) -> Result<Identity, IdentityError> {
         let hostname = match &config.hostname {
             Some(h) => h.clone(),
             None => system_hostname()?,
         };
-        let agent_id = agent_id(Path::new(MACHINE_ID_PATH), &config.spool_dir)?;
-        // Cloud identity is a later issue. "auto" must not contact anything
-        // yet (no IMDS probe at start-up), so every provider behaves as none.
-        let cloud_provider = match config.cloud.provider {
-            CloudProvider::Auto | CloudProvider::None => String::new(),
-            CloudProvider::Aws => {
-                tracing::warn!(
-                    "cloud.provider = \"aws\" is not implemented yet; no cloud identity is reported"
-                );
-                String::new()
-            }
+        let agent_id = match &cloud {
+            Some(c) => c.instance_id.clone(),
+            None => agent_id(Path::new(MACHINE_ID_PATH), &config.spool_dir)?,
         };
         Ok(Identity {
             agent_id,
             hostname,
-            cloud_provider,
+            cloud,
         })
     }
 }
@@ -148,10 +146,18 @@ impl Seen {
 impl Identity {
     /// The registration message, with what has been seen so far.
     pub fn to_proto(&self, seen: &SeenInner) -> AgentIdentity {
+        let c = self.cloud.clone().unwrap_or_default();
         AgentIdentity {
             agent_id: self.agent_id.clone(),
             hostname: self.hostname.clone(),
-            cloud_provider: self.cloud_provider.clone(),
+            cloud_provider: c.provider,
+            instance_id: c.instance_id,
+            instance_type: c.instance_type,
+            ami_id: c.ami_id,
+            region: c.region,
+            zone: c.zone,
+            group: c.group,
+            private_ip: c.private_ip,
             versions: Some(Versions {
                 agent: env!("CARGO_PKG_VERSION").into(),
                 extension: seen.ext_version.clone(),
@@ -202,12 +208,50 @@ mod tests {
         let id = Identity {
             agent_id: "a".into(),
             hostname: "h".into(),
-            cloud_provider: String::new(),
+            cloud: None,
         };
         let p = id.to_proto(&seen.get());
         assert_eq!(p.apps, ["api", "shop"]);
         let v = p.versions.unwrap();
         assert_eq!((v.php.as_str(), v.extension.as_str()), ("8.3.1", "0.1.0"));
         assert_eq!(v.protocol, sonde_proto::PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn the_cloud_identity_fills_the_registration_and_names_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            hostname: Some("web-1".into()),
+            spool_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let cloud = CloudIdentity {
+            provider: "aws".into(),
+            instance_id: "i-0abc".into(),
+            instance_type: "c7g.large".into(),
+            ami_id: "ami-1".into(),
+            region: "ap-northeast-2".into(),
+            zone: "ap-northeast-2a".into(),
+            group: "web-asg".into(),
+            private_ip: "10.0.1.5".into(),
+        };
+        let id = Identity::resolve(&config, Some(cloud)).unwrap();
+        assert_eq!(id.agent_id, "i-0abc");
+        let p = id.to_proto(&SeenInner::default());
+        assert_eq!(
+            (
+                p.cloud_provider.as_str(),
+                p.instance_id.as_str(),
+                p.ami_id.as_str()
+            ),
+            ("aws", "i-0abc", "ami-1")
+        );
+        assert_eq!(
+            (p.zone.as_str(), p.group.as_str()),
+            ("ap-northeast-2a", "web-asg")
+        );
+        assert_eq!(p.private_ip, "10.0.1.5");
+        assert_eq!(p.instance_type, "c7g.large");
+        assert_eq!(p.region, "ap-northeast-2");
     }
 }

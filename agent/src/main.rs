@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod buffer;
+mod cloud;
 mod config;
 mod counters;
 mod identity;
@@ -31,6 +32,7 @@ use tracing::{error, info, warn};
 use crate::buffer::batch::Limits;
 use crate::buffer::queue;
 use crate::buffer::spool::Spool;
+use crate::cloud::lifecycle::Lifecycle;
 use crate::config::Config;
 use crate::counters::Counters;
 use crate::identity::{Identity, Seen};
@@ -106,7 +108,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .mode(0o750)
         .create(&config.spool_dir)
         .with_context(|| format!("spool_dir {}", config.spool_dir.display()))?;
-    let identity = Identity::resolve(&config)?;
+    // Bounded (a few seconds at worst): off AWS, "auto" gives up in well
+    // under one.
+    let (cloud, imds) = match cloud::discover(&config.cloud).await {
+        Some((c, i)) => (Some(c), Some(i)),
+        None => (None, None),
+    };
+    let identity = Identity::resolve(&config, cloud)?;
+    let lifecycle = Arc::new(Lifecycle::new(imds));
     info!(
         version = env!("CARGO_PKG_VERSION"),
         agent_id = %identity.agent_id,
@@ -148,6 +157,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         identity.hostname.clone(),
     ));
     let (stop, shutdown) = shutdown::channel();
+    tokio::spawn(lifecycle.clone().watch(
+        Duration::from_secs(config.cloud.lifecycle_poll_secs),
+        shutdown.clone(),
+    ));
     let stopping = notifier.clone();
     let mut signals = tokio::spawn(shutdown::on_signal(stop, move || {
         stopping.notify("STOPPING=1")
@@ -224,6 +237,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             seen,
             live,
             counters: counters.clone(),
+            lifecycle,
         },
         queue_rx,
         host_rx,

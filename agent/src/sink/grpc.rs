@@ -16,9 +16,8 @@ use prost::Message as _;
 use rand::Rng;
 use sonde_proto::v1::collector_client::CollectorClient;
 use sonde_proto::v1::{
-    agent_message, collector_message, deregister_request, AgentMessage, Batch, CollectorMessage,
-    DeregisterRequest, Heartbeat, HostMetrics, LiveSnapshot, RegisterRequest, RequestRecord,
-    StreamHello,
+    agent_message, collector_message, AgentMessage, Batch, CollectorMessage, DeregisterRequest,
+    Heartbeat, HostMetrics, LiveSnapshot, RegisterRequest, RequestRecord, StreamHello,
 };
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -34,6 +33,7 @@ use crate::buffer::batch::{Batcher, Limits};
 use crate::buffer::outbox::Outbox;
 use crate::buffer::queue::QueueReceiver;
 use crate::buffer::spool::{self, Appended, Spool};
+use crate::cloud::lifecycle::Lifecycle;
 use crate::counters::{add, set, Counters, DropReason};
 use crate::identity::{Identity, Seen};
 use crate::live::LiveTable;
@@ -174,6 +174,8 @@ pub struct Shared {
     pub seen: Arc<Seen>,
     pub live: Arc<LiveTable>,
     pub counters: Arc<Counters>,
+    /// Whether the instance is leaving: decides the Deregister reason.
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 /// What connecting needs; cloned into the connect future so that the sink
@@ -837,9 +839,10 @@ impl GrpcSink {
     }
 
     async fn deregister(&self, conn: Option<Connection>) {
+        let reason = self.shared.lifecycle.reason_at_shutdown().await;
         let request = DeregisterRequest {
             agent_id: self.shared.identity.agent_id.clone(),
-            reason: deregister_request::Reason::Shutdown as i32,
+            reason: reason as i32,
         };
         let call = async {
             let mut client = match conn {
@@ -853,7 +856,10 @@ impl GrpcSink {
                 .map_err(SinkError::call("Deregister"))
         };
         match timeout(DEREGISTER_TIMEOUT, call).await {
-            Ok(Ok(_)) => info!("deregistered from the collector"),
+            Ok(Ok(_)) => info!(
+                reason = reason.as_str_name(),
+                "deregistered from the collector"
+            ),
             Ok(Err(error)) => warn!(%error, "could not deregister from the collector"),
             Err(_) => warn!("deregistering from the collector timed out"),
         }
