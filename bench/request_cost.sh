@@ -18,5 +18,5 @@ per_request() {
   echo $(( (many - one) / 200 ))
 }
 base=$(per_request)
-with=$(per_request -d extension="$SO" -d sonde.agent_socket=/nonexistent/agent.sock)
+with=$(per_request -d extension="$SO" -d sonde.agent_socket="${SONDE_SOCKET:-/nonexistent/agent.sock}")
 echo "instructions per request: without $base, with $with, extra $((with - base)) ($(echo "scale=4; $with / $base" | bc)x)"
