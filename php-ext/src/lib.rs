@@ -18,6 +18,7 @@ pub mod ipc;
 pub mod record;
 pub mod ring;
 pub mod scoreboard;
+pub mod shm;
 pub mod spans;
 
 #[cfg(not(test))]

@@ -56,6 +56,24 @@ struct State {
     board_path: Option<CString>,
 }
 
+impl Process {
+    /// This process's state, set up afresh after a fork (new pid: new id
+    /// seed, new calibration), with the clocks read together once more.
+    fn of(slot: &mut Option<Process>, pid: u32) -> &mut Process {
+        if slot.as_ref().is_none_or(|p| p.pid != pid) {
+            *slot = Some(Process {
+                pid,
+                builder: Builder::new(seed(pid)),
+                calibration: crate::clock::Calibration::default(),
+                statements: crate::spans::StatementCache::default(),
+            });
+        }
+        let p = slot.get_or_insert_with(|| unreachable!("set just above"));
+        p.calibration.observe();
+        p
+    }
+}
+
 struct Process {
     pid: u32,
     builder: Builder,
@@ -338,16 +356,7 @@ fn request_start() {
         .get_or_insert_with(|| SpanBuf::new(DEFAULT_MAX_SPANS))
         .clear();
     let pid = std::process::id();
-    let process = match &mut st.process {
-        Some(p) if p.pid == pid => p,
-        _ => st.process.insert(Process {
-            pid,
-            builder: Builder::new(seed(pid)),
-            calibration: crate::clock::Calibration::default(),
-            statements: crate::spans::StatementCache::default(),
-        }),
-    };
-    process.calibration.observe();
+    let process = Process::of(&mut st.process, pid);
     let per_tick = process.calibration.ns_per_tick();
     if let Some(buf) = &mut st.spans {
         let ms = zend::ini_long(c"sonde.slow_sql_ms").max(0) as f64;
@@ -518,16 +527,7 @@ fn request_end() {
         .and_then(|s| s.to_str().ok())
         .unwrap_or("");
 
-    let process = match &mut st.process {
-        Some(p) if p.pid == pid => p,
-        _ => st.process.insert(Process {
-            pid,
-            builder: Builder::new(seed(pid)),
-            calibration: crate::clock::Calibration::default(),
-            statements: crate::spans::StatementCache::default(),
-        }),
-    };
-    process.calibration.observe();
+    let process = Process::of(&mut st.process, pid);
     let captured = Captured {
         app,
         pid,

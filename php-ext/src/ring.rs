@@ -34,6 +34,8 @@ pub struct Ring {
     len: usize,
     cap: u64,
     retry_at: Option<Instant>,
+    /// Owns the mapping (unmapped on drop).
+    mapping: Option<crate::shm::Mapping>,
 }
 
 impl Default for Ring {
@@ -43,6 +45,7 @@ impl Default for Ring {
             len: 0,
             cap: 0,
             retry_at: None,
+            mapping: None,
         }
     }
 }
@@ -65,57 +68,17 @@ impl Ring {
     }
 
     fn map(&mut self, path: &CStr) -> bool {
-        // SAFETY: open(2) of a NUL-terminated path; closed below.
-        let fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            )
-        };
-        if fd < 0 {
-            return false;
-        }
-        let mut header = [0u8; r::HEADER_BYTES];
-        // SAFETY: reads at most HEADER_BYTES into a buffer of that size.
-        let n = unsafe { libc::pread(fd, header.as_mut_ptr().cast(), header.len(), 0) };
-        let cap = if n == header.len() as isize {
-            r::parse_header(&header)
-        } else {
-            None
-        };
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `fd` is open and `st` valid for writing.
-        let size_ok = unsafe { libc::fstat(fd, &mut st) } == 0;
-        let ok = match cap {
-            Some(cap) if size_ok && st.st_size as u64 >= r::HEADER_BYTES as u64 + cap => Some(cap),
-            _ => None,
-        };
-        let Some(cap) = ok else {
-            // SAFETY: our own fd.
-            unsafe { libc::close(fd) };
+        let mut cap = 0;
+        let Some(m) = crate::shm::map_file(path, r::HEADER_BYTES, |h| {
+            cap = r::parse_header(h)?;
+            Some(r::HEADER_BYTES + cap as usize)
+        }) else {
             return false;
         };
-        let len = r::HEADER_BYTES + cap as usize;
-        // SAFETY: maps `len` bytes of a file at least that long, shared and
-        // writable; the mapping outlives the fd.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        // SAFETY: our own fd.
-        unsafe { libc::close(fd) };
-        if p == libc::MAP_FAILED {
-            return false;
-        }
-        self.base = p.cast();
-        self.len = len;
+        self.base = m.base;
+        self.len = m.len;
         self.cap = cap;
+        self.mapping = Some(m);
         true
     }
 
@@ -189,15 +152,6 @@ impl Ring {
     /// Whether a ring is mapped.
     pub fn is_mapped(&self) -> bool {
         !self.base.is_null()
-    }
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        if !self.base.is_null() {
-            // SAFETY: unmaps exactly the mapping made in `map`.
-            unsafe { libc::munmap(self.base.cast(), self.len) };
-        }
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Board {
     slot: Option<u32>,
     pid: u32,
     retry_at: Option<Instant>,
+    /// Owns the mapping (unmapped on drop).
+    mapping: Option<crate::shm::Mapping>,
 }
 
 impl Default for Board {
@@ -36,6 +38,7 @@ impl Default for Board {
             slot: None,
             pid: 0,
             retry_at: None,
+            mapping: None,
         }
     }
 }
@@ -63,60 +66,17 @@ impl Board {
     }
 
     fn map(&mut self, path: &CStr) -> bool {
-        // SAFETY: plain open(2) of a NUL-terminated path; the fd is closed
-        // below, the mapping keeps the file.
-        let fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            )
-        };
-        if fd < 0 {
-            return false;
-        }
-        let mut header = [0u8; sb::HEADER_BYTES];
-        // SAFETY: reads at most HEADER_BYTES into a buffer of that size.
-        let n = unsafe { libc::pread(fd, header.as_mut_ptr().cast(), header.len(), 0) };
-        let slots = if n == header.len() as isize {
-            sb::parse_header(&header)
-        } else {
-            None
-        };
-        let Some(slots) = slots else {
-            // SAFETY: our own fd.
-            unsafe { libc::close(fd) };
+        let mut slots = 0;
+        let Some(m) = crate::shm::map_file(path, sb::HEADER_BYTES, |h| {
+            slots = sb::parse_header(h)?;
+            Some(sb::file_bytes(slots))
+        }) else {
             return false;
         };
-        let len = sb::file_bytes(slots);
-        // SAFETY: fstat into a zeroed stat of the right type.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `fd` is open and `st` is valid for writing.
-        let ok = unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_size as usize >= len;
-        if !ok {
-            // SAFETY: our own fd.
-            unsafe { libc::close(fd) };
-            return false;
-        }
-        // SAFETY: maps `len` bytes of a regular file at least that long,
-        // shared and writable; the mapping stays valid after close(fd).
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        // SAFETY: our own fd.
-        unsafe { libc::close(fd) };
-        if p == libc::MAP_FAILED {
-            return false;
-        }
-        self.base = p.cast();
-        self.len = len;
+        self.base = m.base;
+        self.len = m.len;
         self.slots = slots;
+        self.mapping = Some(m);
         true
     }
 
@@ -232,15 +192,6 @@ impl Board {
     /// The slot index held, if any.
     pub fn slot(&self) -> Option<u32> {
         self.slot
-    }
-}
-
-impl Drop for Board {
-    fn drop(&mut self) {
-        if !self.base.is_null() {
-            // SAFETY: unmaps exactly the mapping made in `map`.
-            unsafe { libc::munmap(self.base.cast(), self.len) };
-        }
     }
 }
 

@@ -5,4 +5,5 @@
 pub mod host;
 pub mod ring;
 pub mod scoreboard;
+pub mod shared_file;
 pub mod socket;

@@ -5,9 +5,9 @@
 //! and frees the space. Records wait in the ring while the agent is stalled
 //! or restarting: an existing valid ring file is kept across restarts.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,43 +61,25 @@ impl RingFile {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(existing) = Self::open_existing(path) {
-            info!(path = %path.display(), capacity = existing.cap, "using the existing record ring");
-            return Ok(existing);
-        }
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(err)?;
-        }
         let cap = capacity.next_power_of_two().max(4096);
-        let tmp = path.with_extension("new");
-        let _ = fs::remove_file(&tmp);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        file.set_len(r::HEADER_BYTES as u64 + cap).map_err(err)?;
-        file.write_all_at(&r::header(cap), 0).map_err(err)?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(err)?;
-        super::socket::set_group(&tmp, group);
-        fs::rename(&tmp, path).map_err(err)?;
-        info!(path = %path.display(), capacity = cap, "created the record ring");
-        Ok(RingFile {
-            file,
-            path: path.to_path_buf(),
-            cap,
-        })
-    }
-
-    fn open_existing(path: &Path) -> Option<RingFile> {
-        let file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+        let (file, existed) = super::shared_file::open_shared(
+            path,
+            &r::header(cap),
+            r::HEADER_BYTES as u64 + cap,
+            group,
+            mode,
+            |h, len| r::parse_header(h).is_some_and(|c| len >= r::HEADER_BYTES as u64 + c),
+        )
+        .map_err(err)?;
         let mut h = vec![0u8; r::HEADER_BYTES];
-        file.read_exact_at(&mut h, 0).ok()?;
-        let cap = r::parse_header(&h)?;
-        let len = file.metadata().ok()?.len();
-        (len >= r::HEADER_BYTES as u64 + cap).then(|| RingFile {
+        file.read_exact_at(&mut h, 0).map_err(err)?;
+        let cap = r::parse_header(&h).unwrap_or(cap);
+        if existed {
+            info!(path = %path.display(), capacity = cap, "using the existing record ring");
+        } else {
+            info!(path = %path.display(), capacity = cap, "created the record ring");
+        }
+        Ok(RingFile {
             file,
             path: path.to_path_buf(),
             cap,
@@ -249,6 +231,7 @@ pub async fn run(ring: RingFile, ctx: Arc<Context>, shutdown: Shutdown) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     /// A producer writing the file directly, as a PHP worker does through
     /// its mapping.

@@ -7,9 +7,9 @@
 //! An existing valid file is kept across agent restarts (workers have it
 //! mapped); a missing or foreign one is created afresh.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -68,43 +68,24 @@ impl Scoreboard {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(existing) = Self::open_existing(path) {
-            info!(path = %path.display(), slots = existing.slots, "using the existing scoreboard");
-            return Ok(existing);
+        let (file, existed) = super::shared_file::open_shared(
+            path,
+            &sb::header(slots),
+            sb::file_bytes(slots) as u64,
+            group,
+            mode,
+            |h, len| sb::parse_header(h).is_some_and(|n| len >= sb::file_bytes(n) as u64),
+        )
+        .map_err(err)?;
+        let mut h = [0u8; sb::HEADER_BYTES];
+        file.read_exact_at(&mut h, 0).map_err(err)?;
+        let slots = sb::parse_header(&h).unwrap_or(slots);
+        if existed {
+            info!(path = %path.display(), slots, "using the existing scoreboard");
+        } else {
+            info!(path = %path.display(), slots, "created the scoreboard");
         }
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(err)?;
-        }
-        // Build it aside, then rename into place (never a half-made file).
-        let tmp = path.with_extension("new");
-        let _ = fs::remove_file(&tmp);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        file.set_len(sb::file_bytes(slots) as u64).map_err(err)?;
-        file.write_all_at(&sb::header(slots), 0).map_err(err)?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(err)?;
-        super::socket::set_group(&tmp, group);
-        fs::rename(&tmp, path).map_err(err)?;
-        info!(path = %path.display(), slots, "created the scoreboard");
         Ok(Scoreboard {
-            file,
-            path: path.to_path_buf(),
-            slots,
-        })
-    }
-
-    fn open_existing(path: &Path) -> Option<Scoreboard> {
-        let file = OpenOptions::new().read(true).write(true).open(path).ok()?;
-        let mut header = [0u8; sb::HEADER_BYTES];
-        file.read_exact_at(&mut header, 0).ok()?;
-        let slots = sb::parse_header(&header)?;
-        let len = file.metadata().ok()?.len();
-        (len >= sb::file_bytes(slots) as u64).then(|| Scoreboard {
             file,
             path: path.to_path_buf(),
             slots,
@@ -282,6 +263,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, OpenOptions};
+    use std::os::unix::fs::PermissionsExt;
 
     fn write_slot(path: &Path, i: u32, pid: u32, busy: bool, url: &str, current: &str) {
         let f = OpenOptions::new().write(true).open(path).unwrap();

@@ -26,15 +26,21 @@ pub const ALL: &[&[HookSpec]] = &[
     redis::COMMANDS,
 ];
 
-/// Records a SQL span for `call`: statement `text`, connection `db_key`
-/// with its (driver, DSN), `rows`, and an error when the call threw or
-/// `failed`. Returns the span's index.
+/// Where a SQL span's text and connection come from.
+pub(crate) enum Statement<'a> {
+    /// The text as passed, and the connection `key` with its (driver, DSN).
+    Text(Option<&'a [u8]>, usize, Option<(&'a [u8], &'a [u8])>),
+    /// A statement prepared earlier in the request, by its key.
+    Prepared(usize),
+}
+
+/// Records a SQL span for `call`: its statement, `rows`, and an error when
+/// the call threw or `failed`; a slow one also gets the PHP file and line.
+/// Returns the span's index.
 pub(crate) fn sql_span(
     call: &Call,
     library: &'static str,
-    db_key: usize,
-    driver_dsn: Option<(&[u8], &[u8])>,
-    text: Option<&[u8]>,
+    statement: Statement<'_>,
     rows: i64,
     failed: bool,
 ) -> Option<usize> {
@@ -42,15 +48,25 @@ pub(crate) fn sql_span(
     let mut msg = [0u8; 512];
     let exception = zend::exception(&mut class, &mut msg);
     let mut idx = None;
+    let mut slow = false;
     with_spans(|buf, req_start| {
-        let text = buf.text(text.unwrap_or_default());
-        let db = buf.db(db_key, || driver_dsn);
+        let (text, db) = match statement {
+            Statement::Text(text, key, driver_dsn) => (
+                buf.text(text.unwrap_or_default()),
+                buf.db(key, || driver_dsn),
+            ),
+            Statement::Prepared(key) => buf
+                .prepared_text(key)
+                .unwrap_or((Text::default(), u16::MAX)),
+        };
         let error = error_text(buf, exception, failed);
+        let duration = call.end.saturating_sub(call.start);
+        slow = duration >= buf.slow_ticks;
         idx = buf.push(RawSpan {
             kind: SpanKind::Sql as i32,
             library,
             start_ns: call.start.saturating_sub(req_start),
-            duration_ns: call.end.saturating_sub(call.start),
+            duration_ns: duration,
             text,
             db,
             rows: rows.max(0),
@@ -59,55 +75,10 @@ pub(crate) fn sql_span(
             ..Default::default()
         });
     });
-    slow_location(call, idx);
-    idx
-}
-
-/// For a statement slower than the threshold, where in the app it ran.
-fn slow_location(call: &Call, idx: Option<usize>) {
-    let Some(idx) = idx else {
-        return;
-    };
-    let (file, line) = zend::executed_location();
-    with_spans(|buf, _| {
-        if call.end.saturating_sub(call.start) >= buf.slow_ticks {
-            buf.set_location(idx, file, line);
-        }
-    });
-}
-
-/// Like `sql_span`, for a statement whose text and DB were recorded at
-/// prepare time.
-pub(crate) fn prepared_span(
-    call: &Call,
-    library: &'static str,
-    key: usize,
-    rows: i64,
-    failed: bool,
-) -> Option<usize> {
-    let mut class = [0u8; 128];
-    let mut msg = [0u8; 512];
-    let exception = zend::exception(&mut class, &mut msg);
-    let mut idx = None;
-    with_spans(|buf, req_start| {
-        let (text, db) = buf
-            .prepared_text(key)
-            .unwrap_or((Text::default(), u16::MAX));
-        let error = error_text(buf, exception, failed);
-        idx = buf.push(RawSpan {
-            kind: SpanKind::Sql as i32,
-            library,
-            start_ns: call.start.saturating_sub(req_start),
-            duration_ns: call.end.saturating_sub(call.start),
-            text,
-            db,
-            rows: rows.max(0),
-            calls: 1,
-            error,
-            ..Default::default()
-        });
-    });
-    slow_location(call, idx);
+    if let (true, Some(i)) = (slow, idx) {
+        let (file, line) = zend::executed_location();
+        with_spans(|buf, _| buf.set_location(i, file, line));
+    }
     idx
 }
 

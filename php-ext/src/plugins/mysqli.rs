@@ -4,7 +4,7 @@
 //! aggregate into one fetch span per result set. The instance comes from
 //! mysqlnd's connection (host, port, selected database).
 
-use super::{fetch, prepared_span, sql_span};
+use super::{fetch, sql_span, Statement};
 use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
@@ -131,12 +131,11 @@ fn query(call: &Call, link: Link) {
         None => conn.map_or(0, |(_, affected)| affected),
     };
     let failed = zend::ret_type(call) == sys::IS_FALSE;
+    let dsn = conn.map(|(d, _)| (&b"mysql"[..], d));
     let idx = sql_span(
         call,
         LIBRARY,
-        obj as usize,
-        conn.map(|(d, _)| (&b"mysql"[..], d)),
-        sql,
+        Statement::Text(sql, obj as usize, dsn),
         rows,
         failed,
     );
@@ -152,12 +151,11 @@ fn prepare(call: &Call, link: Link) {
         // A failed prepare is a failed statement.
         let mut dsn = [0u8; 512];
         let conn = zend::mysqli_conn(obj, false, &mut dsn);
+        let dsn = conn.map(|(d, _)| (&b"mysql"[..], d));
         sql_span(
             call,
             LIBRARY,
-            obj as usize,
-            conn.map(|(d, _)| (&b"mysql"[..], d)),
-            sql,
+            Statement::Text(sql, obj as usize, dsn),
             0,
             true,
         );
@@ -175,7 +173,13 @@ fn execute(call: &Call, stmt: *mut sys::zend_object) {
     let mut dsn = [0u8; 512];
     let rows = zend::mysqli_conn(stmt, true, &mut dsn).map_or(0, |(_, affected)| affected);
     let failed = zend::ret_type(call) == sys::IS_FALSE;
-    let idx = prepared_span(call, LIBRARY, stmt as usize, rows, failed);
+    let idx = sql_span(
+        call,
+        LIBRARY,
+        Statement::Prepared(stmt as usize),
+        rows,
+        failed,
+    );
     with_spans(|buf, _| buf.open_result(stmt as usize, idx));
 }
 

@@ -6,7 +6,7 @@
 //! default) the rows arrived during execute, so fetch spans measure turning
 //! them into PHP values.
 
-use super::sql_span;
+use super::{sql_span, Statement};
 use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
@@ -68,9 +68,7 @@ fn exec(call: &Call) {
     sql_span(
         call,
         LIBRARY,
-        dbh as usize,
-        zend::pdo_dbh(dbh),
-        sql,
+        Statement::Text(sql, dbh as usize, zend::pdo_dbh(dbh)),
         rows,
         failed,
     );
@@ -84,9 +82,7 @@ fn query(call: &Call) {
     let idx = sql_span(
         call,
         LIBRARY,
-        dbh as usize,
-        zend::pdo_dbh(dbh),
-        sql,
+        Statement::Text(sql, dbh as usize, zend::pdo_dbh(dbh)),
         rows,
         stmt.is_null(),
     );
@@ -104,9 +100,7 @@ fn execute(call: &Call) {
     let idx = sql_span(
         call,
         LIBRARY,
-        dbh as usize,
-        zend::pdo_dbh(dbh),
-        Some(sql),
+        Statement::Text(Some(sql), dbh as usize, zend::pdo_dbh(dbh)),
         rows,
         failed,
     );

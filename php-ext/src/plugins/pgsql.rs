@@ -6,7 +6,7 @@
 //! no instance. Row counts come from the fetch spans (the result internals
 //! are not in PHP's installed headers).
 
-use super::{fetch, prepared_span, sql_span};
+use super::{fetch, sql_span, Statement};
 use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
@@ -73,7 +73,13 @@ fn query(call: &Call, full_args: u32) {
     let (conn, shift) = conn_of(call, full_args);
     let sql = zend::arg_str(call, 1 + shift);
     let result = zend::ret_obj(call);
-    let idx = sql_span(call, LIBRARY, conn, None, sql, 0, result.is_null());
+    let idx = sql_span(
+        call,
+        LIBRARY,
+        Statement::Text(sql, conn, None),
+        0,
+        result.is_null(),
+    );
     if !result.is_null() {
         with_spans(|buf, _| buf.open_result(result as usize, idx));
     }
@@ -94,7 +100,13 @@ fn prepare(call: &Call) {
     };
     let key = statement_key(conn, name);
     if zend::ret_type(call) == sys::IS_FALSE {
-        sql_span(call, LIBRARY, conn, None, Some(sql), 0, true);
+        sql_span(
+            call,
+            LIBRARY,
+            Statement::Text(Some(sql), conn, None),
+            0,
+            true,
+        );
         return;
     }
     with_spans(|buf, _| {
@@ -109,13 +121,8 @@ fn execute(call: &Call) {
         return;
     };
     let result = zend::ret_obj(call);
-    let idx = prepared_span(
-        call,
-        LIBRARY,
-        statement_key(conn, name),
-        0,
-        result.is_null(),
-    );
+    let key = statement_key(conn, name);
+    let idx = sql_span(call, LIBRARY, Statement::Prepared(key), 0, result.is_null());
     if !result.is_null() {
         with_spans(|buf, _| buf.open_result(result as usize, idx));
     }
