@@ -172,6 +172,10 @@ pub struct StackOptions {
     pub app_name: String,
     /// Extra `-d name=value` settings for php-fpm (e.g. opcache and JIT).
     pub fpm_ini: Vec<String>,
+    /// TOML appended to the collector's config (e.g. `[alerts]` tables).
+    pub collector_extra: String,
+    /// Extra lines for the php-fpm pool (e.g. `pm.max_requests = 5`).
+    pub fpm_pool: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -182,6 +186,8 @@ impl Default for StackOptions {
             extension: true,
             app_name: "fanapp".into(),
             fpm_ini: Vec::new(),
+            collector_extra: String::new(),
+            fpm_pool: Vec::new(),
         }
     }
 }
@@ -212,7 +218,7 @@ impl Stack {
             procs: Vec::new(),
         };
         if opts.collector {
-            stack.start_collector()?;
+            stack.start_collector(&opts.collector_extra)?;
         }
         if opts.agent {
             let token = stack.agent_token.clone();
@@ -228,13 +234,13 @@ impl Stack {
         self.dir.path().join(name)
     }
 
-    fn start_collector(&mut self) -> Result<()> {
+    fn start_collector(&mut self, extra: &str) -> Result<()> {
         let cfg = self.path("collector.toml");
         fs::write(
             &cfg,
             format!(
                 "[grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n\
-                 [storage]\npath = \"{}\"\n[auth]\nagent_tokens = [\"{}\"]\n",
+                 [storage]\npath = \"{}\"\n[auth]\nagent_tokens = [\"{}\"]\n{extra}",
                 self.grpc_port,
                 self.http_port,
                 self.path("collector-data").display(),
@@ -291,7 +297,8 @@ impl Stack {
                  php_admin_value[log_errors] = On\n\
                  php_admin_value[sonde.app_name] = {app_name}\n\
                  php_admin_value[sonde.agent_socket] = {sock}\n\
-                 env[SONDE_DEMO_DB] = {dir}/demo.sqlite\n",
+                 env[SONDE_DEMO_DB] = {dir}/demo.sqlite\n{extra}\n",
+                extra = opts.fpm_pool.join("\n"),
                 dir = self.dir.path().display(),
                 app_name = opts.app_name,
                 sock = self.agent_socket.display(),
