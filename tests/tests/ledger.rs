@@ -101,3 +101,78 @@ fn a_frozen_agent_never_slows_php_and_the_ledger_balances() {
         last.0, last.1
     );
 }
+
+/// php-cgi runs a page `n` times in one process — each run a full request
+/// through the extension's real send path (the shared-memory ring) — as
+/// fast as it can (≈ 10,000 requests/s with the debug build the tests use,
+/// more with a release build; printed, not asserted), and still every
+/// request is stored or counted as dropped.
+#[test]
+fn a_fast_sender_keeps_the_ledger() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let n: u64 = 50_000;
+    let page = sonde_e2e::repo_root().join("bench/empty.php");
+    let so = sonde_e2e::artifact("libsonde_php.so").unwrap();
+    let cgi = ["/usr/bin/php-cgi8.2", "/usr/bin/php-cgi"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("php-cgi (the README's test command installs php8.2-cgi)");
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(cgi)
+        .arg("-q")
+        .arg("-d")
+        .arg(format!("extension={}", so.display()))
+        .arg("-d")
+        .arg(format!(
+            "sonde.agent_socket={}",
+            stack.agent_socket.display()
+        ))
+        .args(["-d", "sonde.app_name=fanapp", "-T", &n.to_string()])
+        .arg(&page)
+        .output()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len() as u64, 2 * n, "every run printed its page");
+    let rate = n as f64 / secs;
+
+    let count = || {
+        stack
+            .api(&format!(
+                "/api/v1/transactions?from={from}&to={}&limit=200000",
+                now_ms() + 60_000
+            ))
+            .map(|v| v["transactions"].as_array().map_or(0, |a| a.len() as u64))
+            .unwrap_or(0)
+    };
+    let dropped = || {
+        stack
+            .agent_metric("sonde_agent_ext_records_dropped_total")
+            .unwrap_or(0)
+            + stack
+                .agent_metric("sonde_agent_records_dropped_total")
+                .unwrap_or(0)
+    };
+    let mut last = (0, 0);
+    let balanced = wait_for("stored + dropped == made", Duration::from_secs(60), || {
+        last = (count(), dropped());
+        last.0 + last.1 == n
+    });
+    if let Err(e) = balanced {
+        panic!(
+            "{e}: made {n} at {rate:.0}/s, stored {}, dropped {}\n{}",
+            last.0,
+            last.1,
+            stack.logs()
+        );
+    }
+    eprintln!(
+        "{n} requests at {rate:.0}/s: stored {}, dropped {}",
+        last.0, last.1
+    );
+}
