@@ -414,3 +414,109 @@ fn php_http_streams_are_external_spans() {
         "a local file is not an external call: {d:#}"
     );
 }
+
+/// The extension issue's acceptance page, every library at once: one
+/// transaction whose spans match exactly.
+#[test]
+fn one_page_using_every_library_is_one_exact_transaction() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let tag = std::process::id();
+    let r = stack
+        .web("GET", &format!("/t/acceptance.php?t={tag}"), &[], "")
+        .unwrap();
+    assert_eq!(
+        r.body,
+        "1000 1000 n5 15 v x-app=- traceparent=yes\n",
+        "{}",
+        stack.logs()
+    );
+    let d = detail_of(&stack, from, "/t/acceptance.php");
+    let t = format!("sonde_acc_{tag}");
+    let got: Vec<(String, String, i64, i64, String)> = d["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["kind"].as_str().unwrap().to_string(),
+                s["statement"]
+                    .as_str()
+                    .or(s["operation"].as_str())
+                    .or(s["url"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                s["rows"].as_i64().or(s["status"].as_i64()).unwrap_or(-1),
+                s["calls"].as_i64().unwrap_or(0),
+                s["db"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let my = "mysql://127.0.0.1:3306/test";
+    let pg = "postgresql://127.0.0.1:5432/test";
+    let rd = "redis://127.0.0.1:6379";
+    let e = |kind: &str, what: &str, n: i64, calls: i64, db: &str| {
+        (
+            kind.to_string(),
+            what.replace("{T}", &t),
+            n,
+            calls,
+            db.to_string(),
+        )
+    };
+    let callee = format!("http://127.0.0.1:{}/t/callee.php", stack.web_port);
+    let mut expected = vec![
+        e("sql", "DROP TABLE IF EXISTS {T}", 0, 1, my),
+        e(
+            "sql",
+            "CREATE TABLE {T} (id INT PRIMARY KEY, name VARCHAR(?))",
+            0,
+            1,
+            my,
+        ),
+        e(
+            "sql",
+            "INSERT INTO {T} (id, name) VALUES (?, ?)",
+            1000,
+            1,
+            my,
+        ),
+        e("sql", "SELECT id, name FROM {T} ORDER BY id", 1000, 1, my),
+        e("fetch", "SELECT id, name FROM {T} ORDER BY id", 1000, 1, my),
+    ];
+    for _ in 0..4 {
+        expected.push(e("sql", "UPDATE {T} SET name = ? WHERE id = ?", 1, 1, my));
+    }
+    expected.extend([
+        e("sql", "SELECT COUNT(*) FROM {T}", 1, 1, my),
+        e("fetch", "SELECT COUNT(*) FROM {T}", 1, 1, my),
+        e("sql", "DELETE FROM {T} WHERE id > ?", 10, 1, my),
+        e("sql", "SELECT name FROM {T} WHERE id = ?", 0, 1, my),
+        e("fetch", "SELECT name FROM {T} WHERE id = ?", 1, 2, my),
+        e("sql", "SELECT generate_series(?, ?) AS n", 0, 1, pg),
+        e("fetch", "SELECT generate_series(?, ?) AS n", 5, 6, pg),
+        e("cache", "SET", -1, 1, rd),
+        e("cache", "GET", -1, 1, rd),
+        e("external", &callee, 200, 1, ""),
+        e("sql", "DROP TABLE {T}", 0, 1, my),
+    ]);
+    // Calls are only shown on fetch spans; elsewhere compare without them.
+    let norm =
+        |v: Vec<(String, String, i64, i64, String)>| -> Vec<(String, String, i64, i64, String)> {
+            v.into_iter()
+                .map(|(k, w, n, c, db)| {
+                    let c = if k == "fetch" { c } else { 0 };
+                    (k, w, n, c, db)
+                })
+                .collect()
+        };
+    assert_eq!(norm(got), norm(expected), "{d:#}");
+    assert_eq!(d["sql_count"], 13);
+    assert_eq!(d["fetch_count"], 1007);
+    assert!(d["fetch_ms"].as_f64().unwrap() > 0.0 && d["sql_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(d["external_count"], 1);
+    // The callee carries the caller's trace.
+    let callee_tx = detail_of(&stack, from, "/t/callee.php");
+    assert_eq!(callee_tx["trace_id"], d["trace_id"]);
+    assert_eq!(callee_tx["parent_id"], d["id"]);
+}
