@@ -545,11 +545,7 @@ impl SpanBuf {
         let instances: Vec<(bool, String)> = self
             .dbs
             .iter()
-            .map(|d| {
-                let driver = String::from_utf8_lossy(self.get(d.driver));
-                let dsn = String::from_utf8_lossy(self.get(d.dsn));
-                (driver == "pgsql", dsn::pdo_instance(&driver, &dsn))
-            })
+            .map(|d| cache.instance(self.get(d.driver), self.get(d.dsn)))
             .collect();
         let mut out = Vec::with_capacity(self.spans.len());
         for s in &self.spans {
@@ -640,20 +636,79 @@ impl SpanBuf {
 /// Bounded; emptied when full.
 #[derive(Debug, Default)]
 pub struct StatementCache {
-    map: std::collections::HashMap<(u64, usize, bool), String>,
+    map: std::collections::HashMap<(u64, usize, bool), String, KeyIsHash>,
+    /// Instance names by (driver, DSN) hash.
+    instances: std::collections::HashMap<u64, (bool, String), KeyIsHash>,
+}
+
+/// The keys are already hashes: hashing them again (SipHash) is waste.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyIsHash;
+
+impl std::hash::BuildHasher for KeyIsHash {
+    type Hasher = PassThrough;
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+/// Folds the written integers together; fed only with hashes and lengths.
+#[derive(Debug, Default)]
+pub struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ *b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = self.0.rotate_left(5) ^ v;
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.0 = self.0.rotate_left(5) ^ v as u64;
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.0 = self.0.rotate_left(5) ^ v as u64;
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// Entries kept before the cache starts over.
 const STATEMENT_CACHE: usize = 1024;
 
 impl StatementCache {
-    fn normalize(&mut self, raw: &[u8], dialect: sql::Dialect) -> String {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in raw {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    /// (is PostgreSQL, instance name) for a connection, once per process.
+    fn instance(&mut self, driver: &[u8], dsn: &[u8]) -> (bool, String) {
+        let key = fnv(driver) ^ fnv(dsn).rotate_left(1);
+        if let Some(v) = self.instances.get(&key) {
+            return v.clone();
         }
-        let key = (h, raw.len(), dialect == sql::Dialect::Postgres);
+        let d = String::from_utf8_lossy(driver);
+        let v = (
+            d == "pgsql",
+            dsn::pdo_instance(&d, &String::from_utf8_lossy(dsn)),
+        );
+        if self.instances.len() >= STATEMENT_CACHE {
+            self.instances.clear();
+        }
+        self.instances.insert(key, v.clone());
+        v
+    }
+
+    fn normalize(&mut self, raw: &[u8], dialect: sql::Dialect) -> String {
+        let key = (fnv(raw), raw.len(), dialect == sql::Dialect::Postgres);
         if let Some(s) = self.map.get(&key) {
             return s.clone();
         }
