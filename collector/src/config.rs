@@ -27,6 +27,8 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// The dashboard's live stream (`/api/v1/live`, `/api/v1/active`).
     pub live: LiveConfig,
+    /// Alert rules and where their events are sent (docs/alerts.md).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// `[live]`
@@ -248,7 +250,7 @@ impl Config {
         if self.auth.api_tokens.iter().any(|t| t.trim().is_empty()) {
             return Err(("auth.api_tokens", "a token must not be empty"));
         }
-        Ok(())
+        self.alerts.validate()
     }
 }
 
@@ -399,6 +401,23 @@ admin_password = "pw"
         );
         let m = err("[grpc]\nheartbeat_interval_ms = 5\n");
         assert!(m.contains("grpc.heartbeat_interval_ms"), "{m}");
+    }
+
+    #[test]
+    fn alerts_keys_are_named() {
+        let c = Config::parse(
+            "[alerts]\ninterval_ms = 500\n[[alerts.rules]]\nname = \"e\"\nkind = \"error_rate\"\nthreshold = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.alerts.interval_ms, 500);
+        assert_eq!(c.alerts.effective_rules().len(), 4);
+        let m = err("[[alerts.rules]]\nname = \"e\"\nkidn = \"error_rate\"\n");
+        assert!(m.contains("key `alerts.rules.kidn`"), "{m}");
+        assert!(m.contains("unknown field `kidn`"), "{m}");
+        let m = err("[[alerts.rules]]\nname = \"e\"\nkind = \"error_rat\"\n");
+        assert!(m.contains("alerts.rules.kind"), "{m}");
+        let m = err("[alerts]\ninterval_ms = 5\n");
+        assert!(m.contains("key `alerts.interval_ms`"), "{m}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! histograms plus [`VISITOR_MINUTES`] HyperLogLogs per app.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::Serialize;
@@ -126,6 +127,20 @@ impl Agg {
         self.errors += o.errors;
         self.sum_ms += o.sum_ms;
         self.hist.merge(&o.hist);
+    }
+
+    /// [`Agg::merge`] without the histogram.
+    fn merge_counts(&mut self, o: &Agg) {
+        if o.calls == 0 {
+            return;
+        }
+        if self.calls == 0 || o.min_ms < self.min_ms {
+            self.min_ms = o.min_ms;
+        }
+        self.max_ms = self.max_ms.max(o.max_ms);
+        self.calls += o.calls;
+        self.errors += o.errors;
+        self.sum_ms += o.sum_ms;
     }
 
     fn avg_ms(&self) -> f64 {
@@ -255,6 +270,44 @@ pub struct StatsView {
     pub hosts: Vec<HostView>,
     /// Open database connections over the hosts shown.
     pub db_connections: u64,
+}
+
+/// Totals of one group of transactions over a window, for the alert rules.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupTotals {
+    pub calls: u64,
+    pub errors: u64,
+    pub avg_ms: f64,
+    pub p90_ms: f64,
+}
+
+/// The latest metrics of the hosts heard from in the last
+/// [`HOST_STALE_MS`] (only `host` when given), by name.
+fn hosts_of(inner: &Inner, host: Option<&str>, now_ms: i64) -> Vec<HostView> {
+    let mut hosts: Vec<HostView> = inner
+        .hosts
+        .iter()
+        .filter(|(name, h)| {
+            now_ms.saturating_sub(h.received_ms) <= HOST_STALE_MS
+                && host.is_none_or(|f| f == name.as_str())
+        })
+        .map(|(name, h)| {
+            let m = &h.metrics;
+            HostView {
+                host: name.clone(),
+                ts_ms: m.ts_unix_ms,
+                cpu_percent: m.cpu_percent,
+                load1: m.load1,
+                mem_used_bytes: m.mem_used_bytes,
+                mem_total_bytes: m.mem_total_bytes,
+                db_connections: m.db_connections,
+                fpm_active: m.fpm_pools.iter().map(|p| p.active).sum(),
+                fpm_idle: m.fpm_pools.iter().map(|p| p.idle).sum(),
+            }
+        })
+        .collect();
+    hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    hosts
 }
 
 /// How an endpoint looks on the board: `bad` when its p90 reaches the
@@ -442,29 +495,7 @@ impl LiveStats {
             }
         }
 
-        let mut hosts: Vec<HostView> = inner
-            .hosts
-            .iter()
-            .filter(|(name, h)| {
-                now_ms.saturating_sub(h.received_ms) <= HOST_STALE_MS
-                    && filter.host.as_ref().is_none_or(|f| f == *name)
-            })
-            .map(|(name, h)| {
-                let m = &h.metrics;
-                HostView {
-                    host: name.clone(),
-                    ts_ms: m.ts_unix_ms,
-                    cpu_percent: m.cpu_percent,
-                    load1: m.load1,
-                    mem_used_bytes: m.mem_used_bytes,
-                    mem_total_bytes: m.mem_total_bytes,
-                    db_connections: m.db_connections,
-                    fpm_active: m.fpm_pools.iter().map(|p| p.active).sum(),
-                    fpm_idle: m.fpm_pools.iter().map(|p| p.idle).sum(),
-                }
-            })
-            .collect();
-        hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        let hosts = hosts_of(&inner, filter.host.as_deref(), now_ms);
         let db_connections = hosts.iter().map(|h| u64::from(h.db_connections)).sum();
 
         let span_s = (to_s - from_s) as f64;
@@ -485,6 +516,54 @@ impl LiveStats {
             hosts,
             db_connections,
         }
+    }
+
+    /// Totals over the `window_s` complete seconds before the current one
+    /// (the previous second included: alerts want the newest data), grouped
+    /// by `group_of(app, host, endpoint)`; `None` leaves a key out. Without
+    /// `p90`, histograms are not merged (the lock is held for less) and
+    /// `p90_ms` is 0.
+    pub fn grouped<K: Hash + Eq>(
+        &self,
+        now_ms: i64,
+        window_s: i64,
+        p90: bool,
+        mut group_of: impl FnMut(&str, &str, &str) -> Option<K>,
+    ) -> HashMap<K, GroupTotals> {
+        let to_s = now_ms.div_euclid(1000);
+        let from_s = to_s - window_s.clamp(1, WINDOW_S);
+        let inner = self.lock();
+        let mut groups: HashMap<K, Agg> = HashMap::new();
+        for by_key in inner.seconds.range(from_s..to_s).map(|(_, v)| v) {
+            for (key, agg) in by_key {
+                if let Some(k) = group_of(&key.0, &key.1, &key.2) {
+                    let g = groups.entry(k).or_default();
+                    if p90 {
+                        g.merge(agg);
+                    } else {
+                        g.merge_counts(agg);
+                    }
+                }
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(k, a)| {
+                let t = GroupTotals {
+                    calls: a.calls,
+                    errors: a.errors,
+                    avg_ms: a.avg_ms(),
+                    p90_ms: a.p90_ms(),
+                };
+                (k, t)
+            })
+            .collect()
+    }
+
+    /// The latest metrics of each host heard from in the last
+    /// [`HOST_STALE_MS`], by host name.
+    pub fn latest_hosts(&self, now_ms: i64) -> Vec<HostView> {
+        hosts_of(&self.lock(), None, now_ms)
     }
 
     /// Records that arrived too late for the window, since start.

@@ -3,6 +3,7 @@
 //! them together: configuration, listeners, the shutdown signal.
 #![forbid(unsafe_code)]
 
+mod alerts;
 mod api;
 mod auth;
 mod clock;
@@ -151,6 +152,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let live = Arc::new(live::LiveState::new(config.live.active_bounds_ms));
     let stats = Arc::new(live_stats::LiveStats::new(slow_thresholds.clone()));
     let counters = Arc::new(ingest::IngestCounters::default());
+    let alert_counters = Arc::new(alerts::AlertCounters::default());
+    let alert_channels = alerts::spawn_channels(&config.alerts, &alert_counters, &shutdown);
+    let down_after_ms = 3 * i64::from(config.grpc.heartbeat_interval_ms);
+    let alerts = alerts::Alerts {
+        config: config.alerts.clone(),
+        stats: Arc::clone(&stats),
+        store: Arc::clone(&store),
+        down_after_ms,
+        counters: Arc::clone(&alert_counters),
+        channels: Arc::clone(&alert_channels),
+    };
+    let alert_rules = config.alerts.effective_rules().len();
     let ingest = ingest::Ingest {
         store: Arc::clone(&store),
         tokens: agent_tokens,
@@ -169,9 +182,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         counters,
         tokens: api_tokens,
         console,
-        down_after_ms: 3 * i64::from(config.grpc.heartbeat_interval_ms),
+        down_after_ms,
+        alerts: alert_counters,
+        alert_rules,
+        alert_channels,
         shutdown: shutdown.clone(),
     };
+    // Not in `servers`: it holds no connections and stops at once on the
+    // signal; its end is not a reason to stop the collector.
+    tokio::spawn(alerts.run(shutdown.clone()));
 
     let mut servers = JoinSet::new();
     let sd = shutdown.clone();

@@ -2,8 +2,9 @@
 // second) drives the tiles, charts, equalizer, host gauges and endpoint
 // board; /api/v1/reports/daily (every 30 s) gives visitors and calls this
 // hour and today; /api/v1/active lists the requests behind an equalizer
-// bar; /api/v1/events fills the events panel when the collector has it.
-import { api, h, clear, fmtMs, fmtNum, fmtBytes, fmtPct, fmtTime, tz, isoDate, table, errorBox } from './lib.js';
+// bar; /api/v1/events (every 5 s) fills the events panel, with an
+// acknowledge button per event (POST /api/v1/events/{id}/ack).
+import { api, send, h, clear, fmtMs, fmtNum, fmtBytes, fmtPct, fmtTime, tz, isoDate, table, errorBox } from './lib.js';
 import { lineChart } from './chart.js';
 
 const BAR_COLORS = ['#2f7ed8', '#3fae49', '#f0a30a', '#d9362b'];
@@ -176,25 +177,39 @@ export function mount(el, ctx) {
     } catch (e) { console.warn('daily', e); }
   }
   async function loadEvents() {
-    clear(events);
     try {
-      const r = await api('/events', { from: Date.now() - 86400000, to: Date.now() });
+      const r = await api('/events', { from: Date.now() - 86400000, to: Date.now(), limit: 20 });
+      clear(events);
       if (!r.events.length) { events.appendChild(h('p', { class: 'muted' }, 'No events in the last 24 hours.')); return; }
+      const badge = (v, cls) => h('span', { class: 'badge ' + cls }, v);
       events.appendChild(table([
         { key: 'ts_ms', label: 'Time', fmt: (v) => fmtTime(v, true) },
-        { key: 'level', label: 'Level' }, { key: 'state', label: 'State' },
-        { key: 'message', label: 'What' }, { key: 'endpoint', label: 'Endpoint' }, { key: 'host', label: 'Server' },
-      ], r.events.slice(-20), { sortKey: 'ts_ms' }));
+        { key: 'level', label: 'Level', fmt: (v) => badge(v, v === 'critical' ? 'bad' : 'warn') },
+        { key: 'state', label: 'State', fmt: (v) => badge(v, v === 'resolved' ? 'ok' : 'bad') },
+        { key: 'message', label: 'What' }, { key: 'app', label: 'App' },
+        { key: 'endpoint', label: 'Endpoint' }, { key: 'host', label: 'Server' },
+        { key: 'acked_by', label: 'Ack', fmt: (v, e) => v ? h('span', { class: 'muted', title: fmtTime(e.acked_ms, true) }, v)
+          : h('button', { onclick: (ev) => { ev.stopPropagation(); ack(e.id, ev.target); } }, 'Acknowledge') },
+      ], r.events, { sortKey: 'ts_ms' }));
     } catch (e) {
+      clear(events);
       events.appendChild(h('p', { class: 'muted' }, e.status === 404
         ? 'Events and alerts are not collected by this collector version yet.'
         : String(e.message)));
     }
   }
+  async function ack(id, button) {
+    try {
+      await send('POST', `/events/${id}/ack`);
+      loadEvents();
+    } catch (e) {
+      button.replaceWith(h('span', { class: 'error' }, String(e.message)));
+    }
+  }
   daily();
   loadEvents();
   const dailyTimer = setInterval(daily, 30000);
-  const eventsTimer = setInterval(loadEvents, 60000);
+  const eventsTimer = setInterval(loadEvents, 5000);
 
   return () => {
     es.close();

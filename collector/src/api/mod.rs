@@ -1,8 +1,10 @@
 //! The JSON API (`/api/v1/*`, CONTRACT.md) and `/healthz`, over axum. Owns
 //! request parsing, API-token checks and the JSON shapes; it only reads the
-//! store and the live state, never writes them.
+//! store and the live state, never writes them — except console users and
+//! event acknowledgements, which are changes an operator asks for.
 
 mod agents;
+mod events;
 mod hosts;
 mod live;
 mod reports;
@@ -20,7 +22,7 @@ use axum::extract::{ConnectInfo, OriginalUri, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -52,6 +54,12 @@ pub struct ApiState {
     pub console: Arc<Console>,
     /// An agent silent for longer than this is `down` (3 heartbeats).
     pub down_after_ms: i64,
+    /// The alerts' counters.
+    pub alerts: Arc<crate::alerts::AlertCounters>,
+    /// Alert rules in force.
+    pub alert_rules: usize,
+    /// The webhooks, for the "send test" action.
+    pub alert_channels: crate::alerts::Channels,
     /// Ends the live streams at shutdown.
     pub shutdown: Shutdown,
 }
@@ -123,6 +131,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/series", get(rollups::series))
         .route("/reports/daily", get(reports::daily))
         .route("/hosts/series", get(hosts::series))
+        .route("/events", get(events::list))
+        .route("/events/:id/ack", post(events::ack))
+        .route("/alerts/test", post(events::send_test))
         .route("/stats", get(stats))
         .route("/live", get(live::stream))
         .route("/live/snapshot", get(live::snapshot))
@@ -182,6 +193,7 @@ async fn stats(State(state): State<ApiState>) -> Json<serde_json::Value> {
         "now_ms": now_ms(),
         "ingest": state.counters.view(),
         "live": {"late_records": state.stats.late()},
+        "alerts": state.alerts.view(state.alert_rules),
     }))
 }
 
@@ -229,6 +241,9 @@ pub(crate) mod tests {
             tokens: Tokens::new(tokens.iter().map(|t| t.to_string()).collect()),
             console: Arc::new(Console::new(users, false)),
             down_after_ms: 15_000,
+            alerts: Arc::default(),
+            alert_rules: 0,
+            alert_channels: Arc::default(),
             shutdown,
         };
         (dir, state)
@@ -279,5 +294,7 @@ pub(crate) mod tests {
         let (status, body) = get(&s, "/api/v1/stats", Some("t1")).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["ingest"]["batches"], 0);
+        assert_eq!(body["alerts"]["deliveries"]["dropped"], 0);
+        assert_eq!(body["alerts"]["events"], 0);
     }
 }

@@ -301,6 +301,20 @@ mod tests {
         fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
             full()
         }
+        fn insert_event(&self, _: &crate::storage::EventRecord) -> Result<i64, StoreError> {
+            full()
+        }
+        fn list_events(
+            &self,
+            _: i64,
+            _: i64,
+            _: usize,
+        ) -> Result<Vec<crate::storage::EventRecord>, StoreError> {
+            full()
+        }
+        fn ack_event(&self, _: i64, _: &str, _: i64) -> Result<bool, StoreError> {
+            full()
+        }
         fn flush(&self) -> Result<(), StoreError> {
             full()
         }

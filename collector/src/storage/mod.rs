@@ -131,6 +131,23 @@ pub trait Store: Send + Sync {
     /// Every agent ever registered, by id.
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
 
+    /// Stores an alert event (its `id` and acknowledgement are ignored) and
+    /// returns its new id.
+    fn insert_event(&self, event: &EventRecord) -> Result<i64, StoreError>;
+
+    /// Events with `from_ms <= ts_ms <= to_ms`, oldest first, at most
+    /// `limit` (the most recent kept).
+    fn list_events(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Marks an event acknowledged by `by` at `now_ms` (the first
+    /// acknowledgement stays). False if there is no such event.
+    fn ack_event(&self, id: i64, by: &str, now_ms: i64) -> Result<bool, StoreError>;
+
     /// Waits for writes in progress and makes them durable; called once at
     /// shutdown.
     fn flush(&self) -> Result<(), StoreError>;
@@ -207,6 +224,35 @@ pub struct TxSummary {
     pub error: bool,
     /// Lower-case hex W3C trace id, if any.
     pub trace_id: Option<String>,
+}
+
+/// An alert event, as stored and as `GET /api/v1/events` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventRecord {
+    /// Assigned by the store; 0 before it is stored.
+    pub id: i64,
+    /// When the rule fired or resolved, epoch ms.
+    pub ts_ms: i64,
+    /// `warning` or `critical`.
+    pub level: String,
+    /// The rule's kind (`error_rate`, `agent_down`, …).
+    pub kind: String,
+    /// `firing` or `resolved`.
+    pub state: String,
+    pub message: String,
+    pub app: Option<String>,
+    pub endpoint: Option<String>,
+    pub host: Option<String>,
+    /// The rule's name.
+    pub rule: String,
+    /// The measured value when the event was made (unit of the rule's
+    /// threshold).
+    pub value: f64,
+    pub threshold: f64,
+    /// When it was acknowledged, epoch ms; null until then.
+    pub acked_ms: Option<i64>,
+    /// Who acknowledged it (a console user, or `api-token`).
+    pub acked_by: Option<String>,
 }
 
 /// An agent's own state, as last reported by it.

@@ -25,8 +25,8 @@ use sonde_proto::v1::{AgentIdentity, HostMetrics, RequestRecord};
 
 use super::rollup::{BatchRollup, SlowThresholds};
 use super::{
-    AgentRecord, AgentState, EndpointStats, HostSeries, InsertOutcome, RollupRange, SqlStats, Step,
-    Store, StoreError, TxDetail, TxFilter, TxPage, TxRow, TxSummary, Visitors,
+    AgentRecord, AgentState, EndpointStats, EventRecord, HostSeries, InsertOutcome, RollupRange,
+    SqlStats, Step, Store, StoreError, TxDetail, TxFilter, TxPage, TxRow, TxSummary, Visitors,
 };
 
 /// The database file inside `[storage] path`.
@@ -34,8 +34,8 @@ pub const DB_FILE: &str = "sonde.db";
 
 /// Bumped whenever the schema changes. 2: rollups, texts, host metrics
 /// (a version-1 database gains the tables; its older rows are not rolled
-/// up).
-const SCHEMA_VERSION: i64 = 2;
+/// up). 3: alert events.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS transactions (
@@ -64,6 +64,23 @@ CREATE TABLE IF NOT EXISTS agents (
     last_seen_ms  INTEGER NOT NULL,
     registered_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms     INTEGER NOT NULL,
+    level     TEXT    NOT NULL,
+    kind      TEXT    NOT NULL,
+    state     TEXT    NOT NULL,
+    message   TEXT    NOT NULL,
+    app       TEXT,
+    endpoint  TEXT,
+    host      TEXT,
+    rule      TEXT    NOT NULL,
+    value     REAL    NOT NULL,
+    threshold REAL    NOT NULL,
+    acked_ms  INTEGER,
+    acked_by  TEXT
+);
+CREATE INDEX IF NOT EXISTS events_ts_ms ON events (ts_ms);
 CREATE TABLE IF NOT EXISTS agent_apps (
     agent_id TEXT NOT NULL,
     app      TEXT NOT NULL,
@@ -479,6 +496,76 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    fn insert_event(&self, e: &EventRecord) -> Result<i64, StoreError> {
+        let conn = lock(&self.writer);
+        conn.prepare_cached(
+            "INSERT INTO events (ts_ms, level, kind, state, message, app, endpoint, host, rule, \
+             value, threshold) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?
+        .execute(params![
+            e.ts_ms,
+            e.level,
+            e.kind,
+            e.state,
+            e.message,
+            e.app,
+            e.endpoint,
+            e.host,
+            e.rule,
+            e.value,
+            e.threshold
+        ])?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn list_events(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let conn = lock(&self.reader);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut events = conn
+            .prepare_cached(
+                "SELECT id, ts_ms, level, kind, state, message, app, endpoint, host, rule, value, \
+                 threshold, acked_ms, acked_by FROM events WHERE ts_ms BETWEEN ?1 AND ?2 \
+                 ORDER BY ts_ms DESC, id DESC LIMIT ?3",
+            )?
+            .query_map(params![from_ms, to_ms, limit], |r| {
+                Ok(EventRecord {
+                    id: r.get(0)?,
+                    ts_ms: r.get(1)?,
+                    level: r.get(2)?,
+                    kind: r.get(3)?,
+                    state: r.get(4)?,
+                    message: r.get(5)?,
+                    app: r.get(6)?,
+                    endpoint: r.get(7)?,
+                    host: r.get(8)?,
+                    rule: r.get(9)?,
+                    value: r.get(10)?,
+                    threshold: r.get(11)?,
+                    acked_ms: r.get(12)?,
+                    acked_by: r.get(13)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    fn ack_event(&self, id: i64, by: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let conn = lock(&self.writer);
+        let n = conn
+            .prepare_cached(
+                "UPDATE events SET acked_ms = coalesce(acked_ms, ?2), \
+                 acked_by = coalesce(acked_by, ?3) WHERE id = ?1",
+            )?
+            .execute(params![id, now_ms, by])?;
+        Ok(n > 0)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         // Taking the writer lock waits for a write in progress; the
         // checkpoint moves the WAL into the main file.
@@ -709,6 +796,46 @@ mod tests {
         assert_eq!((a.state, a.last_seen_ms), (AgentState::Running, 4000));
         assert!(s.agent("nobody").unwrap().is_none());
         s.flush().unwrap();
+    }
+
+    #[test]
+    fn events_round_trip() {
+        let (_dir, s) = open();
+        let e = |ts, state: &str| EventRecord {
+            id: 0,
+            ts_ms: ts,
+            level: "critical".into(),
+            kind: "error_rate".into(),
+            state: state.into(),
+            message: "m".into(),
+            app: Some("shop".into()),
+            endpoint: None,
+            host: None,
+            rule: "r".into(),
+            value: 12.5,
+            threshold: 5.0,
+            acked_ms: None,
+            acked_by: None,
+        };
+        let a = s.insert_event(&e(1000, "firing")).unwrap();
+        let b = s.insert_event(&e(2000, "resolved")).unwrap();
+        assert!(b > a);
+        let all = s.list_events(0, 5000, 100).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[0].id, all[0].state.as_str()), (a, "firing"));
+        assert_eq!(all[1].value, 12.5);
+        assert_eq!(s.list_events(1500, 5000, 100).unwrap().len(), 1);
+        let last = s.list_events(0, 5000, 1).unwrap();
+        assert_eq!(last[0].id, b, "the limit keeps the most recent");
+        assert!(s.ack_event(a, "admin", 3000).unwrap());
+        assert!(s.ack_event(a, "other", 4000).unwrap());
+        assert!(!s.ack_event(999, "admin", 3000).unwrap());
+        let all = s.list_events(0, 5000, 100).unwrap();
+        assert_eq!(
+            (all[0].acked_ms, all[0].acked_by.as_deref()),
+            (Some(3000), Some("admin"))
+        );
+        assert_eq!(all[1].acked_ms, None);
     }
 
     #[test]

@@ -1,0 +1,209 @@
+//! Benchmark: the agent's cost per record. Starts the real collector and
+//! agent (release builds), writes synthetic request records (≈ 10 spans
+//! each, ~1 KiB) into the agent's record ring the way PHP workers do, and
+//! measures the agent process's CPU time (utime+stime from /proc) and RSS:
+//! (1) at 1,338 and 10,000 records/s for 10 s each, from a fresh agent;
+//! (2) as fast as the producer can, for the maximum rate on one core.
+//!
+//! Usage: cargo build --release && cargo run --release -p sonde-e2e --bin bench_agent
+
+#![forbid(unsafe_code)]
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use prost::Message;
+use sonde_core::ring as r;
+use sonde_e2e::{wait_for, Stack, StackOptions};
+use sonde_proto::v1::{ext_message, ExtMessage, RequestRecord, Span};
+
+/// A producer writing the ring file directly (one process, so plain
+/// reads and writes of `head` suffice).
+struct Producer {
+    file: std::fs::File,
+    cap: u64,
+    head: u64,
+}
+
+impl Producer {
+    fn open(path: &std::path::Path) -> Result<Producer> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let mut h = vec![0u8; r::HEADER_BYTES];
+        file.read_exact_at(&mut h, 0)?;
+        let cap = r::parse_header(&h).context("not a ring")?;
+        let head = r::u64_at(&h, r::H_HEAD);
+        Ok(Producer { file, cap, head })
+    }
+
+    fn tail(&self) -> u64 {
+        let mut b = [0u8; 8];
+        let _ = self.file.read_exact_at(&mut b, r::H_TAIL as u64);
+        u64::from_le_bytes(b)
+    }
+
+    /// Writes one frame; false when the ring is full.
+    fn push(&mut self, frame: &[u8]) -> bool {
+        let need = r::entry_bytes(frame.len());
+        let (pad, off) = r::placement(self.head, need, self.cap);
+        if !r::fits(self.head, self.tail(), pad, need, self.cap) {
+            return false;
+        }
+        let base = r::HEADER_BYTES as u64;
+        if pad > 0 {
+            let mut e = [0u8; 8];
+            e[..4].copy_from_slice(&((pad - 8) as u32).to_le_bytes());
+            e[4..].copy_from_slice(&r::STATE_PADDING.to_le_bytes());
+            let _ = self.file.write_all_at(&e, base + self.head % self.cap);
+        }
+        let mut entry = Vec::with_capacity(8 + frame.len());
+        entry.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        entry.extend_from_slice(&r::STATE_COMMITTED.to_le_bytes());
+        entry.extend_from_slice(frame);
+        let _ = self.file.write_all_at(&entry, base + off);
+        self.head += pad + need;
+        let _ = self
+            .file
+            .write_all_at(&self.head.to_le_bytes(), r::H_HEAD as u64);
+        true
+    }
+}
+
+fn frame(i: u64) -> Vec<u8> {
+    let span = |k: i32, n: u64| Span {
+        kind: k,
+        start_ns: n * 1000,
+        duration_ns: 250_000,
+        statement: "SELECT id, title, likes FROM photos WHERE lang = ? ORDER BY id LIMIT ?".into(),
+        db: "mysql://127.0.0.1:3306/app".into(),
+        rows: 20,
+        library: "pdo".into(),
+        ..Default::default()
+    };
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&i.to_be_bytes());
+    id[8..].copy_from_slice(&0x5eed_u64.to_be_bytes());
+    let rec = RequestRecord {
+        id: id.to_vec(),
+        app: "bench".into(),
+        pid: 4242,
+        start_unix_ns: 1_800_000_000_000_000_000 + i as i64 * 1000,
+        wall_ns: 3_000_000,
+        method: "GET".into(),
+        url: format!("/api/v6/photos?lang=ko&page={}", i % 7),
+        endpoint: "/api/v6/photos".into(),
+        status: 200,
+        spans: (0..10)
+            .map(|n| span(if n % 2 == 0 { 1 } else { 2 }, n))
+            .collect(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    sonde_core::frame::start(&mut out, sonde_core::frame::Kind::ExtMessage);
+    ExtMessage {
+        msg: Some(ext_message::Msg::Record(rec)),
+    }
+    .encode(&mut out)
+    .unwrap();
+    out
+}
+
+/// utime+stime (ticks, 100/s) and RSS (KiB) of `pid`.
+fn usage(pid: u32) -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let cpu = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok((cpu, rss))
+}
+
+fn main() -> Result<()> {
+    if std::env::var_os("SONDE_BIN_DIR").is_none() {
+        std::env::set_var(
+            "SONDE_BIN_DIR",
+            sonde_e2e::repo_root().join("target/release"),
+        );
+    }
+    let stack = Stack::start(&StackOptions {
+        extension: false,
+        ..Default::default()
+    })?;
+    let agent = stack
+        .procs
+        .iter()
+        .find(|p| p.name == "agent")
+        .context("agent")?
+        .pid();
+    let mut p = Producer::open(&stack.path("agent.ring"))?;
+    let bytes = frame(0).len();
+
+    // (1) Fixed rates, from a fresh agent.
+    for rate in [1_338u64, 10_000] {
+        let secs = 10u64;
+        let (c0, _) = usage(agent)?;
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < Duration::from_secs(secs) {
+            let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+            while sent < due {
+                if p.push(&frame(1_000_000 + rate * 100_000 + sent)) {
+                    sent += 1;
+                } else {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (c1, rss) = usage(agent)?;
+        let pct = (c1 - c0) as f64 / 100.0 / secs as f64 * 100.0;
+        println!(
+            "at {rate}/s for {secs} s: agent CPU {pct:.2}% of one core, RSS {} MiB",
+            rss / 1024
+        );
+    }
+    // (2) As fast as possible.
+    let n = 300_000u64;
+    let (cpu0, _) = usage(agent)?;
+    let t0 = Instant::now();
+    let mut i = 0u64;
+    while i < n {
+        if p.push(&frame(i)) {
+            i += 1;
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    let produced = t0.elapsed();
+    let _ = wait_for(
+        "the agent drains the ring",
+        Duration::from_secs(120),
+        || {
+            let tail = p.tail();
+            tail == p.head
+        },
+    );
+    let drained = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let (cpu1, rss1) = usage(agent)?;
+    let cpu_s = (cpu1 - cpu0) as f64 / 100.0;
+    println!("record size ≈ {bytes} bytes (10 spans)");
+    println!(
+        "max: {n} records produced in {:.2} s, drained in {:.2} s; agent CPU {:.2} s = {:.1} µs/record = {:.0} records/s per core; RSS {} MiB",
+        produced.as_secs_f64(),
+        drained.as_secs_f64(),
+        cpu_s,
+        cpu_s * 1e6 / n as f64,
+        n as f64 / cpu_s,
+        rss1 / 1024
+    );
+
+    Ok(())
+}
