@@ -68,10 +68,12 @@ try {
   await page.waitForFunction(() => Number(document.querySelector('#xview-canvas')?.dataset.points || 0) > 0, null, { timeout: 15000 });
   const box = await page.$eval('#xview-canvas', (c) => { const r = c.getBoundingClientRect(); return { x: r.x, y: r.y, w: r.width, h: r.height, points: Number(c.dataset.points) }; });
   found.xview_points = box.points;
-  await page.mouse.move(box.x + 57, box.y + 11);
+  // From the canvas's top-left corner to past its bottom-right one, so the
+  // rectangle covers every point however fast the requests were.
+  await page.mouse.move(box.x + 1, box.y + 1);
   await page.mouse.down();
   await page.mouse.move(box.x + box.w / 2, box.y + box.h / 2, { steps: 5 });
-  await page.mouse.move(box.x + box.w - 13, box.y + box.h - 25, { steps: 5 });
+  await page.mouse.move(box.x + box.w + 20, box.y + box.h + 20, { steps: 5 });
   await page.mouse.up();
   await page.waitForSelector('#xview-selected');
   found.selected = await page.$eval('#xview-selected', (e) => Number(e.dataset.count));
