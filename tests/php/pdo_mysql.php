@@ -29,4 +29,5 @@ try {
 } catch (PDOException $e) {
     echo "caught ", get_class($e), "\n";
 }
+$db->exec("DROP TABLE $table");                                              // 11 (clean up)
 echo "name=$name rows=", count($rows), " updated=$upd\n";
