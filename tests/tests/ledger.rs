@@ -176,3 +176,66 @@ fn a_fast_sender_keeps_the_ledger() {
         last.0, last.1
     );
 }
+
+/// `kill -9` of the agent under load, then a new agent on the same socket:
+/// PHP never notices, and every request is stored exactly once — what the
+/// dead agent had read but not made durable is read again from the ring, and
+/// the collector drops the repeats by record id.
+#[test]
+fn an_agent_killed_under_load_loses_nothing_and_stores_nothing_twice() {
+    let mut stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let made = 1_200usize;
+    let port = stack.web_port;
+    let load = std::thread::spawn(move || {
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in (t..made).step_by(4) {
+                        let r =
+                            http::request(port, "GET", &format!("/health?k={i}"), &[], "").unwrap();
+                        assert_eq!(r.status, 200);
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let agent = stack
+        .procs
+        .iter()
+        .find(|p| p.name == "agent")
+        .unwrap()
+        .pid();
+    kill(Pid::from_raw(agent as i32), Signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (token, socket) = (stack.agent_token.clone(), stack.agent_socket.clone());
+    stack
+        .start_agent("agent2", &token, &socket)
+        .expect("a new agent on the same socket");
+    load.join().unwrap();
+
+    let count = || {
+        stack
+            .api(&format!(
+                "/api/v1/transactions?from={from}&to={}&limit=200000",
+                now_ms() + 60_000
+            ))
+            .map(|v| v["transactions"].as_array().map_or(0, |a| a.len()))
+            .unwrap_or(0)
+    };
+    let mut stored = 0;
+    let res = wait_for("every request stored", Duration::from_secs(30), || {
+        stored = count();
+        stored >= made
+    });
+    if let Err(e) = res {
+        panic!("{e}: made {made}, stored {stored}\n{}", stack.logs());
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(count(), made, "each request stored exactly once");
+}

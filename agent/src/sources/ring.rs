@@ -27,6 +27,9 @@ const CHUNK: u64 = 1 << 20;
 /// that died mid-write: it is skipped (or, without a length, the ring
 /// restarts at `head`).
 const STUCK_AFTER: Duration = Duration::from_secs(5);
+/// How long read frames stay in the ring before their space is freed: long
+/// enough for a batch to be sent and acknowledged or spooled.
+const RELEASE_LAG: Duration = Duration::from_secs(3);
 /// The connection id given to ring frames (socket connections count up
 /// from 1).
 const RING_CONN: u64 = u64::MAX;
@@ -43,6 +46,17 @@ pub struct RingFile {
     file: File,
     path: PathBuf,
     cap: u64,
+}
+
+/// Where an agent reads the ring.
+#[derive(Debug)]
+pub struct Reader {
+    /// Bytes read so far (at least the persisted tail).
+    read: u64,
+    /// (read position, when) after each drain, oldest first.
+    checkpoints: std::collections::VecDeque<(u64, Instant)>,
+    /// An entry that stays uncommitted: where, since when.
+    stuck: Option<(u64, Instant)>,
 }
 
 /// What one drain did.
@@ -92,26 +106,37 @@ impl RingFile {
         Ok(u64::from_le_bytes(b))
     }
 
-    /// Hands every committed frame to `f`, frees their space and advances
-    /// the tail. `stuck_since` tracks an entry that stays uncommitted.
+    /// A reader positioned where the last agent stopped freeing: frames
+    /// after the persisted tail are read (again) from there.
+    pub fn reader(&self) -> io::Result<Reader> {
+        let tail = self.word(r::H_TAIL)?;
+        Ok(Reader {
+            read: tail,
+            checkpoints: std::collections::VecDeque::new(),
+            stuck: None,
+        })
+    }
+
+    /// Hands every committed frame after the reader's position to `f`. The
+    /// space is freed (and the persisted tail advanced) only `RELEASE_LAG`
+    /// later: frames this agent had read but not yet made durable when it
+    /// was killed are read again by the next one, and the collector, which
+    /// stores each record id once, drops the repeats.
     pub fn drain(
         &self,
         buf: &mut Vec<u8>,
-        stuck_since: &mut Option<(u64, Instant)>,
+        reader: &mut Reader,
         mut f: impl FnMut(&[u8]),
     ) -> io::Result<Drained> {
         let mut out = Drained::default();
         let head = self.word(r::H_HEAD)?;
-        let mut tail = self.word(r::H_TAIL)?;
-        let start_tail = tail;
-        while tail < head {
+        'chunks: while reader.read < head {
             // Read up to the end of the data (entries never wrap) or CHUNK.
-            let off = tail % self.cap;
-            let n = (head - tail).min(self.cap - off).min(CHUNK);
+            let off = reader.read % self.cap;
+            let n = (head - reader.read).min(self.cap - off).min(CHUNK);
             buf.resize(n as usize, 0);
             self.file.read_exact_at(buf, r::HEADER_BYTES as u64 + off)?;
             let mut pos = 0usize;
-            let mut blocked = false;
             while pos + r::ENTRY_HEADER <= buf.len() {
                 let len = r::u32_at(buf, pos + r::E_LEN) as usize;
                 let state = r::u32_at(buf, pos + r::E_STATE);
@@ -127,45 +152,63 @@ impl RingFile {
                     r::STATE_COMMITTED | r::STATE_PADDING => break, // rest in the next chunk
                     _ => {
                         // Reserved, not committed yet: wait, unless for too long.
-                        let at = tail + pos as u64;
-                        match stuck_since {
+                        let at = reader.read + pos as u64;
+                        match reader.stuck {
                             Some((where_, since))
-                                if *where_ == at && since.elapsed() >= STUCK_AFTER =>
+                                if where_ == at && since.elapsed() >= STUCK_AFTER =>
                             {
-                                *stuck_since = None;
+                                reader.stuck = None;
                                 out.skipped += 1;
                                 if len > 0 && pos + size <= buf.len() {
                                     pos += size;
                                     continue;
                                 }
-                                // No length to skip by: start again at head.
-                                self.free(tail, pos as u64)?;
-                                self.file
-                                    .write_all_at(&head.to_le_bytes(), r::H_TAIL as u64)?;
-                                return Ok(out);
+                                // No length to skip by: go on from head.
+                                reader.read = head;
+                                break 'chunks;
                             }
-                            Some((where_, _)) if *where_ == at => {}
-                            _ => *stuck_since = Some((at, Instant::now())),
+                            Some((where_, _)) if where_ == at => {}
+                            _ => reader.stuck = Some((at, Instant::now())),
                         }
-                        blocked = true;
-                        break;
+                        reader.read += pos as u64;
+                        break 'chunks;
                     }
                 }
             }
             if pos == 0 {
                 break;
             }
-            self.free(tail, pos as u64)?;
-            tail += pos as u64;
-            if blocked {
+            reader.read += pos as u64;
+        }
+        self.release(reader, Instant::now())?;
+        Ok(out)
+    }
+
+    /// Frees what was read at least `RELEASE_LAG` ago — or, when the ring is
+    /// getting full, everything read — and persists the tail.
+    fn release(&self, reader: &mut Reader, now: Instant) -> io::Result<()> {
+        if reader.checkpoints.back().is_none_or(|c| c.0 != reader.read) {
+            reader.checkpoints.push_back((reader.read, now));
+        }
+        let tail = self.word(r::H_TAIL)?;
+        let mut upto = tail;
+        while let Some(&(pos, at)) = reader.checkpoints.front() {
+            if now.duration_since(at) < RELEASE_LAG {
                 break;
             }
+            upto = pos;
+            reader.checkpoints.pop_front();
         }
-        if tail != start_tail {
+        if reader.read - upto.max(tail) > self.cap / 2 {
+            upto = reader.read;
+            reader.checkpoints.clear();
+        }
+        if upto > tail {
+            self.free(tail, upto - tail)?;
             self.file
-                .write_all_at(&tail.to_le_bytes(), r::H_TAIL as u64)?;
+                .write_all_at(&upto.to_le_bytes(), r::H_TAIL as u64)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Zeroes `len` consumed bytes at `tail` so entry headers read empty
@@ -191,11 +234,17 @@ impl RingFile {
 pub async fn run(ring: RingFile, ctx: Arc<Context>, shutdown: Shutdown) {
     let task = tokio::task::spawn_blocking(move || {
         let mut buf = Vec::new();
-        let mut stuck = None;
         let mut warned = false;
+        let mut reader = match ring.reader() {
+            Ok(r) => r,
+            Err(error) => {
+                warn!(%error, path = %ring.path().display(), "cannot read the record ring");
+                return;
+            }
+        };
         loop {
             let stopping = shutdown.is_triggered();
-            match ring.drain(&mut buf, &mut stuck, |frame| {
+            match ring.drain(&mut buf, &mut reader, |frame| {
                 ctx.handle(frame, false, RING_CONN, None)
             }) {
                 Ok(d) => {
@@ -265,7 +314,7 @@ mod tests {
     }
 
     #[test]
-    fn drains_in_order_across_the_wrap_and_survives_reopening() {
+    fn drains_in_order_across_the_wrap() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ring");
         let ring = RingFile::open(&path, 4096, "", 0o660).unwrap();
@@ -274,10 +323,8 @@ mod tests {
             .write(true)
             .open(&path)
             .unwrap();
-        let mut sent = Vec::new();
-        let mut got = Vec::new();
-        let mut buf = Vec::new();
-        let mut stuck = None;
+        let mut reader = ring.reader().unwrap();
+        let (mut sent, mut got, mut buf) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..300u32 {
             let frame: Vec<u8> = (0..(i * 53 % 700) as usize)
                 .map(|k| (k as u32 ^ i) as u8)
@@ -286,18 +333,54 @@ mod tests {
                 sent.push(frame);
             }
             if i % 4 == 0 {
-                ring.drain(&mut buf, &mut stuck, |fr| got.push(fr.to_vec()))
+                ring.drain(&mut buf, &mut reader, |fr| got.push(fr.to_vec()))
                     .unwrap();
             }
         }
-        // An agent restart: the same file, the same position.
+        ring.drain(&mut buf, &mut reader, |fr| got.push(fr.to_vec()))
+            .unwrap();
+        assert!(sent.len() > 100, "the ring went round many times");
+        assert_eq!(got, sent);
+    }
+
+    #[test]
+    fn a_new_agent_reads_again_what_was_not_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ring");
+        let ring = RingFile::open(&path, 1 << 16, "", 0o660).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let frames: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100]).collect();
+        for fr in &frames[..6] {
+            assert!(produce(&f, fr, true));
+        }
+        let (mut buf, mut got) = (Vec::new(), Vec::new());
+        let mut reader = ring.reader().unwrap();
+        ring.drain(&mut buf, &mut reader, |fr| got.push(fr.to_vec()))
+            .unwrap();
+        assert_eq!(got, frames[..6]);
+        // Released once they are old enough.
+        ring.release(&mut reader, Instant::now() + RELEASE_LAG)
+            .unwrap();
+        for fr in &frames[6..] {
+            assert!(produce(&f, fr, true));
+        }
+        ring.drain(&mut buf, &mut reader, |fr| got.push(fr.to_vec()))
+            .unwrap();
+        assert_eq!(got, frames);
+        // The agent is killed now: a new one (same file) reads again the
+        // frames not yet released, and only those.
         drop(ring);
         let ring = RingFile::open(&path, 1 << 20, "", 0o660).unwrap();
-        assert_eq!(ring.cap, 4096, "an existing ring is kept");
-        ring.drain(&mut buf, &mut stuck, |fr| got.push(fr.to_vec()))
+        assert_eq!(ring.cap, 1 << 16, "an existing ring is kept");
+        let mut again = Vec::new();
+        let mut reader = ring.reader().unwrap();
+        ring.drain(&mut buf, &mut reader, |fr| again.push(fr.to_vec()))
             .unwrap();
-        assert_eq!(got.len(), sent.len());
-        assert_eq!(got, sent);
+        assert_eq!(again, frames[6..]);
     }
 
     #[test]
@@ -313,17 +396,17 @@ mod tests {
         assert!(produce(&f, b"first", true));
         assert!(produce(&f, b"in progress", false));
         assert!(produce(&f, b"third", true));
-        let (mut buf, mut stuck, mut got) = (Vec::new(), None, Vec::new());
+        let (mut buf, mut got) = (Vec::new(), Vec::new());
+        let mut reader = ring.reader().unwrap();
         let d = ring
-            .drain(&mut buf, &mut stuck, |fr| got.push(fr.to_vec()))
+            .drain(&mut buf, &mut reader, |fr| got.push(fr.to_vec()))
             .unwrap();
         assert_eq!(d.frames, 1, "stops at the entry still being written");
-        assert!(stuck.is_some());
+        let (at, _) = reader.stuck.unwrap();
         // Pretend it has been stuck for long: it is skipped.
-        let (at, _) = stuck.unwrap();
-        stuck = Some((at, Instant::now() - STUCK_AFTER));
+        reader.stuck = Some((at, Instant::now() - STUCK_AFTER));
         let d = ring
-            .drain(&mut buf, &mut stuck, |fr| got.push(fr.to_vec()))
+            .drain(&mut buf, &mut reader, |fr| got.push(fr.to_vec()))
             .unwrap();
         assert_eq!((d.frames, d.skipped), (1, 1));
         assert_eq!(got, vec![b"first".to_vec(), b"third".to_vec()]);
