@@ -52,6 +52,14 @@ pub fn artifact(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// Now, Unix epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -400,6 +408,27 @@ impl Stack {
         }
         serde_json::from_str(&r.body)
             .with_context(|| format!("GET {path_and_query}: not JSON: {}", r.body))
+    }
+
+    /// Transactions the collector holds that ended since `from_ms` (0 while
+    /// its API does not answer).
+    pub fn stored_since(&self, from_ms: i64) -> u64 {
+        let to = now_ms() + 60_000;
+        self.api(&format!(
+            "/api/v1/transactions?from={from_ms}&to={to}&limit=200000"
+        ))
+        .map(|v| v["transactions"].as_array().map_or(0, |a| a.len() as u64))
+        .unwrap_or(0)
+    }
+
+    /// Records dropped and counted: by the extensions (carried in their next
+    /// record) and by the first agent itself.
+    pub fn dropped_total(&self) -> u64 {
+        self.agent_metric("sonde_agent_ext_records_dropped_total")
+            .unwrap_or(0)
+            + self
+                .agent_metric("sonde_agent_records_dropped_total")
+                .unwrap_or(0)
     }
 
     /// A counter from the first agent's `/metrics` (summed over labels).

@@ -3,18 +3,11 @@
 //! and afterwards every request is accounted for — stored in the collector
 //! or counted as dropped — exactly, with nothing dropped.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sonde_e2e::{http, wait_for, Stack, StackOptions};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use sonde_e2e::{http, now_ms, wait_for, Stack, StackOptions};
 
 /// Sends `n` requests on 4 threads; every one must answer 200.
 fn load(stack: &Stack, n: usize, pad: &str) {
@@ -60,23 +53,8 @@ fn a_frozen_agent_never_slows_php_and_the_ledger_balances() {
     load(&stack, after, "");
 
     let made = (before + during + after) as u64;
-    let count = || {
-        stack
-            .api(&format!(
-                "/api/v1/transactions?from={from}&to={}&limit=200000",
-                now_ms() + 60_000
-            ))
-            .map(|v| v["transactions"].as_array().map_or(0, |a| a.len() as u64))
-            .unwrap_or(0)
-    };
-    let dropped = || {
-        stack
-            .agent_metric("sonde_agent_ext_records_dropped_total")
-            .unwrap_or(0)
-            + stack
-                .agent_metric("sonde_agent_records_dropped_total")
-                .unwrap_or(0)
-    };
+    let count = || stack.stored_since(from);
+    let dropped = || stack.dropped_total();
     let mut last = (0, 0);
     let balanced = wait_for("stored + dropped == made", Duration::from_secs(30), || {
         last = (count(), dropped());
@@ -141,23 +119,8 @@ fn a_fast_sender_keeps_the_ledger() {
     assert_eq!(out.stdout.len() as u64, 2 * n, "every run printed its page");
     let rate = n as f64 / secs;
 
-    let count = || {
-        stack
-            .api(&format!(
-                "/api/v1/transactions?from={from}&to={}&limit=200000",
-                now_ms() + 60_000
-            ))
-            .map(|v| v["transactions"].as_array().map_or(0, |a| a.len() as u64))
-            .unwrap_or(0)
-    };
-    let dropped = || {
-        stack
-            .agent_metric("sonde_agent_ext_records_dropped_total")
-            .unwrap_or(0)
-            + stack
-                .agent_metric("sonde_agent_records_dropped_total")
-                .unwrap_or(0)
-    };
+    let count = || stack.stored_since(from);
+    let dropped = || stack.dropped_total();
     let mut last = (0, 0);
     let balanced = wait_for("stored + dropped == made", Duration::from_secs(60), || {
         last = (count(), dropped());
@@ -185,13 +148,13 @@ fn a_fast_sender_keeps_the_ledger() {
 fn an_agent_killed_under_load_loses_nothing_and_stores_nothing_twice() {
     let mut stack = Stack::start(&StackOptions::default()).expect("start the stack");
     let from = now_ms() - 1_000;
-    let made = 1_200usize;
+    let made = 1_200u64;
     let port = stack.web_port;
     let load = std::thread::spawn(move || {
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 std::thread::spawn(move || {
-                    for i in (t..made).step_by(4) {
+                    for i in (t..made as usize).step_by(4) {
                         let r =
                             http::request(port, "GET", &format!("/health?k={i}"), &[], "").unwrap();
                         assert_eq!(r.status, 200);
@@ -219,15 +182,7 @@ fn an_agent_killed_under_load_loses_nothing_and_stores_nothing_twice() {
         .expect("a new agent on the same socket");
     load.join().unwrap();
 
-    let count = || {
-        stack
-            .api(&format!(
-                "/api/v1/transactions?from={from}&to={}&limit=200000",
-                now_ms() + 60_000
-            ))
-            .map(|v| v["transactions"].as_array().map_or(0, |a| a.len()))
-            .unwrap_or(0)
-    };
+    let count = || stack.stored_since(from);
     let mut stored = 0;
     let res = wait_for("every request stored", Duration::from_secs(30), || {
         stored = count();
