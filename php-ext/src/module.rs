@@ -557,6 +557,7 @@ fn request_end() {
     record.attributes = req.attributes.iter().cloned().collect();
     if let Some(buf) = &st.spans {
         record.error = buf.request_error(record.status);
+        record.warnings = buf.warnings;
         record.spans = buf.finish(process.calibration.ns_per_tick(), &mut process.statements);
         if let Some(d) = &mut record.dropped {
             d.spans = buf.dropped_spans;

@@ -22,8 +22,11 @@ switch ($_GET['case'] ?? '') {
         echo strlen($s);
         break;
     case 'warning':
+        // Two warnings and a deprecation: counted, not failures.
         $a = [];
-        echo @$a['missing'] ?? 'none', "\n";
+        echo $a['missing'] ?? 'none', "\n";
+        echo $undefinedVariable, "\n";
+        echo $a['also-missing'], "\n";
         echo "ok\n";
         break;
 }

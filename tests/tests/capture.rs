@@ -313,6 +313,11 @@ fn the_php_api_names_ignores_and_records_errors() {
         vec!["checkout/confirm", "/health"],
         "the ignored request is not recorded"
     );
+    assert_eq!(
+        d["attributes"],
+        serde_json::json!({"user_tier": "gold", "cart_items": "3"}),
+        "{d}"
+    );
     // A handled error is shown, but does not fail the request.
     let t = &v["transactions"][0];
     assert_eq!(t["error"], false);
@@ -520,4 +525,25 @@ fn one_page_using_every_library_is_one_exact_transaction() {
     let callee_tx = detail_of(&stack, from, "/t/callee.php");
     assert_eq!(callee_tx["trace_id"], d["trace_id"]);
     assert_eq!(callee_tx["parent_id"], d["id"]);
+}
+
+/// A statement slower than `sonde.slow_sql_ms` (100 ms) carries the PHP
+/// file and line that issued it; a fast one does not.
+#[test]
+fn slow_sql_names_its_php_file_and_line() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let r = stack.web("GET", "/t/sleep_sql.php?s=1", &[], "").unwrap();
+    assert_eq!(r.body, "slept 1\n");
+    let d = detail_of(&stack, from, "/t/sleep_sql.php");
+    let sql = &d["spans"][0];
+    assert_eq!(sql["statement"], "SELECT SLEEP(?)", "{d:#}");
+    assert!(
+        sql["file"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("tests/php/sleep_sql.php"),
+        "{sql}"
+    );
+    assert_eq!(sql["line"], 7, "{sql}");
 }

@@ -90,4 +90,6 @@ fn failures_are_recorded_with_class_and_message() {
 
     let d = detail("warning");
     assert!(d["error"].is_null(), "{d}");
+    assert_eq!(d["warnings"], 2, "two warnings raised: {d}");
+    assert_eq!(detail("uncaught")["warnings"], 0);
 }

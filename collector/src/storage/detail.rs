@@ -41,6 +41,13 @@ pub struct TxDetail {
     pub parent_id: Option<String>,
     /// Spans the extension could not record.
     pub dropped_spans: u32,
+    /// Warnings, notices and deprecations PHP raised.
+    pub warnings: u32,
+    /// Client address and hashed visitor id.
+    pub client_ip: String,
+    pub visitor_id: String,
+    /// What the application added with `sonde_add_attribute()`.
+    pub attributes: std::collections::BTreeMap<String, String>,
     pub sapi: String,
     pub php_version: String,
     pub spans: Vec<SpanView>,
@@ -100,6 +107,11 @@ pub struct SpanView {
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub library: Option<String>,
+    /// Slow SQL: the PHP file and line that issued it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
 }
 
 fn ms(ns: u64) -> f64 {
@@ -132,6 +144,8 @@ impl SpanView {
             class: None,
             message: None,
             library: non_empty(&span.library),
+            file: None,
+            line: None,
         };
         match span.kind() {
             SpanKind::Sql => {
@@ -139,6 +153,8 @@ impl SpanView {
                 v.statement = Some(span.statement.clone());
                 v.db = Some(span.db.clone());
                 v.rows = Some(span.rows);
+                v.file = non_empty(&span.file);
+                v.line = (span.line > 0).then_some(span.line);
             }
             SpanKind::Fetch => {
                 v.kind = "fetch";
@@ -207,6 +223,14 @@ impl TxDetail {
                 .as_ref()
                 .and_then(|t| non_empty_hex(&t.parent_record_id)),
             dropped_spans: record.dropped.as_ref().map_or(0, |d| d.spans),
+            warnings: record.warnings,
+            client_ip: record.client_ip.clone(),
+            visitor_id: record.visitor_id.clone(),
+            attributes: record
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             sapi: record.sapi.clone(),
             php_version: record.php_version.clone(),
             spans: Vec::with_capacity(record.spans.len()),
