@@ -53,7 +53,7 @@ struct Hook {
     class: Option<&'static CStr>,
 }
 
-const MAX_HOOKS: usize = 128;
+const MAX_HOOKS: usize = 512;
 
 struct Table {
     hooks: [Option<Hook>; MAX_HOOKS],

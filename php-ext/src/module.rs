@@ -13,7 +13,7 @@ use std::ptr::addr_of_mut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::ipc::AgentSocket;
+use crate::ipc::{AgentSocket, Outcome};
 use crate::record::{Builder, Captured, Ids};
 use crate::ring::{PushError, Ring};
 use crate::scoreboard::Board;
@@ -48,6 +48,9 @@ struct State {
     socket_path: Option<CString>,
     /// Spans of the current request; allocated on the first traced request.
     spans: Option<SpanBuf>,
+    /// Records dropped, by reason: [agent away, socket full, ring full, too
+    /// large].
+    drops: [u64; 4],
     /// This worker's in-flight slot.
     board: Board,
     /// The record ring shared with the agent, and where it is.
@@ -353,7 +356,13 @@ fn request_start() {
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
     st.spans
-        .get_or_insert_with(|| SpanBuf::new(DEFAULT_MAX_SPANS))
+        .get_or_insert_with(|| {
+            let max = match zend::ini_long(c"sonde.max_spans") {
+                n if n > 0 => (n as usize).clamp(10, 100_000),
+                _ => DEFAULT_MAX_SPANS,
+            };
+            SpanBuf::new(max)
+        })
         .clear();
     let pid = std::process::id();
     let process = Process::of(&mut st.process, pid);
@@ -566,6 +575,7 @@ fn request_end() {
     }
     let frame = process.builder.frame(record);
     if frame.len() > sonde_core::frame::MAX_FRAME_BYTES {
+        st.drops[3] += 1;
         st.socket.dropped_total += 1;
         st.socket.dropped_since_sent += 1;
         return;
@@ -584,7 +594,8 @@ fn request_end() {
                     return;
                 }
                 Err(PushError::NoRing) => {}
-                Err(PushError::Full | PushError::TooLarge) => {
+                Err(e @ (PushError::Full | PushError::TooLarge)) => {
+                    st.drops[if e == PushError::Full { 2 } else { 3 }] += 1;
                     st.socket.dropped_total += 1;
                     st.socket.dropped_since_sent = st.socket.dropped_since_sent.saturating_add(1);
                     return;
@@ -596,7 +607,12 @@ fn request_end() {
         .socket_path
         .as_deref()
         .unwrap_or(c"/run/sonde/agent.sock");
-    st.socket.send(path, frame, pid, end);
+    match st.socket.send(path, frame, pid, end) {
+        Outcome::Sent => {}
+        Outcome::NoAgent => st.drops[0] += 1,
+        Outcome::Full => st.drops[1] += 1,
+        Outcome::TooLarge => st.drops[3] += 1,
+    }
 }
 
 /// The agent socket's path with its extension replaced by `ext`
@@ -645,15 +661,29 @@ fn seed(pid: u32) -> [u64; 2] {
 }
 
 unsafe extern "C" fn module_info(_module: *mut sys::zend_module_entry) {
-    let (sent, dropped, connected) = state_if_any()
+    let (sent, dropped, connected, drops, ring) = state_if_any()
         .map(|s| {
             (
                 s.socket.sent_total,
                 s.socket.dropped_total,
                 s.socket.is_connected(),
+                s.drops,
+                s.ring.is_mapped(),
             )
         })
         .unwrap_or_default();
+    let by_reason = CString::new(format!(
+        "agent away {}, socket full {}, ring full {}, too large {}",
+        drops[0], drops[1], drops[2], drops[3]
+    ))
+    .unwrap_or_default();
+    let transport = if ring {
+        c"shared-memory ring"
+    } else if connected {
+        c"socket"
+    } else {
+        c"none yet"
+    };
     let status = if DISABLED.load(Ordering::Relaxed) {
         c"disabled after an internal error".to_owned()
     } else {
@@ -677,12 +707,14 @@ unsafe extern "C" fn module_info(_module: *mut sys::zend_module_entry) {
             c"agent connected (this process)".as_ptr(),
             connected.as_ptr(),
         );
+        sys::php_info_print_table_row(2, c"transport (this process)".as_ptr(), transport.as_ptr());
         sys::php_info_print_table_row(2, c"records sent (this process)".as_ptr(), sent.as_ptr());
         sys::php_info_print_table_row(
             2,
             c"records dropped (this process)".as_ptr(),
             dropped.as_ptr(),
         );
+        sys::php_info_print_table_row(2, c"dropped by reason".as_ptr(), by_reason.as_ptr());
         sys::php_info_print_table_row(2, c"hooked functions".as_ptr(), hooked_count.as_ptr());
         sys::php_info_print_table_row(2, c"hooked".as_ptr(), hooked.as_ptr());
         sys::php_info_print_table_end();
