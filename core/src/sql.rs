@@ -62,8 +62,13 @@ pub fn normalize(sql: &str, dialect: Dialect, max_len: usize) -> String {
 
 /// A stable 64-bit hash (FNV-1a) of a normalised statement.
 pub fn hash(normalized: &str) -> u64 {
+    hash_bytes(normalized.as_bytes())
+}
+
+/// FNV-1a of raw bytes (e.g. a statement before normalising).
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in normalized.as_bytes() {
+    for b in bytes {
         h ^= *b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

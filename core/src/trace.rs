@@ -9,18 +9,11 @@ pub struct TraceParent {
 }
 
 fn hex_into(s: &str, out: &mut [u8]) -> Option<()> {
-    if s.len() != out.len() * 2 {
+    // Only lower-case hex is valid per the spec.
+    if s.len() != out.len() * 2 || s.bytes().any(|c| c.is_ascii_uppercase()) {
         return None;
     }
-    // Only lower-case hex is valid per the spec.
-    let nib = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    for (o, p) in out.iter_mut().zip(s.as_bytes().chunks(2)) {
-        *o = nib(p[0])? << 4 | nib(p[1])?;
-    }
+    out.copy_from_slice(&crate::ids::from_hex(s)?);
     Some(())
 }
 

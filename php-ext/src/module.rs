@@ -422,26 +422,32 @@ fn board_begin(st: &mut State, pid: u32, now: Instant, start_unix_ns: i64, ids: 
 /// The current request now runs `text` (scoreboard `CURRENT_*` kind).
 pub(crate) fn running(kind: u32, text: &[u8]) {
     let st = state();
-    if st.request.is_some() {
-        st.board.current(kind, text, unix_ns());
+    if let Some(now) = request_now_unix_ns(st) {
+        st.board.current(kind, text, now);
     }
 }
 
 /// Like `running`, for a statement prepared earlier in the request.
 pub(crate) fn running_prepared(kind: u32, key: usize) {
     let st = state();
-    if let (Some(_), Some(buf)) = (&st.request, &st.spans) {
-        if let Some(text) = buf.prepared_bytes(key) {
-            st.board.current(kind, text, unix_ns());
-        }
+    let Some(now) = request_now_unix_ns(st) else {
+        return;
+    };
+    if let Some(text) = st.spans.as_ref().and_then(|buf| buf.prepared_bytes(key)) {
+        st.board.current(kind, text, now);
     }
 }
 
-fn unix_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+/// Now in Unix ns, derived from the request's start and the tick counter:
+/// no second clock read on the hook path. `None` outside a traced request.
+fn request_now_unix_ns(st: &State) -> Option<i64> {
+    let req = st.request.as_ref()?;
+    let per_tick = st
+        .process
+        .as_ref()
+        .map_or(1.0, |p| p.calibration.ns_per_tick());
+    let elapsed = (crate::clock::ticks().saturating_sub(req.start_ticks) as f64 * per_tick) as i64;
+    Some(req.start_unix_ns + elapsed)
 }
 
 fn request_end() {

@@ -676,22 +676,13 @@ impl std::hash::Hasher for PassThrough {
     }
 }
 
-fn fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// Entries kept before the cache starts over.
 const STATEMENT_CACHE: usize = 1024;
 
 impl StatementCache {
     /// (is PostgreSQL, instance name) for a connection, once per process.
     fn instance(&mut self, driver: &[u8], dsn: &[u8]) -> (bool, String) {
-        let key = fnv(driver) ^ fnv(dsn).rotate_left(1);
+        let key = sql::hash_bytes(driver) ^ sql::hash_bytes(dsn).rotate_left(1);
         if let Some(v) = self.instances.get(&key) {
             return v.clone();
         }
@@ -708,7 +699,11 @@ impl StatementCache {
     }
 
     fn normalize(&mut self, raw: &[u8], dialect: sql::Dialect) -> String {
-        let key = (fnv(raw), raw.len(), dialect == sql::Dialect::Postgres);
+        let key = (
+            sql::hash_bytes(raw),
+            raw.len(),
+            dialect == sql::Dialect::Postgres,
+        );
         if let Some(s) = self.map.get(&key) {
             return s.clone();
         }

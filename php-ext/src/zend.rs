@@ -261,14 +261,19 @@ pub fn num_args(call: &Call) -> u32 {
     unsafe { sys::sonde_shim_num_args(call.execute_data) }
 }
 
-/// A mysqli connection's instance as a DSN-like `host=…;port=…;dbname=…`
-/// written into `buf`, and its affected-rows count. `obj` is a mysqli link
-/// (`stmt` false) or a mysqli_stmt (`stmt` true).
-pub fn mysqli_conn(
-    obj: *mut sys::zend_object,
-    stmt: bool,
-    buf: &mut [u8; 512],
-) -> Option<(&[u8], i64)> {
+/// What mysqlnd knows of a mysqli connection.
+#[derive(Debug, Clone, Copy)]
+pub struct MysqliConn<'a> {
+    pub host: &'a [u8],
+    pub port: u32,
+    pub db: &'a [u8],
+    /// Affected rows of the last statement (0 when unknown).
+    pub affected: i64,
+}
+
+/// The connection behind `obj`, a mysqli link (`stmt` false) or a
+/// mysqli_stmt (`stmt` true). Valid until the recorder returns.
+pub fn mysqli_conn<'a>(obj: *mut sys::zend_object, stmt: bool) -> Option<MysqliConn<'a>> {
     if obj.is_null() {
         return None;
     }
@@ -315,30 +320,12 @@ pub fn mysqli_conn(
             std::slice::from_raw_parts(db.cast::<u8>(), db_len),
         )
     };
-    let mut n = 0;
-    let mut put = |b: &[u8]| {
-        let k = b.len().min(buf.len() - n);
-        buf[n..n + k].copy_from_slice(&b[..k]);
-        n += k;
-    };
-    put(b"host=");
-    put(host);
-    put(b";port=");
-    let mut digits = [0u8; 10];
-    let mut p = port;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (p % 10) as u8;
-        p /= 10;
-        if p == 0 {
-            break;
-        }
-    }
-    put(&digits[i..]);
-    put(b";dbname=");
-    put(db);
-    Some((&buf[..n], affected))
+    Some(MysqliConn {
+        host,
+        port,
+        db,
+        affected,
+    })
 }
 
 /// Rows of a mysqli_result (0 when unknown, e.g. unbuffered).

@@ -82,6 +82,22 @@ pub(crate) fn sql_span(
     idx
 }
 
+/// `host=…;port=…;dbname=…` written into `buf` (cut to fit), the form the
+/// span buffer names instances from (`sonde_core::dsn::pdo_instance`).
+pub(crate) fn dsn_into<'b>(buf: &'b mut [u8], host: &[u8], port: u64, db: &[u8]) -> &'b [u8] {
+    use std::io::Write;
+    let mut w = std::io::Cursor::new(&mut *buf);
+    let _ = w.write_all(b"host=");
+    let _ = w.write_all(host);
+    let _ = write!(w, ";port={port}");
+    if !db.is_empty() {
+        let _ = w.write_all(b";dbname=");
+        let _ = w.write_all(db);
+    }
+    let n = w.position() as usize;
+    &buf[..n]
+}
+
 fn error_text(
     buf: &mut crate::spans::SpanBuf,
     exception: Option<(&str, &str)>,

@@ -4,7 +4,7 @@
 //! aggregate into one fetch span per result set. The instance comes from
 //! mysqlnd's connection (host, port, selected database).
 
-use super::{fetch, sql_span, Statement};
+use super::{dsn_into, fetch, sql_span, Statement};
 use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
@@ -123,15 +123,15 @@ fn link_and_sql(call: &Call, link: Link) -> (*mut sys::zend_object, Option<&[u8]
 
 fn query(call: &Call, link: Link) {
     let (obj, sql) = link_and_sql(call, link);
-    let mut dsn = [0u8; 512];
-    let conn = zend::mysqli_conn(obj, false, &mut dsn);
+    let conn = zend::mysqli_conn(obj, false);
     let result = zend::ret_obj(call);
     let rows = match zend::mysqli_result_rows(result) {
         Some(n) => n,
-        None => conn.map_or(0, |(_, affected)| affected),
+        None => conn.map_or(0, |c| c.affected),
     };
     let failed = zend::ret_type(call) == sys::IS_FALSE;
-    let dsn = conn.map(|(d, _)| (&b"mysql"[..], d));
+    let mut buf = [0u8; 512];
+    let dsn = instance(conn, &mut buf);
     let idx = sql_span(
         call,
         LIBRARY,
@@ -149,9 +149,8 @@ fn prepare(call: &Call, link: Link) {
     let stmt = zend::ret_obj(call);
     if stmt.is_null() {
         // A failed prepare is a failed statement.
-        let mut dsn = [0u8; 512];
-        let conn = zend::mysqli_conn(obj, false, &mut dsn);
-        let dsn = conn.map(|(d, _)| (&b"mysql"[..], d));
+        let mut buf = [0u8; 512];
+        let dsn = instance(zend::mysqli_conn(obj, false), &mut buf);
         sql_span(
             call,
             LIBRARY,
@@ -162,16 +161,15 @@ fn prepare(call: &Call, link: Link) {
         return;
     }
     let mut dsn = [0u8; 512];
-    let conn = zend::mysqli_conn(obj, false, &mut dsn);
+    let conn = instance(zend::mysqli_conn(obj, false), &mut dsn);
     with_spans(|buf, _| {
-        let db = buf.db(obj as usize, || conn.map(|(d, _)| (&b"mysql"[..], d)));
+        let db = buf.db(obj as usize, || conn);
         buf.prepared(stmt as usize, sql.unwrap_or_default(), db);
     });
 }
 
 fn execute(call: &Call, stmt: *mut sys::zend_object) {
-    let mut dsn = [0u8; 512];
-    let rows = zend::mysqli_conn(stmt, true, &mut dsn).map_or(0, |(_, affected)| affected);
+    let rows = zend::mysqli_conn(stmt, true).map_or(0, |c| c.affected);
     let failed = zend::ret_type(call) == sys::IS_FALSE;
     let idx = sql_span(
         call,
@@ -203,6 +201,18 @@ fn fetch_one(call: &Call, result: *mut sys::zend_object) {
 
 fn fetch_all(call: &Call, result: *mut sys::zend_object) {
     fetch(call, LIBRARY, result as usize, zend::ret_count(call) as i64);
+}
+
+/// The (driver, DSN) a span names its instance from.
+fn instance<'b>(
+    conn: Option<zend::MysqliConn<'_>>,
+    buf: &'b mut [u8; 512],
+) -> Option<(&'static [u8], &'b [u8])> {
+    let c = conn?;
+    Some((
+        &b"mysql"[..],
+        dsn_into(buf, c.host, u64::from(c.port), c.db),
+    ))
 }
 
 fn running(call: &Call, link: Link) {

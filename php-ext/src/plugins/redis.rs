@@ -130,35 +130,12 @@ fn connect(call: &Call) {
         p if p > 0 => p,
         _ => 6379,
     };
-    let mut dsn = [0u8; 300];
-    let mut n = 0;
-    for part in [&b"host="[..], host, b";port="] {
-        let k = part.len().min(dsn.len() - n);
-        dsn[n..n + k].copy_from_slice(&part[..k]);
-        n += k;
-    }
-    let mut digits = itoa(port as u64);
-    let d = digits.as_mut_slice();
-    let k = d.len().min(dsn.len() - n);
-    dsn[n..n + k].copy_from_slice(&d[..k]);
-    n += k;
+    let mut buf = [0u8; 300];
+    let dsn = super::dsn_into(&mut buf, host, port as u64, b"");
     with_spans(|buf, _| {
         // A reconnect of the same object to another server: forget the old.
-        buf.db(obj, || Some((&b"redis"[..], &dsn[..n])));
+        buf.db(obj, || Some((&b"redis"[..], dsn)));
     });
-}
-
-fn itoa(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(20);
-    loop {
-        out.push(b'0' + (v % 10) as u8);
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    out
 }
 
 fn command(call: &Call) {
