@@ -3,17 +3,10 @@
 //! statements, rows and instance; fetch spans per result set; a failed
 //! statement), all in one transaction.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
-use sonde_e2e::{wait_for, Stack, StackOptions};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use sonde_e2e::{now_ms, wait_for, Stack, StackOptions};
 
 /// Waits for the one transaction whose URL starts with `url_prefix`.
 fn detail_of(stack: &Stack, from: i64, endpoint: &str) -> Value {

@@ -2,17 +2,10 @@
 //! answered with 500, and a fatal error (memory exhausted, which bails out
 //! of PHP mid-request) each still produce a record carrying the error.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
-use sonde_e2e::{wait_for, Stack, StackOptions};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use sonde_e2e::{now_ms, wait_for, Stack, StackOptions};
 
 #[test]
 fn failures_are_recorded_with_class_and_message() {

@@ -2,20 +2,13 @@
 //! SQL they are running, and a worker killed mid-request becomes a failed
 //! transaction that says what it was doing.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use sonde_core::scoreboard as sb;
-use sonde_e2e::{wait_for, Stack, StackOptions};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use sonde_e2e::{now_ms, wait_for, Stack, StackOptions};
 
 /// Busy slots of the scoreboard the agent created: (pid, url).
 fn busy_workers(stack: &Stack) -> Vec<(u32, String)> {

@@ -3,16 +3,9 @@
 //! the same answer every time, and the records still arrive.
 
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use sonde_e2e::{repo_root, wait_for, Stack, StackOptions};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use sonde_e2e::{now_ms, repo_root, wait_for, Stack, StackOptions};
 
 #[test]
 fn tracing_jit_and_preload_run_many_requests_unharmed() {

@@ -9,6 +9,24 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sonde_e2e::{http, now_ms, wait_for, Stack, StackOptions};
 
+/// Waits until stored + dropped == `made` and returns (stored, dropped).
+fn balance(stack: &Stack, from: i64, made: u64, timeout: Duration) -> (u64, u64) {
+    let mut last = (0, 0);
+    let balanced = wait_for("stored + dropped == made", timeout, || {
+        last = (stack.stored_since(from), stack.dropped_total());
+        last.0 + last.1 == made
+    });
+    if let Err(e) = balanced {
+        panic!(
+            "{e}: made {made}, stored {}, dropped {}\n{}",
+            last.0,
+            last.1,
+            stack.logs()
+        );
+    }
+    last
+}
+
 /// Sends `n` requests on 4 threads; every one must answer 200.
 fn load(stack: &Stack, n: usize, pad: &str) {
     let port = stack.web_port;
@@ -53,21 +71,7 @@ fn a_frozen_agent_never_slows_php_and_the_ledger_balances() {
     load(&stack, after, "");
 
     let made = (before + during + after) as u64;
-    let count = || stack.stored_since(from);
-    let dropped = || stack.dropped_total();
-    let mut last = (0, 0);
-    let balanced = wait_for("stored + dropped == made", Duration::from_secs(30), || {
-        last = (count(), dropped());
-        last.0 + last.1 == made
-    });
-    if let Err(e) = balanced {
-        panic!(
-            "{e}: made {made}, stored {}, dropped {}\n{}",
-            last.0,
-            last.1,
-            stack.logs()
-        );
-    }
+    let last = balance(&stack, from, made, Duration::from_secs(30));
     // The shared-memory ring holds the records of the stall: none is lost.
     assert_eq!(
         last.1, 0,
@@ -119,21 +123,8 @@ fn a_fast_sender_keeps_the_ledger() {
     assert_eq!(out.stdout.len() as u64, 2 * n, "every run printed its page");
     let rate = n as f64 / secs;
 
-    let count = || stack.stored_since(from);
-    let dropped = || stack.dropped_total();
-    let mut last = (0, 0);
-    let balanced = wait_for("stored + dropped == made", Duration::from_secs(60), || {
-        last = (count(), dropped());
-        last.0 + last.1 == n
-    });
-    if let Err(e) = balanced {
-        panic!(
-            "{e}: made {n} at {rate:.0}/s, stored {}, dropped {}\n{}",
-            last.0,
-            last.1,
-            stack.logs()
-        );
-    }
+    eprintln!("{n} requests sent at {rate:.0}/s");
+    let last = balance(&stack, from, n, Duration::from_secs(60));
     eprintln!(
         "{n} requests at {rate:.0}/s: stored {}, dropped {}",
         last.0, last.1

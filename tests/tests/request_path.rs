@@ -3,17 +3,10 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
-use sonde_e2e::{artifact, wait_for, Stack, StackOptions};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use sonde_e2e::{artifact, now_ms, wait_for, Stack, StackOptions};
 
 /// Requests the test sends: (method, uri, body, expected status).
 const REQUESTS: &[(&str, &str, &str, u16)] = &[
