@@ -4,14 +4,17 @@
 //! handing one record per request to the local agent. It must never crash,
 //! block, print or change the behaviour of the application: every Zend
 //! callback catches panics and switches the extension off for the process,
-//! and sending is one non-blocking datagram that is dropped (and counted)
-//! when the agent is away or busy.
+//! and a record goes into the agent's shared-memory ring (or, without one,
+//! its socket) without ever waiting: dropped and counted when the agent is
+//! away or full.
 //!
 //! Layout: `sys` (bindgen + C shim), `zend` (the only code that reads Zend
 //! state), `module` (the callbacks Zend calls), `hooks` (wrapping internal
 //! functions' handlers), `plugins/` (one file per instrumented library),
 //! `spans` (the per-request span buffer, PHP-free), `record` (building the
-//! `sonde.v1.RequestRecord`, PHP-free), `ipc` (the agent socket, PHP-free).
+//! `sonde.v1.RequestRecord`, PHP-free), `ring` and `ipc` (the two
+//! transports, PHP-free), `scoreboard` (the in-flight slot), `shm`
+//! (mapping the agent's shared files), `clock` (hook timestamps).
 
 pub mod clock;
 pub mod ipc;

@@ -63,15 +63,16 @@ impl Process {
     /// This process's state, set up afresh after a fork (new pid: new id
     /// seed, new calibration), with the clocks read together once more.
     fn of(slot: &mut Option<Process>, pid: u32) -> &mut Process {
-        if slot.as_ref().is_none_or(|p| p.pid != pid) {
-            *slot = Some(Process {
+        let p = match slot.take() {
+            Some(p) if p.pid == pid => p,
+            _ => Process {
                 pid,
                 builder: Builder::new(seed(pid)),
                 calibration: crate::clock::Calibration::default(),
                 statements: crate::spans::StatementCache::default(),
-            });
-        }
-        let p = slot.get_or_insert_with(|| unreachable!("set just above"));
+            },
+        };
+        let p = slot.insert(p);
         p.calibration.observe();
         p
     }
@@ -473,6 +474,7 @@ fn request_end() {
         st.socket = AgentSocket::default();
         st.ring_path = None;
         st.ring = Ring::default();
+        st.board_path = None;
     }
 
     let sapi = zend::sapi_name();

@@ -313,16 +313,22 @@ mod tests {
         true
     }
 
-    #[test]
-    fn drains_in_order_across_the_wrap() {
+    /// A fresh ring in a temp dir, and the file opened as a producer would.
+    fn new_ring(capacity: u64) -> (tempfile::TempDir, std::path::PathBuf, RingFile, File) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ring");
-        let ring = RingFile::open(&path, 4096, "", 0o660).unwrap();
+        let ring = RingFile::open(&path, capacity, "", 0o660).unwrap();
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .unwrap();
+        (dir, path, ring, f)
+    }
+
+    #[test]
+    fn drains_in_order_across_the_wrap() {
+        let (_dir, _path, ring, f) = new_ring(4096);
         let mut reader = ring.reader().unwrap();
         let (mut sent, mut got, mut buf) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..300u32 {
@@ -345,14 +351,7 @@ mod tests {
 
     #[test]
     fn a_new_agent_reads_again_what_was_not_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ring");
-        let ring = RingFile::open(&path, 1 << 16, "", 0o660).unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let (_dir, path, ring, f) = new_ring(1 << 16);
         let frames: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100]).collect();
         for fr in &frames[..6] {
             assert!(produce(&f, fr, true));
@@ -385,14 +384,7 @@ mod tests {
 
     #[test]
     fn waits_for_an_uncommitted_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ring");
-        let ring = RingFile::open(&path, 4096, "", 0o660).unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let (_dir, _path, ring, f) = new_ring(4096);
         assert!(produce(&f, b"first", true));
         assert!(produce(&f, b"in progress", false));
         assert!(produce(&f, b"third", true));
