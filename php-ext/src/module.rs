@@ -543,8 +543,12 @@ fn request_end() {
     let extra_redact = zend::ini_str(c"sonde.redact_params")
         .and_then(|s| s.to_str().ok())
         .unwrap_or("");
+    let endpoint_params = zend::ini_str(c"sonde.endpoint_params")
+        .and_then(|s| s.to_str().ok())
+        .unwrap_or("");
 
     let process = Process::of(&mut st.process, pid);
+    process.builder.set_endpoint_params(endpoint_params);
     let captured = Captured {
         app,
         pid,

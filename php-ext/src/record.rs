@@ -93,6 +93,28 @@ impl Builder {
         }
     }
 
+    /// Query parameters kept in endpoint names (`sonde.endpoint_params`, a
+    /// comma-separated list, e.g. `r` for `index.php?r=site/login`). Cheap
+    /// when unchanged.
+    pub fn set_endpoint_params(&mut self, list: &str) {
+        let same = self.namer.keep_query_params.len()
+            == list.split(',').filter(|p| !p.trim().is_empty()).count()
+            && list
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .zip(&self.namer.keep_query_params)
+                .all(|(a, b)| a == b);
+        if !same {
+            self.namer.keep_query_params = list
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
+    }
+
     /// A new span id (for an outgoing call).
     pub fn span_id(&mut self) -> [u8; 8] {
         self.ids.id64()
@@ -223,6 +245,20 @@ mod tests {
         assert_eq!(t.span_id.len(), 8);
         assert_eq!(t.parent_record_id, vec![0xcd; 16]);
         assert_eq!(t.tracestate, format!("x=1,sonde={}", "cd".repeat(16)));
+    }
+
+    #[test]
+    fn routing_query_parameters_name_endpoints() {
+        let mut b = Builder::new([5, 6]);
+        let c = Captured {
+            uri: "/index.php?id=9&r=site/login",
+            ..Default::default()
+        };
+        assert_eq!(b.record(&c).endpoint, "/index.php");
+        b.set_endpoint_params(" r ");
+        assert_eq!(b.record(&c).endpoint, "/index.php?r=site/login");
+        b.set_endpoint_params("");
+        assert_eq!(b.record(&c).endpoint, "/index.php");
     }
 
     #[test]

@@ -540,3 +540,21 @@ fn slow_sql_names_its_php_file_and_line() {
     );
     assert_eq!(sql["line"], 7, "{sql}");
 }
+
+/// `sonde.endpoint_params` keeps a routing query parameter in the endpoint
+/// name (CONTRACT: `index.php?r=site/login`); other parameters are dropped.
+#[test]
+fn a_routing_query_parameter_names_the_endpoint() {
+    let stack = Stack::start(&StackOptions {
+        fpm_pool: vec!["php_admin_value[sonde.endpoint_params] = r".into()],
+        ..Default::default()
+    })
+    .expect("start the stack");
+    let from = now_ms() - 1_000;
+    let r = stack
+        .web("GET", "/t/callee.php?id=42&r=site/login", &[], "")
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let d = detail_of(&stack, from, "/t/callee.php?r=site/login");
+    assert_eq!(d["url"], "/t/callee.php?id=42&r=site/login");
+}
