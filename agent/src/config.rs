@@ -3,6 +3,7 @@
 //! (docs/agent.md repeats it). This module only parses and checks; it never
 //! touches the network or the file system beyond reading the file.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -57,7 +58,7 @@ pub struct Config {
     pub scoreboard_slots: u32,
     /// Directory for the agent's own state: the disk spool (segment files
     /// `spool-<n>.seg` holding batches the collector has not acknowledged),
-    /// and `agent-id` when there is no `/etc/machine-id`. Created (0750) if
+    /// and `agent-id` (the id the collector assigned). Created (0750) if
     /// missing.
     pub spool_dir: PathBuf,
     /// Most bytes the disk spool may use. When full, the oldest spooled data
@@ -74,6 +75,10 @@ pub struct Config {
     /// Host name reported with every record and at registration. Leave out to
     /// use the system host name.
     pub hostname: Option<String>,
+    /// Operator labels sent at registration and shown with the server
+    /// (`[labels]`, e.g. `role = "api"`). `group` names the Auto Scaling
+    /// group when the instance metadata does not expose instance tags.
+    pub labels: BTreeMap<String, String>,
     /// Most records in one batch sent to the collector.
     pub batch_max_records: usize,
     /// Largest batch, in bytes of encoded records. A single larger record
@@ -110,6 +115,9 @@ impl Config {
     }
 }
 
+/// Most `[labels]` entries.
+const MAX_LABELS: usize = 64;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -125,6 +133,7 @@ impl Default for Config {
             host_metrics_interval_secs: 5,
             metrics_listen: "127.0.0.1:7719".into(),
             hostname: None,
+            labels: BTreeMap::new(),
             batch_max_records: 1000,
             batch_max_bytes: 1024 * 1024,
             flush_interval_ms: 1000,
@@ -337,6 +346,18 @@ impl Config {
                         ),
                     )
                 })?;
+        }
+        if self.labels.len() > MAX_LABELS {
+            return Err(invalid("labels", format!("at most {MAX_LABELS} labels")));
+        }
+        for (k, v) in &self.labels {
+            let bad = |t: &str, max| t.len() > max || t.chars().any(char::is_control);
+            if k.is_empty() || bad(k, 64) || bad(v, 256) {
+                return Err(invalid(
+                    "labels",
+                    format!("label {k:?}: names are 1-64 and values at most 256 characters, one line each"),
+                ));
+            }
         }
         if let Some(h) = &self.hostname {
             if h.trim().is_empty() {

@@ -118,7 +118,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let lifecycle = Arc::new(Lifecycle::new(imds));
     info!(
         version = env!("CARGO_PKG_VERSION"),
-        agent_id = %identity.agent_id,
+        agent_id = %identity.agent_id(),
+        session_id = %identity.session_id,
         hostname = %identity.hostname,
         collector = %config.collector,
         "sonde-agent starting"

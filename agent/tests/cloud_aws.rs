@@ -210,6 +210,7 @@ impl Collector for FakeCollector {
             heartbeat_interval_ms: 500,
             max_message_bytes: 4 << 20,
             collector_version: "fake".into(),
+            ..Default::default()
         }))
     }
 

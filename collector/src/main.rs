@@ -11,6 +11,7 @@ mod config;
 mod ingest;
 mod live;
 mod live_stats;
+mod presence;
 mod shutdown;
 mod storage;
 mod web;
@@ -155,11 +156,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let alert_counters = Arc::new(alerts::AlertCounters::default());
     let alert_channels = alerts::spawn_channels(&config.alerts, &alert_counters, &shutdown);
     let down_after_ms = 3 * i64::from(config.grpc.heartbeat_interval_ms);
+    // An agent whose stream dropped is down once it has not come back for a
+    // heartbeat interval.
+    let presence = Arc::new(presence::Presence::new(i64::from(
+        config.grpc.heartbeat_interval_ms,
+    )));
     let alerts = alerts::Alerts {
         config: config.alerts.clone(),
         stats: Arc::clone(&stats),
         store: Arc::clone(&store),
         down_after_ms,
+        presence: Arc::clone(&presence),
         counters: Arc::clone(&alert_counters),
         channels: Arc::clone(&alert_channels),
     };
@@ -168,6 +175,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         store: Arc::clone(&store),
         tokens: agent_tokens,
         live: Arc::clone(&live),
+        presence: Arc::clone(&presence),
         stats: Arc::clone(&stats),
         counters: Arc::clone(&counters),
         shutdown: shutdown.clone(),
@@ -183,6 +191,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tokens: api_tokens,
         console,
         down_after_ms,
+        presence,
         alerts: alert_counters,
         alert_rules,
         alert_channels,

@@ -135,6 +135,7 @@ async fn send_batch(client: &mut CollectorClient<Channel>, batch: Batch) -> Vec<
         AgentMessage {
             msg: Some(Msg::Hello(StreamHello {
                 agent_id: "i-test".into(),
+                ..Default::default()
             })),
         },
         AgentMessage {
@@ -352,6 +353,7 @@ async fn agent_to_api() {
     tx.send(AgentMessage {
         msg: Some(Msg::Hello(StreamHello {
             agent_id: "i-test".into(),
+            ..Default::default()
         })),
     })
     .await

@@ -44,6 +44,12 @@ const LOCAL_IPV4: &str = "/latest/meta-data/local-ipv4";
 /// Only present when "instance metadata tags" are enabled on the instance
 /// (launch template `InstanceMetadataTags=enabled`); 404 otherwise.
 const ASG_TAG: &str = "/latest/meta-data/tags/instance/aws:autoscaling:groupName";
+const LOCAL_HOSTNAME: &str = "/latest/meta-data/local-hostname";
+/// The signed instance-identity document and its RSA SHA-256 signature.
+const IDENTITY_DOCUMENT: &str = "/latest/dynamic/instance-identity/document";
+const IDENTITY_SIGNATURE: &str = "/latest/dynamic/instance-identity/signature";
+/// Longest identity document kept (real ones are under 1 KiB).
+const MAX_DOCUMENT: usize = 8 * 1024;
 
 /// This host's identity in a cloud.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,6 +65,12 @@ pub struct CloudIdentity {
     /// are not exposed in the metadata.
     pub group: String,
     pub private_ip: String,
+    /// The instance's host name in the cloud (`local-hostname`).
+    pub hostname: String,
+    /// The signed instance-identity document (JSON) and its base64
+    /// signature; empty when the metadata service has none.
+    pub document: String,
+    pub signature: String,
 }
 
 /// Looks the identity up as `[cloud]` says. `None` for `provider = "none"`,
@@ -129,6 +141,9 @@ async fn aws_identity(imds: &Imds) -> Result<CloudIdentity, ImdsError> {
         region: opt(REGION).await?,
         private_ip: opt(LOCAL_IPV4).await?,
         group: opt(ASG_TAG).await?,
+        hostname: opt(LOCAL_HOSTNAME).await?,
+        document: multi_line(imds.get_optional(IDENTITY_DOCUMENT).await?),
+        signature: multi_line(imds.get_optional(IDENTITY_SIGNATURE).await?),
     };
     Ok(id)
 }
@@ -145,6 +160,13 @@ fn dmi_rules_out_aws(dir: &Path) -> bool {
         && !values
             .iter()
             .any(|v| v.to_ascii_lowercase().contains("amazon"))
+}
+
+/// The identity document and signature span lines: kept whole when they
+/// are of a sane size, else dropped.
+fn multi_line(v: Option<String>) -> String {
+    v.filter(|v| v.len() <= MAX_DOCUMENT && !v.contains('\0'))
+        .unwrap_or_default()
 }
 
 /// One line of printable text, as every identity value is.

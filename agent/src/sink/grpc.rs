@@ -222,11 +222,23 @@ impl Dialer {
         };
         debug!(collector_version = %resp.collector_version, heartbeat_ms = heartbeat_every.as_millis() as u64,
             "registered");
+        // Older collectors echo the proposal; newer ones may assign another.
+        if !resp.agent_id.is_empty() {
+            if let Err(error) = self.identity.assign(&resp.agent_id) {
+                warn!(%error, "could not keep the assigned agent id; it is used until restart");
+            }
+        }
+        if !resp.duplicate_of.is_empty() {
+            warn!(agent_id = %resp.agent_id, duplicate_of = %resp.duplicate_of,
+                "another live agent already claims this instance identity; the collector keeps this \
+                 agent apart and flags it (a cloned image or a copied state directory?)");
+        }
 
         let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         // Queued before the call so a collector that waits for it can answer.
         let hello = agent_message::Msg::Hello(StreamHello {
-            agent_id: self.identity.agent_id.clone(),
+            agent_id: self.identity.agent_id(),
+            session_id: self.identity.session_id.clone(),
         });
         let _ = tx.try_send(AgentMessage { msg: Some(hello) });
         let inbound = timeout(CALL_TIMEOUT, client.stream(ReceiverStream::new(rx)))
@@ -337,7 +349,7 @@ impl GrpcSink {
                 self.batcher
                     .cap_bytes(c.max_message_bytes.saturating_sub(MESSAGE_OVERHEAD));
             }
-            info!(collector = %self.dialer.collector, agent_id = %self.shared.identity.agent_id,
+            info!(collector = %self.dialer.collector, agent_id = %self.shared.identity.agent_id(),
                 spool_bytes = self.spool.bytes(), "connected to the collector");
             set(&self.shared.counters.connected, 1);
             let result = self.stream(&mut c, &mut shutdown).await;
@@ -841,7 +853,7 @@ impl GrpcSink {
     async fn deregister(&self, conn: Option<Connection>) {
         let reason = self.shared.lifecycle.reason_at_shutdown().await;
         let request = DeregisterRequest {
-            agent_id: self.shared.identity.agent_id.clone(),
+            agent_id: self.shared.identity.agent_id(),
             reason: reason as i32,
         };
         let call = async {

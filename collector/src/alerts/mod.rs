@@ -91,6 +91,8 @@ pub struct Alerts {
     pub stats: Arc<LiveStats>,
     pub store: SharedStore,
     pub down_after_ms: i64,
+    /// Which agents are connected (an agent whose stream dropped is down).
+    pub presence: Arc<crate::presence::Presence>,
     pub counters: Arc<AlertCounters>,
     pub channels: Channels,
 }
@@ -131,6 +133,7 @@ impl Alerts {
                     stats: &self.stats,
                     agents: &agents,
                     down_after_ms: self.down_after_ms,
+                    presence: &self.presence,
                 },
             );
             self.counters.evaluations.fetch_add(1, Ordering::Relaxed);

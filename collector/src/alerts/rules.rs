@@ -84,6 +84,8 @@ pub struct Inputs<'a> {
     pub agents: &'a [AgentRecord],
     /// An agent silent for longer than this is down.
     pub down_after_ms: i64,
+    /// Which agents are connected (an agent whose stream dropped is down).
+    pub presence: &'a crate::presence::Presence,
 }
 
 /// The rules and their per-scope state.
@@ -365,7 +367,7 @@ fn agent_checks(rule: &RuleConfig, inputs: &Inputs<'_>, now_ms: i64) -> HashMap<
         .filter_map(|a| {
             // Stopped and terminated agents deregistered on purpose: no
             // scope, so a firing one resolves.
-            let status = a.status_at(now_ms, inputs.down_after_ms);
+            let status = inputs.presence.status(a, now_ms, inputs.down_after_ms);
             if status != "down" && status != "up" {
                 return None;
             }
@@ -468,11 +470,17 @@ mod tests {
         stats.observe(&recs, "web-1", now_ms);
     }
 
+    /// No stream seen: the status is the stored state and the silence.
+    fn presence() -> &'static crate::presence::Presence {
+        Box::leak(Box::new(crate::presence::Presence::new(5_000)))
+    }
+
     fn inputs(stats: &LiveStats) -> Inputs<'_> {
         Inputs {
             stats,
             agents: &[],
             down_after_ms: 15_000,
+            presence: presence(),
         }
     }
 
@@ -635,6 +643,8 @@ mod tests {
             last_seen_ms,
             registered_ms: 0,
             apps: vec![],
+            identity_key: String::new(),
+            duplicate_of: None,
         };
         let agents = vec![
             agent("a", AgentState::Running, 0),
@@ -646,6 +656,7 @@ mod tests {
             stats: &stats,
             agents: &agents,
             down_after_ms: 15_000,
+            presence: presence(),
         };
         let f = engine.evaluate(20_000, &inputs);
         assert_eq!(f.len(), 1);
@@ -657,6 +668,7 @@ mod tests {
             stats: &stats,
             agents: &back,
             down_after_ms: 15_000,
+            presence: presence(),
         };
         let f = engine.evaluate(22_000, &inputs);
         assert_eq!(f[0].event.state, "resolved");

@@ -27,6 +27,16 @@ pub struct AgentView {
     pub ami_id: String,
     /// `up`, `down`, `stopped` or `terminated`.
     pub status: &'static str,
+    /// Another live agent already held this identity when this one
+    /// registered (a cloned image?): the id of that agent, else null.
+    pub duplicate_of: Option<String>,
+    /// What the id is keyed by (`aws:<instance id>`, `machine:<id>`).
+    pub identity_key: String,
+    /// The host name the cloud gives the instance (`local-hostname`).
+    pub cloud_hostname: String,
+    /// Whether the agent sent a signed instance-identity document.
+    pub identity_document: bool,
+    pub machine_id: String,
     pub last_seen_ms: i64,
     pub registered_ms: i64,
     pub versions: VersionsView,
@@ -47,8 +57,7 @@ pub struct VersionsView {
 }
 
 impl AgentView {
-    fn new(a: AgentRecord, now_ms: i64, down_after_ms: i64) -> Self {
-        let status = a.status_at(now_ms, down_after_ms);
+    fn new(a: AgentRecord, status: &'static str) -> Self {
         let i = a.identity;
         let v = i.versions.unwrap_or_default();
         AgentView {
@@ -59,6 +68,11 @@ impl AgentView {
             zone: i.zone,
             ami_id: i.ami_id,
             status,
+            duplicate_of: a.duplicate_of,
+            identity_key: a.identity_key,
+            cloud_hostname: i.cloud_hostname,
+            identity_document: !i.identity_document.is_empty(),
+            machine_id: i.machine_id,
             last_seen_ms: a.last_seen_ms,
             registered_ms: a.registered_ms,
             versions: VersionsView {
@@ -83,7 +97,10 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<AgentsView>, Api
     Ok(Json(AgentsView {
         agents: agents
             .into_iter()
-            .map(|a| AgentView::new(a, now, state.down_after_ms))
+            .map(|a| {
+                let status = state.presence.status(&a, now, state.down_after_ms);
+                AgentView::new(a, status)
+            })
             .collect(),
     }))
 }
@@ -121,7 +138,9 @@ mod tests {
             ..Default::default()
         };
         let now = now_ms();
-        s.store.upsert_agent(&identity, now).unwrap();
+        s.store
+            .upsert_agent(&identity, "aws:i-1", None, now)
+            .unwrap();
         s.store
             .upsert_agent(
                 &AgentIdentity {
@@ -129,6 +148,8 @@ mod tests {
                     group: "asg".into(),
                     ..Default::default()
                 },
+                "aws:i-2",
+                Some("i-1"),
                 now - 60_000,
             )
             .unwrap();
@@ -153,6 +174,16 @@ mod tests {
             (b["group"].as_str(), b["status"].as_str()),
             (Some("asg"), Some("down"))
         );
+        assert_eq!(
+            (a["identity_key"].as_str(), &a["duplicate_of"]),
+            (Some("aws:i-1"), &serde_json::Value::Null)
+        );
+        assert_eq!(b["duplicate_of"], "i-1");
+        // A stream that dropped without a goodbye: down after the grace.
+        s.presence.stream_opened("i-1", "s", now - 6_000);
+        s.presence.stream_closed("i-1", "s", now - 5_500);
+        let (_, body) = get(&s, "/api/v1/agents", None).await;
+        assert_eq!(body["agents"][0]["status"], "down");
     }
 
     #[tokio::test]

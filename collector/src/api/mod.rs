@@ -54,6 +54,8 @@ pub struct ApiState {
     pub console: Arc<Console>,
     /// An agent silent for longer than this is `down` (3 heartbeats).
     pub down_after_ms: i64,
+    /// Which agents are connected (an agent whose stream dropped is down).
+    pub presence: Arc<crate::presence::Presence>,
     /// The alerts' counters.
     pub alerts: Arc<crate::alerts::AlertCounters>,
     /// Alert rules in force.
@@ -241,6 +243,7 @@ pub(crate) mod tests {
             tokens: Tokens::new(tokens.iter().map(|t| t.to_string()).collect()),
             console: Arc::new(Console::new(users, false)),
             down_after_ms: 15_000,
+            presence: Arc::new(crate::presence::Presence::new(5_000)),
             alerts: Arc::default(),
             alert_rules: 0,
             alert_channels: Arc::default(),

@@ -3,6 +3,7 @@
 //! `stream`). It must never acknowledge a batch before the store has
 //! committed it: the agent deletes what was acknowledged.
 
+pub mod registry;
 mod stream;
 
 use std::net::SocketAddr;
@@ -24,8 +25,9 @@ use crate::auth::{AuthError, Tokens};
 use crate::clock::now_ms;
 use crate::live::LiveState;
 use crate::live_stats::LiveStats;
+use crate::presence::Presence;
 use crate::shutdown::Shutdown;
-use crate::storage::{run_blocking, AgentState, SharedStore};
+use crate::storage::{run_blocking, AgentState, EventRecord, SharedStore};
 
 /// Cumulative ingest counters, exposed on `/api/v1/stats`.
 #[derive(Debug, Default)]
@@ -75,6 +77,8 @@ pub struct Ingest {
     pub store: SharedStore,
     pub tokens: Tokens,
     pub live: Arc<LiveState>,
+    /// Which agent processes are connected now.
+    pub presence: Arc<Presence>,
     /// The dashboard's live statistics, fed after each commit.
     pub stats: Arc<LiveStats>,
     pub counters: Arc<IngestCounters>,
@@ -136,20 +140,34 @@ impl Collector for Ingest {
             }
             identity.agent_id = identity.hostname.clone();
         }
-        let agent_id = identity.agent_id.clone();
         let hostname = identity.hostname.clone();
-        run_blocking(&self.store, move |s| s.upsert_agent(&identity, now_ms()))
-            .await
-            .map_err(|error| {
-                warn!(%error, agent = %agent_id, %peer, "registering agent failed");
-                unavailable(&error)
-            })?;
-        info!(agent = %agent_id, %hostname, %peer, "agent registered");
+        let proposed = identity.agent_id.clone();
+        let presence = self.presence.clone();
+        let registration = run_blocking(&self.store, move |s| {
+            let now = now_ms();
+            let r = registry::register(s, &mut presence.lock(), &mut identity, now)?;
+            if r.conflict {
+                s.insert_event(&duplicate_event(&r, &identity, now))?;
+            }
+            Ok(r)
+        })
+        .await
+        .map_err(|error| {
+            warn!(%error, agent = %proposed, %peer, "registering agent failed");
+            unavailable(&error)
+        })?;
+        let agent_id = registration.agent_id;
+        match &registration.duplicate_of {
+            Some(original) => warn!(agent = %agent_id, %original, key = %registration.identity_key,
+                %hostname, %peer, "agent registered as a duplicate: another live agent holds this identity"),
+            None => info!(agent = %agent_id, %hostname, %peer, "agent registered"),
+        }
         Ok(Response::new(RegisterResponse {
             agent_id,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             max_message_bytes: self.max_message_bytes,
             collector_version: env!("CARGO_PKG_VERSION").to_owned(),
+            duplicate_of: registration.duplicate_of.unwrap_or_default(),
         }))
     }
 
@@ -182,6 +200,7 @@ impl Collector for Ingest {
             Reason::Shutdown | Reason::Unspecified => AgentState::Stopped,
         };
         self.live.remove(&req.agent_id);
+        self.presence.deregistered(&req.agent_id);
         let agent_id = req.agent_id.clone();
         let known = run_blocking(&self.store, move |s| {
             s.set_agent_state(&agent_id, state, now_ms())
@@ -197,6 +216,33 @@ impl Collector for Ingest {
             warn!(agent = %req.agent_id, %peer, "deregister from an agent that never registered");
         }
         Ok(Response::new(DeregisterResponse {}))
+    }
+}
+
+/// The event for a second live agent claiming an identity.
+fn duplicate_event(
+    r: &registry::Registration,
+    identity: &sonde_proto::v1::AgentIdentity,
+    now_ms: i64,
+) -> EventRecord {
+    EventRecord {
+        ts_ms: now_ms,
+        level: "warning".into(),
+        kind: "duplicate_identity".into(),
+        state: "firing".into(),
+        message: format!(
+            "agent {} on {} claims identity {} already held by live agent {}; kept apart and flagged \
+             (a cloned image or copied state?)",
+            r.agent_id,
+            identity.hostname,
+            r.identity_key,
+            r.duplicate_of.as_deref().unwrap_or_default()
+        ),
+        host: (!identity.hostname.is_empty()).then(|| identity.hostname.clone()),
+        rule: "duplicate_identity".into(),
+        value: 2.0,
+        threshold: 1.0,
+        ..Default::default()
     }
 }
 
@@ -283,7 +329,16 @@ mod tests {
         fn transaction(&self, _: &[u8]) -> Result<Option<TxDetail>, StoreError> {
             full()
         }
-        fn upsert_agent(&self, _: &AgentIdentity, _: i64) -> Result<(), StoreError> {
+        fn upsert_agent(
+            &self,
+            _: &AgentIdentity,
+            _: &str,
+            _: Option<&str>,
+            _: i64,
+        ) -> Result<(), StoreError> {
+            full()
+        }
+        fn agents_by_key(&self, _: &str) -> Result<Vec<AgentRecord>, StoreError> {
             full()
         }
         fn heartbeat(&self, _: &str, _: i64) -> Result<bool, StoreError> {
@@ -328,6 +383,7 @@ mod tests {
             store: Arc::new(FullDisk),
             tokens: Tokens::new(vec![]),
             live: Arc::default(),
+            presence: Arc::new(Presence::new(5000)),
             stats: Arc::default(),
             counters: Arc::clone(&counters),
             shutdown: shutdown.clone(),

@@ -32,6 +32,8 @@ pub struct Session {
     tx: Outbound,
     /// From the hello; empty until then.
     agent_id: String,
+    /// The agent process's session, from the hello (empty: an older agent).
+    session_id: String,
     /// Host of records that carry none: the agent's hostname, else the
     /// peer's IP address.
     hostname: String,
@@ -55,6 +57,7 @@ impl Session {
             hostname: peer.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string()),
             tx,
             agent_id: String::new(),
+            session_id: String::new(),
             apps: HashSet::new(),
         }
     }
@@ -90,7 +93,7 @@ impl Session {
             first = false;
             let result = match msg {
                 Msg::Hello(hello) => {
-                    self.hello(hello.agent_id).await;
+                    self.hello(hello.agent_id, hello.session_id).await;
                     Ok(())
                 }
                 Msg::Batch(batch) => self.batch(batch).await,
@@ -122,16 +125,27 @@ impl Session {
         }
         if !self.agent_id.is_empty() {
             self.ingest.live.remove(&self.agent_id);
+            self.ingest
+                .presence
+                .stream_closed(&self.agent_id, &self.session_id, now_ms());
         }
         debug!(agent = %self.agent_id, peer = %self.peer, "stream ended");
     }
 
-    async fn hello(&mut self, agent_id: String) {
+    async fn hello(&mut self, agent_id: String, session_id: String) {
         if agent_id.is_empty() {
             warn!(peer = %self.peer, "hello without an agent_id");
             return;
         }
+        if !self.agent_id.is_empty() {
+            warn!(agent = %self.agent_id, peer = %self.peer, "second hello on one stream ignored");
+            return;
+        }
         self.agent_id = agent_id.clone();
+        self.session_id = session_id;
+        self.ingest
+            .presence
+            .stream_opened(&self.agent_id, &self.session_id, now_ms());
         let now = now_ms();
         let found = run_blocking(&self.ingest.store, move |s| {
             s.heartbeat(&agent_id, now)?;

@@ -107,9 +107,19 @@ pub trait Store: Send + Sync {
     fn transaction(&self, id: &[u8]) -> Result<Option<TxDetail>, StoreError>;
 
     /// Creates or updates an agent from its identity (the id is
-    /// `identity.agent_id`), marks it running and seen at `now_ms`, and adds
-    /// its `apps`.
-    fn upsert_agent(&self, identity: &AgentIdentity, now_ms: i64) -> Result<(), StoreError>;
+    /// `identity.agent_id`), keyed by `identity_key` (see
+    /// `ingest::registry`), flagged as a duplicate of another live agent or
+    /// not; marks it running and seen at `now_ms`, and adds its `apps`.
+    fn upsert_agent(
+        &self,
+        identity: &AgentIdentity,
+        identity_key: &str,
+        duplicate_of: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The agents registered under `identity_key`, most recently seen first.
+    fn agents_by_key(&self, identity_key: &str) -> Result<Vec<AgentRecord>, StoreError>;
 
     /// The agent was heard from at `now_ms`. False if it is unknown.
     fn heartbeat(&self, agent_id: &str, now_ms: i64) -> Result<bool, StoreError>;
@@ -227,7 +237,7 @@ pub struct TxSummary {
 }
 
 /// An alert event, as stored and as `GET /api/v1/events` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct EventRecord {
     /// Assigned by the store; 0 before it is stored.
     pub id: i64,
@@ -295,6 +305,12 @@ pub struct AgentRecord {
     pub registered_ms: i64,
     /// Applications announced by the agent or seen in its records, sorted.
     pub apps: Vec<String>,
+    /// What the id is keyed by (`aws:i-…`, `machine:…`); empty for agents
+    /// registered before keys existed.
+    pub identity_key: String,
+    /// Another agent that was live with the same identity when this one
+    /// registered: this one got an id of its own and is flagged.
+    pub duplicate_of: Option<String>,
 }
 
 impl AgentRecord {
@@ -480,6 +496,8 @@ pub(crate) mod tests {
             last_seen_ms: 10_000,
             registered_ms: 0,
             apps: vec![],
+            identity_key: String::new(),
+            duplicate_of: None,
         };
         assert_eq!(a.status_at(25_000, 15_000), "up");
         assert_eq!(a.status_at(25_001, 15_000), "down");

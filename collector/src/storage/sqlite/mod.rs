@@ -35,7 +35,7 @@ pub const DB_FILE: &str = "sonde.db";
 /// Bumped whenever the schema changes. 2: rollups, texts, host metrics
 /// (a version-1 database gains the tables; its older rows are not rolled
 /// up). 3: alert events.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS transactions (
@@ -62,7 +62,9 @@ CREATE TABLE IF NOT EXISTS agents (
     identity      BLOB    NOT NULL,
     state         TEXT    NOT NULL,
     last_seen_ms  INTEGER NOT NULL,
-    registered_ms INTEGER NOT NULL
+    registered_ms INTEGER NOT NULL,
+    identity_key  TEXT,
+    duplicate_of  TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -141,6 +143,7 @@ impl SqliteStore {
             });
         }
         writer.execute_batch(SCHEMA)?;
+        migrate(&writer)?;
         writer.execute_batch(rollup::SCHEMA)?;
         writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         rollup::register_functions(&writer)?;
@@ -161,20 +164,60 @@ impl SqliteStore {
     }
 }
 
-fn read_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Vec<u8>, String, i64, i64)> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-    ))
+/// Brings a database made by an older collector up to `SCHEMA` (which only
+/// creates what is missing).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_key: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('agents') WHERE name = 'identity_key'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_key {
+        // Schema 3 → 4: agents keyed by instance identity.
+        conn.execute_batch(
+            "ALTER TABLE agents ADD COLUMN identity_key TEXT;
+             ALTER TABLE agents ADD COLUMN duplicate_of TEXT;",
+        )?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS agents_identity_key ON agents (identity_key)
+            WHERE identity_key IS NOT NULL;",
+    )
 }
 
-fn agent_record(
-    (id, identity, state, last_seen_ms, registered_ms): (String, Vec<u8>, String, i64, i64),
-    apps: Vec<String>,
-) -> Result<AgentRecord, StoreError> {
+/// An `agents` row as read by [`AGENT_COLUMNS`].
+struct AgentRow {
+    id: String,
+    identity: Vec<u8>,
+    state: String,
+    last_seen_ms: i64,
+    registered_ms: i64,
+    identity_key: Option<String>,
+    duplicate_of: Option<String>,
+}
+
+fn read_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
+    Ok(AgentRow {
+        id: row.get(0)?,
+        identity: row.get(1)?,
+        state: row.get(2)?,
+        last_seen_ms: row.get(3)?,
+        registered_ms: row.get(4)?,
+        identity_key: row.get(5)?,
+        duplicate_of: row.get(6)?,
+    })
+}
+
+fn agent_record(row: AgentRow, apps: Vec<String>) -> Result<AgentRecord, StoreError> {
+    let AgentRow {
+        id,
+        identity,
+        state,
+        last_seen_ms,
+        registered_ms,
+        identity_key,
+        duplicate_of,
+    } = row;
     let mut identity =
         AgentIdentity::decode(identity.as_slice()).map_err(|cause| StoreError::Corrupt {
             id: id.clone(),
@@ -188,10 +231,13 @@ fn agent_record(
         last_seen_ms,
         registered_ms,
         apps,
+        identity_key: identity_key.unwrap_or_default(),
+        duplicate_of,
     })
 }
 
-const AGENT_COLUMNS: &str = "id, identity, state, last_seen_ms, registered_ms";
+const AGENT_COLUMNS: &str =
+    "id, identity, state, last_seen_ms, registered_ms, identity_key, duplicate_of";
 
 impl Store for SqliteStore {
     fn insert_records(
@@ -394,21 +440,31 @@ impl Store for SqliteStore {
         Ok(Some(TxDetail::from_record(&record, &host, &endpoint)))
     }
 
-    fn upsert_agent(&self, identity: &AgentIdentity, now_ms: i64) -> Result<(), StoreError> {
+    fn upsert_agent(
+        &self,
+        identity: &AgentIdentity,
+        identity_key: &str,
+        duplicate_of: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction()?;
         tx.prepare_cached(
-            "INSERT INTO agents (id, hostname, identity, state, last_seen_ms, registered_ms)
-             VALUES (?1, ?2, ?3, 'up', ?4, ?4)
+            "INSERT INTO agents (id, hostname, identity, state, last_seen_ms, registered_ms,
+                                 identity_key, duplicate_of)
+             VALUES (?1, ?2, ?3, 'up', ?4, ?4, ?5, ?6)
              ON CONFLICT (id) DO UPDATE SET
                 hostname = excluded.hostname, identity = excluded.identity, state = 'up',
-                last_seen_ms = excluded.last_seen_ms, registered_ms = excluded.registered_ms",
+                last_seen_ms = excluded.last_seen_ms, registered_ms = excluded.registered_ms,
+                identity_key = excluded.identity_key, duplicate_of = excluded.duplicate_of",
         )?
         .execute(params![
             identity.agent_id,
             identity.hostname,
             identity.encode_to_vec(),
-            now_ms
+            now_ms,
+            (!identity_key.is_empty()).then_some(identity_key),
+            duplicate_of,
         ])?;
         {
             let mut add = tx.prepare_cached(
@@ -476,6 +532,24 @@ impl Store for SqliteStore {
         agent_record(row, apps).map(Some)
     }
 
+    fn agents_by_key(&self, identity_key: &str) -> Result<Vec<AgentRecord>, StoreError> {
+        let ids: Vec<String> = {
+            let conn = lock(&self.reader);
+            let mut stmt = conn.prepare_cached(
+                "SELECT id FROM agents WHERE identity_key = ?1 ORDER BY last_seen_ms DESC, id",
+            )?;
+            let ids = stmt
+                .query_map([identity_key], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            ids
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.agent(&id)?);
+        }
+        Ok(out)
+    }
+
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         let conn = lock(&self.reader);
         let rows = conn
@@ -490,7 +564,7 @@ impl Store for SqliteStore {
         }
         rows.into_iter()
             .map(|row| {
-                let a = apps.remove(&row.0).unwrap_or_default();
+                let a = apps.remove(&row.id).unwrap_or_default();
                 agent_record(row, a)
             })
             .collect()
@@ -770,7 +844,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        s.upsert_agent(&id, 1000).unwrap();
+        s.upsert_agent(&id, "aws:i-0abc", None, 1000).unwrap();
         assert!(s.heartbeat("i-0abc", 2000).unwrap());
         assert!(!s.heartbeat("nobody", 2000).unwrap());
         s.add_agent_apps("i-0abc", &["blog".into(), "shop".into()])
@@ -791,7 +865,7 @@ mod tests {
         assert_eq!(list[0].state, AgentState::Terminated);
         assert_eq!(list[0].apps, ["blog", "shop"]);
         // Re-registering after a restart is the same agent, running again.
-        s.upsert_agent(&id, 4000).unwrap();
+        s.upsert_agent(&id, "aws:i-0abc", None, 4000).unwrap();
         let a = s.agent("i-0abc").unwrap().unwrap();
         assert_eq!((a.state, a.last_seen_ms), (AgentState::Running, 4000));
         assert!(s.agent("nobody").unwrap().is_none());
