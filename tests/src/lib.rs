@@ -184,6 +184,11 @@ pub struct StackOptions {
     pub collector_extra: String,
     /// Extra lines for the php-fpm pool (e.g. `pm.max_requests = 5`).
     pub fpm_pool: Vec<String>,
+    /// Start php-fpm and nginx.
+    pub web: bool,
+    /// Where the collector's gRPC port listens (agents in network
+    /// namespaces need an address on their bridge, e.g. `0.0.0.0`).
+    pub grpc_ip: String,
 }
 
 impl Default for StackOptions {
@@ -196,6 +201,8 @@ impl Default for StackOptions {
             fpm_ini: Vec::new(),
             collector_extra: String::new(),
             fpm_pool: Vec::new(),
+            web: true,
+            grpc_ip: "127.0.0.1".into(),
         }
     }
 }
@@ -226,15 +233,17 @@ impl Stack {
             procs: Vec::new(),
         };
         if opts.collector {
-            stack.start_collector(&opts.collector_extra)?;
+            stack.start_collector(&opts.grpc_ip, &opts.collector_extra)?;
         }
         if opts.agent {
             let token = stack.agent_token.clone();
             let socket = stack.agent_socket.clone();
             stack.start_agent("agent", &token, &socket)?;
         }
-        stack.start_php_fpm(opts)?;
-        stack.start_nginx()?;
+        if opts.web {
+            stack.start_php_fpm(opts)?;
+            stack.start_nginx()?;
+        }
         Ok(stack)
     }
 
@@ -242,12 +251,12 @@ impl Stack {
         self.dir.path().join(name)
     }
 
-    fn start_collector(&mut self, extra: &str) -> Result<()> {
+    fn start_collector(&mut self, grpc_ip: &str, extra: &str) -> Result<()> {
         let cfg = self.path("collector.toml");
         fs::write(
             &cfg,
             format!(
-                "[grpc]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n\
+                "[grpc]\nlisten = \"{grpc_ip}:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n\
                  [storage]\npath = \"{}\"\n[auth]\nagent_tokens = [\"{}\"]\n{extra}",
                 self.grpc_port,
                 self.http_port,
