@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use sonde_core::pem::PemKind;
 use thiserror::Error;
 
 /// Where the agent reads its configuration when `--config` is not given.
@@ -27,8 +28,8 @@ const MAX_SOCKET_PATH: usize = 107;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The collector's gRPC address, `http://HOST:PORT`. TLS (`https://`) is
-    /// not supported yet.
+    /// The collector's gRPC address: `http://HOST:PORT`, or `https://HOST:PORT`
+    /// for TLS (see `[tls]`).
     pub collector: String,
     /// The agent token, sent as `authorization: Bearer <token>` on every call;
     /// it must be one of the collector's `auth.agent_tokens`. Empty = send no
@@ -95,8 +96,35 @@ pub struct Config {
     pub queue_max_bytes: usize,
     /// Cloud identity (instance id, zone, Auto Scaling group).
     pub cloud: CloudConfig,
+    /// TLS to the collector (with an `https://` collector).
+    pub tls: TlsConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[tls]`: how the agent checks the collector, and proves itself when the
+/// collector asks for a client certificate. Used with an `https://`
+/// `collector`; TLS 1.2 or 1.3 (rustls).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file of the CA certificates the collector's certificate must
+    /// chain to. Leave out to trust the system's roots.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate (chain), for a collector that requires one
+    /// (`[grpc] tls_client_ca`). Needs `key`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// The name the collector's certificate must carry. Leave out to use
+    /// the host of `collector`.
+    pub server_name: Option<String>,
+}
+
+impl TlsConfig {
+    fn is_set(&self) -> bool {
+        *self != TlsConfig::default()
+    }
 }
 
 impl Config {
@@ -140,6 +168,7 @@ impl Default for Config {
             queue_capacity: 100_000,
             queue_max_bytes: 64 * 1024 * 1024,
             cloud: CloudConfig::default(),
+            tls: TlsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -300,7 +329,36 @@ impl Config {
             key,
             message,
         };
-        check_http_url(&self.collector).map_err(|m| invalid("collector", m))?;
+        let https = check_url(&self.collector, true).map_err(|m| invalid("collector", m))?;
+        if self.tls.is_set() && !https {
+            return Err(invalid(
+                "collector",
+                format!("{:?}: [tls] is set, so use https://", self.collector),
+            ));
+        }
+        for (key, file, kind) in [
+            ("tls.ca", &self.tls.ca, PemKind::Certificates),
+            ("tls.cert", &self.tls.cert, PemKind::Certificates),
+            ("tls.key", &self.tls.key, PemKind::PrivateKey),
+        ] {
+            if let Some(f) = file {
+                sonde_core::pem::read(f, kind).map_err(|m| invalid(key, m))?;
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(invalid(
+                "tls.cert",
+                "a client certificate needs both tls.cert and tls.key".into(),
+            ));
+        }
+        if self
+            .tls
+            .server_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err(invalid("tls.server_name", "must not be empty".into()));
+        }
         if !self.token.is_empty() {
             let printable = self.token.bytes().all(|b| b.is_ascii_graphic());
             if !printable {
@@ -387,7 +445,8 @@ impl Config {
                 ),
             ));
         }
-        check_http_url(&self.cloud.imds_endpoint).map_err(|m| invalid("cloud.imds_endpoint", m))?;
+        check_url(&self.cloud.imds_endpoint, false)
+            .map_err(|m| invalid("cloud.imds_endpoint", m))?;
         check_log_filter(&self.log.level).map_err(|m| invalid("log.level", m))?;
         Ok(())
     }
@@ -409,21 +468,22 @@ fn check_log_filter(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Accepts `http://host[:port][/]`; the agent has no TLS yet.
-fn check_http_url(s: &str) -> Result<(), String> {
+/// Accepts `http://host[:port][/]`, and `https://` when `https` is
+/// allowed; true for https.
+fn check_url(s: &str, https: bool) -> Result<bool, String> {
     let uri: tonic::transport::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!("{s:?}: https is not supported yet, use http://"));
-        }
+    let is_https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") if https => true,
+        Some("https") => return Err(format!("{s:?}: only http:// is supported here")),
+        _ if https => return Err(format!("{s:?} must start with http:// or https://")),
         _ => return Err(format!("{s:?} must start with http://")),
-    }
+    };
     match uri.host() {
         Some(h) if !h.is_empty() => {}
         _ => return Err(format!("{s:?} has no host")),
     }
-    Ok(())
+    Ok(is_https)
 }
 
 /// Turns a TOML error into one line naming the key. toml reports a byte span

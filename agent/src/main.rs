@@ -38,7 +38,7 @@ use crate::counters::Counters;
 use crate::identity::{Identity, Seen};
 use crate::live::LiveTable;
 use crate::notify::Notifier;
-use crate::sink::grpc::{GrpcSink, Settings, Shared};
+use crate::sink::grpc::{client_tls, GrpcSink, Settings, Shared};
 use crate::sources::host;
 use crate::sources::ring::{self, RingFile};
 use crate::sources::scoreboard::{self, Scoreboard};
@@ -223,9 +223,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         rx
     });
 
+    let tls = if config.collector.starts_with("https://") {
+        Some(client_tls(&config.tls).context("reading the [tls] files")?)
+    } else {
+        None
+    };
     let sink = GrpcSink::new(
         Settings {
             collector: config.collector.clone(),
+            tls,
             token: config.token.clone(),
             limits: Limits {
                 max_records: config.batch_max_records,

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use sonde_core::pem::PemKind;
 use thiserror::Error;
 
 /// The whole `collector.toml`.
@@ -64,8 +65,19 @@ pub struct GrpcConfig {
     /// Register answer and size their batches below it.
     pub max_message_bytes: u32,
     /// How often agents send heartbeats, milliseconds. An agent with no
-    /// heartbeat for 3 intervals is shown as `down`.
+    /// heartbeat for 3 intervals is shown as `down`, as is one whose stream
+    /// dropped and has not come back within one interval.
     pub heartbeat_interval_ms: u32,
+    /// PEM certificate chain of the gRPC port. With `tls_key`, agents must
+    /// connect with TLS (`https://` in their `collector`); without, plain
+    /// HTTP/2.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: when set, agents must also present a client
+    /// certificate signed by one of them (mutual TLS; the agent token is
+    /// still checked). Needs `tls_cert`.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for GrpcConfig {
@@ -74,6 +86,9 @@ impl Default for GrpcConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7717)),
             max_message_bytes: 16 * 1024 * 1024,
             heartbeat_interval_ms: 5000,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -214,7 +229,59 @@ impl Config {
         config
             .validate()
             .map_err(|(key, problem)| (format!("key `{key}`: "), problem.to_owned()))?;
+        config
+            .validate_tls()
+            .map_err(|(key, problem)| (format!("key `{key}`: "), problem))?;
         Ok(config)
+    }
+
+    /// The `[grpc] tls_*` files: both or neither of certificate and key, a
+    /// client CA only with them, each readable and of the right kind.
+    fn validate_tls(&self) -> Result<(), (&'static str, String)> {
+        let g = &self.grpc;
+        if g.tls_cert.is_some() != g.tls_key.is_some() {
+            return Err((
+                "grpc.tls_cert",
+                "TLS needs both tls_cert and tls_key".into(),
+            ));
+        }
+        if g.tls_client_ca.is_some() && g.tls_cert.is_none() {
+            return Err((
+                "grpc.tls_client_ca",
+                "client certificates need TLS: set tls_cert and tls_key too".into(),
+            ));
+        }
+        for (key, file, kind) in [
+            ("grpc.tls_cert", &g.tls_cert, PemKind::Certificates),
+            ("grpc.tls_key", &g.tls_key, PemKind::PrivateKey),
+            (
+                "grpc.tls_client_ca",
+                &g.tls_client_ca,
+                PemKind::Certificates,
+            ),
+        ] {
+            if let Some(f) = file {
+                sonde_core::pem::read(f, kind).map_err(|m| (key, m))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The gRPC port's TLS settings, when `[grpc]` has them.
+    pub fn server_tls(&self) -> std::io::Result<Option<tonic::transport::ServerTlsConfig>> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let g = &self.grpc;
+        let (Some(cert), Some(key)) = (&g.tls_cert, &g.tls_key) else {
+            return Ok(None);
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            std::fs::read(cert)?,
+            std::fs::read(key)?,
+        ));
+        if let Some(ca) = &g.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
+        }
+        Ok(Some(tls))
     }
 
     /// Checks what the types alone cannot: the key and the problem.

@@ -201,10 +201,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // signal; its end is not a reason to stop the collector.
     tokio::spawn(alerts.run(shutdown.clone()));
 
+    let grpc_tls = config
+        .server_tls()
+        .context("reading the [grpc] TLS files")?;
+    let grpc_scheme = if grpc_tls.is_some() { "https" } else { "http" };
     let mut servers = JoinSet::new();
     let sd = shutdown.clone();
     servers.spawn(async move {
-        ingest::serve(grpc_listener, ingest, sd)
+        ingest::serve(grpc_listener, ingest, grpc_tls, sd)
             .await
             .context("gRPC server failed")
     });
@@ -215,6 +219,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     info!(
         grpc = %grpc_addr,
+        grpc_scheme,
         http = %http_addr,
         storage = %config.storage.path.display(),
         version = env!("CARGO_PKG_VERSION"),

@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod frame;
 pub mod hll;
 pub mod ids;
+pub mod pem;
 pub mod redact;
 pub mod request;
 pub mod ring;

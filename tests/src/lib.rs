@@ -166,6 +166,10 @@ pub struct Stack {
     pub agent_metrics_port: u16,
     pub agent_socket: PathBuf,
     pub agent_token: String,
+    /// `http` or `https`: how agents reach the collector.
+    pub grpc_scheme: &'static str,
+    /// Appended to every agent's config.
+    pub agent_extra: String,
     // Dropped in reverse start order: nginx, php-fpm, agent, collector.
     pub procs: Vec<Proc>,
 }
@@ -189,6 +193,13 @@ pub struct StackOptions {
     /// Where the collector's gRPC port listens (agents in network
     /// namespaces need an address on their bridge, e.g. `0.0.0.0`).
     pub grpc_ip: String,
+    /// Lines added to the collector's `[grpc]` table (e.g. `tls_cert = …`).
+    pub grpc_extra: String,
+    /// Agents reach the collector over `https://`.
+    pub grpc_https: bool,
+    /// TOML appended to every agent's config (after its top-level keys, so
+    /// tables such as `[tls]` fit).
+    pub agent_extra: String,
 }
 
 impl Default for StackOptions {
@@ -203,6 +214,9 @@ impl Default for StackOptions {
             fpm_pool: Vec::new(),
             web: true,
             grpc_ip: "127.0.0.1".into(),
+            grpc_extra: String::new(),
+            grpc_https: false,
+            agent_extra: String::new(),
         }
     }
 }
@@ -229,11 +243,13 @@ impl Stack {
             agent_metrics_port: free_port(),
             agent_socket: dir.path().join("agent.sock"),
             agent_token: "e2e-agent-token".into(),
+            grpc_scheme: if opts.grpc_https { "https" } else { "http" },
+            agent_extra: opts.agent_extra.clone(),
             dir,
             procs: Vec::new(),
         };
         if opts.collector {
-            stack.start_collector(&opts.grpc_ip, &opts.collector_extra)?;
+            stack.start_collector(&opts.grpc_ip, &opts.grpc_extra, &opts.collector_extra)?;
         }
         if opts.agent {
             let token = stack.agent_token.clone();
@@ -251,12 +267,12 @@ impl Stack {
         self.dir.path().join(name)
     }
 
-    fn start_collector(&mut self, grpc_ip: &str, extra: &str) -> Result<()> {
+    fn start_collector(&mut self, grpc_ip: &str, grpc_extra: &str, extra: &str) -> Result<()> {
         let cfg = self.path("collector.toml");
         fs::write(
             &cfg,
             format!(
-                "[grpc]\nlisten = \"{grpc_ip}:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n\
+                "[grpc]\nlisten = \"{grpc_ip}:{}\"\n{grpc_extra}\n[http]\nlisten = \"127.0.0.1:{}\"\n\
                  [storage]\npath = \"{}\"\n[auth]\nagent_tokens = [\"{}\"]\n{extra}",
                 self.grpc_port,
                 self.http_port,
@@ -278,13 +294,15 @@ impl Stack {
         fs::write(
             &cfg,
             format!(
-                "collector = \"http://127.0.0.1:{}\"\ntoken = \"{}\"\nsocket = \"{}\"\n\
+                "collector = \"{scheme}://127.0.0.1:{}\"\ntoken = \"{}\"\nsocket = \"{}\"\n\
                  socket_group = \"root\"\nspool_dir = \"{}\"\nflush_interval_ms = 200\n\
-                 hostname = \"{name}-host\"\nmetrics_listen = \"{metrics}\"\n",
+                 hostname = \"{name}-host\"\nmetrics_listen = \"{metrics}\"\n{extra}\n",
                 self.grpc_port,
                 token,
                 socket.display(),
                 self.path(&format!("{name}-spool")).display(),
+                scheme = self.grpc_scheme,
+                extra = self.agent_extra,
                 metrics = if name == "agent" {
                     format!("127.0.0.1:{}", self.agent_metrics_port)
                 } else {

@@ -26,7 +26,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{CompressionEncoding, Streaming};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+
+use crate::config::TlsConfig;
 use tracing::{debug, error, info, warn};
 
 use crate::buffer::batch::{Batcher, Limits};
@@ -79,7 +81,7 @@ const MESSAGE_OVERHEAD: usize = 1024;
 pub enum SinkError {
     #[error("cannot connect: {}", chain(.0))]
     Connect(#[from] tonic::transport::Error),
-    #[error("{call}: {} ({})", .status.code(), .status.message())]
+    #[error("{call}: {} ({}{})", .status.code(), .status.message(), status_source(.status))]
     Call {
         call: &'static str,
         status: tonic::Status,
@@ -100,6 +102,16 @@ impl SinkError {
     fn is_unauthenticated(&self) -> bool {
         matches!(self, SinkError::Call { status, .. } if status.code() == tonic::Code::Unauthenticated)
     }
+}
+
+/// What lies under a status that came from the transport (a TLS alert, a
+/// reset): ": " and its source chain, or nothing.
+fn status_source(status: &tonic::Status) -> String {
+    use std::error::Error as _;
+    status
+        .source()
+        .map(|e| format!(": {}", chain(e)))
+        .unwrap_or_default()
 }
 
 /// An error and its sources on one line (tonic's transport error alone says
@@ -161,10 +173,33 @@ struct Connection {
 /// What the sink needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `http://host:port`, already validated.
+    /// `http://host:port` or `https://host:port`, already validated.
     pub collector: String,
+    /// For an `https://` collector.
+    pub tls: Option<ClientTlsConfig>,
     pub token: String,
     pub limits: Limits,
+}
+
+/// The TLS settings for an `https://` collector from `[tls]` (files
+/// already checked by the config): the CA file, else the system's roots;
+/// the client certificate when given; the server name when given.
+pub fn client_tls(tls: &TlsConfig) -> std::io::Result<ClientTlsConfig> {
+    let mut c = ClientTlsConfig::new();
+    c = match &tls.ca {
+        Some(ca) => c.ca_certificate(Certificate::from_pem(std::fs::read(ca)?)),
+        None => c.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        c = c.identity(TlsIdentity::from_pem(
+            std::fs::read(cert)?,
+            std::fs::read(key)?,
+        ));
+    }
+    if let Some(name) = &tls.server_name {
+        c = c.domain_name(name.clone());
+    }
+    Ok(c)
 }
 
 /// Shared state the sink reads.
@@ -183,6 +218,7 @@ pub struct Shared {
 #[derive(Debug, Clone)]
 struct Dialer {
     collector: String,
+    tls: Option<ClientTlsConfig>,
     auth: Auth,
     identity: Identity,
     seen: Arc<Seen>,
@@ -190,7 +226,11 @@ struct Dialer {
 
 impl Dialer {
     async fn client(&self, connect_timeout: Duration) -> Result<Client, SinkError> {
-        let channel = Endpoint::from_shared(self.collector.clone())?
+        let mut endpoint = Endpoint::from_shared(self.collector.clone())?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let channel = endpoint
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
@@ -301,6 +341,7 @@ impl GrpcSink {
         let sink = GrpcSink {
             dialer: Dialer {
                 collector: settings.collector.clone(),
+                tls: settings.tls.clone(),
                 auth,
                 identity: shared.identity.clone(),
                 seen: shared.seen.clone(),

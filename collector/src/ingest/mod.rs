@@ -251,13 +251,18 @@ fn duplicate_event(
 pub async fn serve(
     listener: TcpListener,
     ingest: Ingest,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     mut shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
     let max = ingest.max_message_bytes as usize;
     let service = CollectorServer::new(ingest)
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max);
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         // Notice agents that vanished without closing their connection.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -392,7 +397,7 @@ mod tests {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve(listener, ingest, shutdown));
+        let server = tokio::spawn(serve(listener, ingest, None, shutdown));
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
