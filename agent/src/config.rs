@@ -658,10 +658,15 @@ level = "debug"
 
     #[test]
     fn bad_collector_url_is_refused() {
-        for bad in ["not a url", "127.0.0.1:7717", "https://c:7717", "ftp://c"] {
+        for bad in ["not a url", "127.0.0.1:7717", "ftp://c"] {
             let e = parse(&format!("collector = {bad:?}\n")).unwrap_err();
             assert!(e.to_string().contains("key `collector`"), "{bad}: {e}");
         }
+        assert!(parse("collector = \"https://c:7717\"\n").is_ok());
+        let e = parse("collector = \"http://c:7717\"\n[tls]\nserver_name = \"c\"\n").unwrap_err();
+        assert!(e.to_string().contains("use https://"), "{e}");
+        let e = parse("[cloud]\nimds_endpoint = \"https://169.254.169.254\"\n").unwrap_err();
+        assert!(e.to_string().contains("cloud.imds_endpoint"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod live;
 mod metrics;
 mod notify;
 mod ratelimit;
+mod reload;
 mod shutdown;
 mod sink;
 mod sources;
@@ -29,7 +30,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use tracing::{error, info, warn};
 
-use crate::buffer::batch::Limits;
 use crate::buffer::queue;
 use crate::buffer::spool::Spool;
 use crate::cloud::lifecycle::Lifecycle;
@@ -38,7 +38,7 @@ use crate::counters::Counters;
 use crate::identity::{Identity, Seen};
 use crate::live::LiveTable;
 use crate::notify::Notifier;
-use crate::sink::grpc::{client_tls, GrpcSink, Settings, Shared};
+use crate::sink::grpc::{GrpcSink, Shared};
 use crate::sources::host;
 use crate::sources::ring::{self, RingFile};
 use crate::sources::scoreboard::{self, Scoreboard};
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_tracing(&config.log.level);
+    let set_log_level = init_tracing(&config.log.level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, args.config, set_log_level)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = format!("{e:#}"), "sonde-agent failed");
@@ -88,19 +88,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(level: &str) {
+/// Installs the logger; returns how to change its level on reload.
+fn init_tracing(level: &str) -> reload::SetLogLevel {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_rules = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    builder.init();
+    Box::new(move |level: &str| {
+        if env_rules {
+            return Err("RUST_LOG is set and overrides log.level".into());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    config_path: PathBuf,
+    set_log_level: reload::SetLogLevel,
+) -> anyhow::Result<()> {
     let notifier = Notifier::from_env();
     // The identity may live in the spool directory.
     std::fs::DirBuilder::new()
@@ -223,22 +239,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         rx
     });
 
-    let tls = if config.collector.starts_with("https://") {
-        Some(client_tls(&config.tls).context("reading the [tls] files")?)
-    } else {
-        None
-    };
+    let settings = reload::settings(&config).context("reading the [tls] files")?;
+    let (settings_tx, settings_rx) = tokio::sync::watch::channel(settings.clone());
     let sink = GrpcSink::new(
-        Settings {
-            collector: config.collector.clone(),
-            tls,
-            token: config.token.clone(),
-            limits: Limits {
-                max_records: config.batch_max_records,
-                max_bytes: config.batch_max_bytes,
-                max_age: Duration::from_millis(config.flush_interval_ms),
-            },
-        },
+        settings,
         Shared {
             identity: identity.clone(),
             seen,
@@ -249,6 +253,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         queue_rx,
         host_rx,
         spool,
+        settings_rx,
+    );
+    tokio::spawn(
+        reload::Reloader {
+            path: config_path,
+            running: config.clone(),
+            settings: settings_tx,
+            set_log_level,
+        }
+        .run(shutdown.clone()),
     );
 
     notifier.notify("READY=1");

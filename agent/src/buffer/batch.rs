@@ -49,6 +49,12 @@ impl Batcher {
     }
 
     /// Lowers the byte limit (the collector announces its own maximum).
+    /// New limits (a configuration reload); the collector's cap is applied
+    /// again at the next connection.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     pub fn cap_bytes(&mut self, max_bytes: usize) {
         self.limits.max_bytes = self.limits.max_bytes.min(max_bytes.max(1));
     }

@@ -20,7 +20,7 @@ use sonde_proto::v1::{
     Heartbeat, HostMetrics, LiveSnapshot, RegisterRequest, RequestRecord, StreamHello,
 };
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{CompressionEncoding, Streaming};
@@ -92,6 +92,8 @@ pub enum SinkError {
     Closed,
     #[error("no acknowledgement of batch {batch_id} within {} s", ACK_TIMEOUT.as_secs())]
     AckTimeout { batch_id: u64 },
+    #[error("the settings were reloaded")]
+    Reconfigured,
 }
 
 impl SinkError {
@@ -133,6 +135,18 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
 struct Auth(Option<MetadataValue<Ascii>>);
+
+impl Auth {
+    /// `Bearer <token>`, none for an empty token (the config check
+    /// guarantees printable ASCII).
+    fn bearer(token: &str) -> Auth {
+        Auth(if token.is_empty() {
+            None
+        } else {
+            MetadataValue::try_from(format!("Bearer {token}")).ok()
+        })
+    }
+}
 
 /// Never prints the token.
 impl std::fmt::Debug for Auth {
@@ -312,6 +326,16 @@ pub struct GrpcSink {
     spool: Spool,
     spool_full_log: RateLimit,
     spool_error_log: RateLimit,
+    /// New settings from a configuration reload (SIGHUP).
+    reload: watch::Receiver<Settings>,
+}
+
+/// How a wait while not connected ended.
+enum Waited<T> {
+    Done(T),
+    /// New settings arrived: dial again with them now.
+    Reconfigured,
+    Shutdown,
 }
 
 /// Where a sealed batch goes.
@@ -331,13 +355,9 @@ impl GrpcSink {
         queue: QueueReceiver,
         host: Option<mpsc::Receiver<HostMetrics>>,
         spool: Spool,
+        reload: watch::Receiver<Settings>,
     ) -> GrpcSink {
-        let auth = Auth(if settings.token.is_empty() {
-            None
-        } else {
-            // The config check guarantees printable ASCII.
-            MetadataValue::try_from(format!("Bearer {}", settings.token)).ok()
-        });
+        let auth = Auth::bearer(&settings.token);
         let sink = GrpcSink {
             dialer: Dialer {
                 collector: settings.collector.clone(),
@@ -357,6 +377,7 @@ impl GrpcSink {
             spool,
             spool_full_log: RateLimit::new(SPOOL_LOG_PERIOD),
             spool_error_log: RateLimit::new(SPOOL_LOG_PERIOD),
+            reload,
         };
         sink.update_gauges();
         sink
@@ -370,9 +391,13 @@ impl GrpcSink {
         while !shutdown.is_triggered() {
             let dial = self.dialer.clone().connect();
             let mut c = match self.buffer_while(dial, &mut shutdown).await {
-                None => break,
-                Some(Ok(c)) => c,
-                Some(Err(e)) => {
+                Waited::Shutdown => break,
+                Waited::Reconfigured => {
+                    backoff.reset();
+                    continue;
+                }
+                Waited::Done(Ok(c)) => c,
+                Waited::Done(Err(e)) => {
                     let delay = if e.is_unauthenticated() {
                         backoff.max()
                     } else {
@@ -380,8 +405,10 @@ impl GrpcSink {
                     };
                     self.log_failure(&e, delay);
                     let wait = tokio::time::sleep(delay);
-                    if self.buffer_while(wait, &mut shutdown).await.is_none() {
-                        break;
+                    match self.buffer_while(wait, &mut shutdown).await {
+                        Waited::Shutdown => break,
+                        Waited::Reconfigured => backoff.reset(),
+                        Waited::Done(()) => {}
                     }
                     continue;
                 }
@@ -400,6 +427,12 @@ impl GrpcSink {
                     conn = Some(c);
                     break;
                 }
+                Err(SinkError::Reconfigured) => {
+                    drop(c);
+                    self.connection_lost();
+                    backoff.reset();
+                    info!(collector = %self.dialer.collector, "reconnecting with the reloaded settings");
+                }
                 Err(e) => {
                     if c.got_ack || c.opened_at.elapsed() >= HEALTHY_AFTER {
                         backoff.reset();
@@ -413,13 +446,24 @@ impl GrpcSink {
                     };
                     self.log_failure(&e, delay);
                     let wait = tokio::time::sleep(delay);
-                    if self.buffer_while(wait, &mut shutdown).await.is_none() {
-                        break;
+                    match self.buffer_while(wait, &mut shutdown).await {
+                        Waited::Shutdown => break,
+                        Waited::Reconfigured => backoff.reset(),
+                        Waited::Done(()) => {}
                     }
                 }
             }
         }
         self.finish(conn).await;
+    }
+
+    /// Takes reloaded settings: the next connection uses them.
+    fn apply_reload(&mut self) {
+        let s = self.reload.borrow_and_update().clone();
+        self.dialer.collector = s.collector;
+        self.dialer.tls = s.tls;
+        self.dialer.auth = Auth::bearer(&s.token);
+        self.batcher.set_limits(s.limits);
     }
 
     fn log_failure(&self, e: &SinkError, retry_in: Duration) {
@@ -436,12 +480,13 @@ impl GrpcSink {
 
     /// While not connected (connecting, or waiting to retry): runs `fut`
     /// and meanwhile keeps taking records and host samples, sealing batches
-    /// and writing them to the spool. `None` if shutdown came first.
+    /// and writing them to the spool. Stops early for shutdown or reloaded
+    /// settings.
     async fn buffer_while<F: Future>(
         &mut self,
         fut: F,
         shutdown: &mut Shutdown,
-    ) -> Option<F::Output> {
+    ) -> Waited<F::Output> {
         tokio::pin!(fut);
         let mut sync = tokio::time::interval(SPOOL_SYNC_EVERY);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -452,8 +497,12 @@ impl GrpcSink {
             let host_open = self.host.is_some();
             tokio::select! {
                 biased;
-                _ = shutdown.wait() => return None,
-                out = &mut fut => return Some(out),
+                _ = shutdown.wait() => return Waited::Shutdown,
+                r = self.reload.changed() => if r.is_ok() {
+                    self.apply_reload();
+                    return Waited::Reconfigured;
+                },
+                out = &mut fut => return Waited::Done(out),
                 _ = sync.tick() => self.sync_spool(),
                 _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
                     self.batcher.seal();
@@ -657,6 +706,10 @@ impl GrpcSink {
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Ok(()),
+                r = self.reload.changed() => if r.is_ok() {
+                    self.apply_reload();
+                    return Err(SinkError::Reconfigured);
+                },
                 msg = c.inbound.message() => match msg {
                     Ok(Some(m)) => c.got_ack |= self.on_message(m),
                     Ok(None) => return Err(SinkError::Closed),
