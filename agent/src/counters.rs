@@ -128,6 +128,12 @@ impl Counters {
             records_acked: get(&self.records_acked),
             ext_records_dropped: get(&self.ext_records_dropped),
             batches_rejected: get(&self.batches_rejected),
+            records_dropped_by_reason: DropReason::ALL
+                .iter()
+                .map(|&r| (r.label().to_owned(), self.dropped(r)))
+                .collect(),
+            records_replayed: get(&self.records_replayed),
+            spool_bytes: get(&self.spool_bytes),
         }
     }
 

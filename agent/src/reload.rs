@@ -103,9 +103,18 @@ impl Reloader {
                             ("collector", old.collector != new.collector),
                             ("token", old.token != new.token),
                             ("tls", old.tls != new.tls),
-                            ("batch_max_records", old.batch_max_records != new.batch_max_records),
-                            ("batch_max_bytes", old.batch_max_bytes != new.batch_max_bytes),
-                            ("flush_interval_ms", old.flush_interval_ms != new.flush_interval_ms),
+                            (
+                                "batch_max_records",
+                                old.batch_max_records != new.batch_max_records,
+                            ),
+                            (
+                                "batch_max_bytes",
+                                old.batch_max_bytes != new.batch_max_bytes,
+                            ),
+                            (
+                                "flush_interval_ms",
+                                old.flush_interval_ms != new.flush_interval_ms,
+                            ),
                         ]
                         .into_iter()
                         .filter(|(_, changed)| *changed)

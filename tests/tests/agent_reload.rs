@@ -65,7 +65,11 @@ fn sighup_applies_token_and_log_level_and_refuses_a_broken_file() -> Result<()> 
             "spool_max_bytes = 2097152\n[log]\nlevel = \"debug\"",
         )?;
         kill(pid, Signal::SIGHUP)?;
-        wait_for("registered after SIGHUP", Duration::from_secs(5), registered)?;
+        wait_for(
+            "registered after SIGHUP",
+            Duration::from_secs(5),
+            registered,
+        )?;
         let log = agent.log_text();
         ensure!(log.contains("SIGHUP: configuration reloaded"), "{log}");
         ensure!(
@@ -76,7 +80,10 @@ fn sighup_applies_token_and_log_level_and_refuses_a_broken_file() -> Result<()> 
             agent.log_text().contains("DEBUG")
         })?;
 
-        fs::write(&cfg, "collector = \"http://127.0.0.1:1\"\nno_such_key = 1\n")?;
+        fs::write(
+            &cfg,
+            "collector = \"http://127.0.0.1:1\"\nno_such_key = 1\n",
+        )?;
         kill(pid, Signal::SIGHUP)?;
         wait_for("the broken file refused", Duration::from_secs(5), || {
             agent.log_text().contains("was not reloaded")
