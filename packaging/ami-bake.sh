@@ -31,7 +31,7 @@ systemctl stop sonde-agent.service 2>/dev/null || true
 # clean. /etc/machine-id is emptied so that systemd generates a new one on
 # first boot (the fallback agent id off AWS).
 rm -rf /var/lib/sonde/agent
-rm -f /run/sonde/agent.sock /run/sonde/scoreboard
+rm -rf /run/sonde
 if [ -f /etc/machine-id ]; then
 	: >/etc/machine-id
 fi

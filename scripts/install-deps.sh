@@ -13,7 +13,21 @@ PKGS=(
   curl ca-certificates
   wrk                                             # load for the JIT test and the benchmarks
   chromium                                        # the console's headless-browser tests (tests/console)
+  dpkg-dev file lintian adduser systemd           # packaging/build-deb.sh and its tests (shlibdeps, lintian,
+                                                  # systemd-analyze verify; the install test runs dpkg -i here)
+  cloud-init                                      # `cloud-init schema` of packaging/cloud-init.yaml
+  iproute2 openssl                                # the fleet test's network namespaces; test certificates (TLS,
+                                                  # signed instance identities)
 )
+# `packer validate` of packaging/ami/sonde-agent.json. Debian 12 has packer
+# 1.6.6; later Debian releases dropped it (the test then says it skipped).
+# A fresh machine has no package lists yet to tell.
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO="sudo"
+if ! command -v packer >/dev/null; then
+  ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || $SUDO apt-get update -qq
+  if apt-cache show packer >/dev/null 2>&1; then PKGS+=(packer); fi
+fi
 # node and npm drive that browser; a machine may already have them from
 # elsewhere (e.g. a nodejs package that bundles npm), so only when missing.
 command -v node >/dev/null || PKGS+=(nodejs)
@@ -26,8 +40,6 @@ done
 
 if ((${#missing[@]})); then
   echo "==> installing: ${missing[*]}"
-  SUDO=""
-  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   # Debian's nginx package tries to start the service; keep it from taking port 80.
