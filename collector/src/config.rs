@@ -30,6 +30,35 @@ pub struct Config {
     pub live: LiveConfig,
     /// Alert rules and where their events are sent (docs/alerts.md).
     pub alerts: crate::alerts::AlertsConfig,
+    /// How agents' cloud identities are checked.
+    pub fleet: FleetConfig,
+}
+
+/// `[fleet]`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// What to do with the signed AWS instance-identity document an agent
+    /// sends at registration: `"off"` (not checked), `"flag"` (checked;
+    /// an agent that fails is registered, shown as unverified and raises an
+    /// `identity_unverified` event), `"require"` (an agent that fails is
+    /// refused with PERMISSION_DENIED). Agents without a cloud identity are
+    /// not affected.
+    pub verify_identity: VerifyIdentity,
+    /// PEM file of the AWS public certificates (RSA) for the regions the
+    /// fleet runs in, as AWS publishes them for verifying instance-identity
+    /// document signatures. Needed unless `verify_identity = "off"`.
+    pub aws_identity_certs: Option<PathBuf>,
+}
+
+/// `[fleet] verify_identity`
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyIdentity {
+    #[default]
+    Off,
+    Flag,
+    Require,
 }
 
 /// `[live]`
@@ -232,7 +261,35 @@ impl Config {
         config
             .validate_tls()
             .map_err(|(key, problem)| (format!("key `{key}`: "), problem))?;
+        config
+            .alerts
+            .validate_files()
+            .map_err(|(key, problem)| (format!("key `{key}`: "), problem))?;
+        config.identity_verifier().map_err(|problem| {
+            let key = match config.fleet.aws_identity_certs {
+                Some(_) => "fleet.aws_identity_certs",
+                None => "fleet.verify_identity",
+            };
+            (format!("key `{key}`: "), problem)
+        })?;
         Ok(config)
+    }
+
+    /// The identity verifier `[fleet]` asks for.
+    pub fn identity_verifier(
+        &self,
+    ) -> Result<Option<crate::ingest::identity_doc::Verifier>, String> {
+        match (&self.fleet.verify_identity, &self.fleet.aws_identity_certs) {
+            (VerifyIdentity::Off, _) => Ok(None),
+            (_, None) => Err("verify_identity needs aws_identity_certs".into()),
+            (_, Some(path)) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                crate::ingest::identity_doc::Verifier::from_pem(&pem)
+                    .map(Some)
+                    .map_err(|m| format!("{}: {m}", path.display()))
+            }
+        }
     }
 
     /// The `[grpc] tls_*` files: both or neither of certificate and key, a
@@ -477,7 +534,8 @@ admin_password = "pw"
         )
         .unwrap();
         assert_eq!(c.alerts.interval_ms, 500);
-        assert_eq!(c.alerts.effective_rules().len(), 4);
+        // The five built-in rules and this one.
+        assert_eq!(c.alerts.effective_rules().len(), 6);
         let m = err("[[alerts.rules]]\nname = \"e\"\nkidn = \"error_rate\"\n");
         assert!(m.contains("key `alerts.rules.kidn`"), "{m}");
         assert!(m.contains("unknown field `kidn`"), "{m}");

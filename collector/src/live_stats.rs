@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use serde::Serialize;
 use sonde_core::endpoint::EndpointNamer;
 use sonde_core::hll::Hll;
-use sonde_proto::v1::{HostMetrics, RequestRecord};
+use sonde_proto::v1::{HostMetrics, RequestRecord, SpanKind};
 
 use crate::storage::rollup::SlowThresholds;
 use crate::storage::{end_ms, is_failure};
@@ -97,6 +97,8 @@ impl LiveHist {
 struct Agg {
     calls: u64,
     errors: u64,
+    /// SQL statements that failed (the alerts' `sql_errors` rule).
+    sql_errors: u64,
     sum_ms: f64,
     min_ms: f64,
     max_ms: f64,
@@ -104,13 +106,14 @@ struct Agg {
 }
 
 impl Agg {
-    fn add(&mut self, elapsed_ms: f64, failed: bool) {
+    fn add(&mut self, elapsed_ms: f64, failed: bool, sql_errors: u64) {
         if self.calls == 0 || elapsed_ms < self.min_ms {
             self.min_ms = elapsed_ms;
         }
         self.max_ms = self.max_ms.max(elapsed_ms);
         self.calls += 1;
         self.errors += u64::from(failed);
+        self.sql_errors += sql_errors;
         self.sum_ms += elapsed_ms;
         self.hist.add(elapsed_ms);
     }
@@ -125,6 +128,7 @@ impl Agg {
         self.max_ms = self.max_ms.max(o.max_ms);
         self.calls += o.calls;
         self.errors += o.errors;
+        self.sql_errors += o.sql_errors;
         self.sum_ms += o.sum_ms;
         self.hist.merge(&o.hist);
     }
@@ -140,6 +144,7 @@ impl Agg {
         self.max_ms = self.max_ms.max(o.max_ms);
         self.calls += o.calls;
         self.errors += o.errors;
+        self.sql_errors += o.sql_errors;
         self.sum_ms += o.sum_ms;
     }
 
@@ -257,6 +262,17 @@ pub struct HostView {
     pub db_connections: u32,
     pub fpm_active: u32,
     pub fpm_idle: u32,
+    /// Mounted filesystems, fullest first.
+    pub disks: Vec<DiskView>,
+}
+
+/// Use of one mounted filesystem.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DiskView {
+    pub mount: String,
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+    pub used_percent: f64,
 }
 
 /// Everything the stream sends that comes from finished transactions.
@@ -277,6 +293,8 @@ pub struct StatsView {
 pub struct GroupTotals {
     pub calls: u64,
     pub errors: u64,
+    /// Failed SQL statements.
+    pub sql_errors: u64,
     pub avg_ms: f64,
     pub p90_ms: f64,
 }
@@ -303,11 +321,29 @@ fn hosts_of(inner: &Inner, host: Option<&str>, now_ms: i64) -> Vec<HostView> {
                 db_connections: m.db_connections,
                 fpm_active: m.fpm_pools.iter().map(|p| p.active).sum(),
                 fpm_idle: m.fpm_pools.iter().map(|p| p.idle).sum(),
+                disks: disks_of(m),
             }
         })
         .collect();
     hosts.sort_by(|a, b| a.host.cmp(&b.host));
     hosts
+}
+
+/// The sample's filesystems with a size, fullest first.
+fn disks_of(m: &HostMetrics) -> Vec<DiskView> {
+    let mut disks: Vec<DiskView> = m
+        .disks
+        .iter()
+        .filter(|d| d.total_bytes > 0)
+        .map(|d| DiskView {
+            mount: d.mount.clone(),
+            used_bytes: d.used_bytes,
+            total_bytes: d.total_bytes,
+            used_percent: 100.0 * d.used_bytes as f64 / d.total_bytes as f64,
+        })
+        .collect();
+    disks.sort_by(|a, b| b.used_percent.total_cmp(&a.used_percent));
+    disks
 }
 
 /// How an endpoint looks on the board: `bad` when its p90 reaches the
@@ -364,10 +400,16 @@ impl LiveStats {
             if by_key.len() >= MAX_KEYS_PER_SECOND && !by_key.contains_key(&key) {
                 key.2 = OTHER_ENDPOINT.to_owned();
             }
-            by_key
-                .entry(key)
-                .or_default()
-                .add(crate::storage::elapsed_ms(r), is_failure(r));
+            let sql_errors = r
+                .spans
+                .iter()
+                .filter(|s| s.kind == SpanKind::Sql as i32 && !s.error.is_empty())
+                .count() as u64;
+            by_key.entry(key).or_default().add(
+                crate::storage::elapsed_ms(r),
+                is_failure(r),
+                sql_errors,
+            );
 
             let visitor = if r.visitor_id.is_empty() {
                 &r.client_ip
@@ -552,6 +594,7 @@ impl LiveStats {
                 let t = GroupTotals {
                     calls: a.calls,
                     errors: a.errors,
+                    sql_errors: a.sql_errors,
                     avg_ms: a.avg_ms(),
                     p90_ms: a.p90_ms(),
                 };

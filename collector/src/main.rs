@@ -169,8 +169,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         presence: Arc::clone(&presence),
         counters: Arc::clone(&alert_counters),
         channels: Arc::clone(&alert_channels),
+        live: Arc::clone(&live),
+        rules: Arc::new(alerts::RuleBook::new(&config.alerts)),
     };
-    let alert_rules = config.alerts.effective_rules().len();
+    let alert_rules = Arc::clone(&alerts.rules);
     let ingest = ingest::Ingest {
         store: Arc::clone(&store),
         tokens: agent_tokens,
@@ -181,6 +183,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         heartbeat_interval_ms: config.grpc.heartbeat_interval_ms,
         max_message_bytes: config.grpc.max_message_bytes,
+        verify: config.fleet.verify_identity,
+        // Checked when the config was loaded.
+        verifier: config
+            .identity_verifier()
+            .map_err(anyhow::Error::msg)?
+            .map(Arc::new),
     };
     let api = api::ApiState {
         store: Arc::clone(&store),

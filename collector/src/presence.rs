@@ -10,7 +10,12 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
+use sonde_proto::v1::AgentCounters;
+
 use crate::storage::AgentRecord;
+
+/// Least time between two "agent dropped records" events for one agent.
+pub const DROP_EVENT_EVERY_MS: i64 = 5 * 60_000;
 
 /// How long after registering a session holds its id without a stream yet
 /// (registration and stream opening are two calls).
@@ -60,9 +65,21 @@ impl Sessions {
     }
 }
 
+/// An agent's own counters, as its last heartbeat said.
+#[derive(Debug, Clone, Default)]
+pub struct Reported {
+    pub counters: AgentCounters,
+    pub at_ms: i64,
+    /// `records_dropped` when an event last told of drops.
+    dropped_told: u64,
+    told_at_ms: Option<i64>,
+}
+
 #[derive(Debug)]
 pub struct Presence {
     sessions: Mutex<Sessions>,
+    /// Kept after a deregistration, so a stopped agent's last counts show.
+    reported: Mutex<HashMap<String, Reported>>,
     /// A dropped agent that has not reconnected after this long is down.
     grace_ms: i64,
 }
@@ -71,8 +88,40 @@ impl Presence {
     pub fn new(grace_ms: i64) -> Presence {
         Presence {
             sessions: Mutex::default(),
+            reported: Mutex::default(),
             grace_ms,
         }
+    }
+
+    /// Takes a heartbeat's counters. Returns the records dropped since an
+    /// event last told of drops, when a new event is due (at most one per
+    /// agent every [`DROP_EVENT_EVERY_MS`]). A restarted agent counts from
+    /// zero again.
+    pub fn report(&self, agent_id: &str, counters: AgentCounters, now_ms: i64) -> Option<u64> {
+        let mut all = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        let r = all.entry(agent_id.to_owned()).or_default();
+        if counters.records_dropped < r.counters.records_dropped {
+            r.dropped_told = 0;
+        }
+        let dropped = counters.records_dropped;
+        r.counters = counters;
+        r.at_ms = now_ms;
+        let due = r
+            .told_at_ms
+            .is_none_or(|t| now_ms.saturating_sub(t) >= DROP_EVENT_EVERY_MS);
+        if dropped > r.dropped_told && due {
+            let new = dropped - r.dropped_told;
+            r.dropped_told = dropped;
+            r.told_at_ms = Some(now_ms);
+            return Some(new);
+        }
+        None
+    }
+
+    /// What the agent's last heartbeat said.
+    pub fn reported(&self, agent_id: &str) -> Option<Reported> {
+        let all = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(agent_id).cloned()
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Sessions> {
@@ -152,6 +201,7 @@ mod tests {
             apps: vec![],
             identity_key: String::new(),
             duplicate_of: None,
+            verified: None,
         }
     }
 
@@ -174,6 +224,27 @@ mod tests {
         p.stream_opened("a", "s2", 61_002);
         p.stream_closed("a", "s1", 61_003);
         assert!(p.lock().held_by_other("a", "s3", 61_004));
+    }
+
+    #[test]
+    fn drops_raise_an_event_at_most_every_five_minutes() {
+        let p = Presence::new(5_000);
+        let c = |dropped| AgentCounters {
+            records_dropped: dropped,
+            ..Default::default()
+        };
+        assert_eq!(p.report("a", c(0), 0), None);
+        assert_eq!(p.report("a", c(10), 1_000), Some(10));
+        assert_eq!(p.report("a", c(15), 2_000), None, "within five minutes");
+        assert_eq!(p.report("a", c(15), 1_000 + DROP_EVENT_EVERY_MS), Some(5));
+        assert_eq!(
+            p.report("a", c(15), 3 * DROP_EVENT_EVERY_MS),
+            None,
+            "no new drops"
+        );
+        // Restarted: counts from zero.
+        assert_eq!(p.report("a", c(2), 4 * DROP_EVENT_EVERY_MS), Some(2));
+        assert_eq!(p.reported("a").unwrap().counters.records_dropped, 2);
     }
 
     #[test]

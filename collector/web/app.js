@@ -10,6 +10,7 @@ const pages = {
   status: () => import('./status.js'),
   report: () => import('./report.js'),
   servers: () => import('./servers.js'),
+  alerts: () => import('./alerts.js'),
   users: () => import('./users.js'),
 };
 

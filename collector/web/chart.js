@@ -36,7 +36,9 @@ export function timeLabel(ms, spanMs) {
 
 /**
  * Line chart. series: [{label, color, points: [[x, y], ...], dash}].
- * opts: {xMin, xMax, yMax, yFmt, xFmt, bars}
+ * opts: {xMin, xMax, yMax, yFmt, xFmt, bars, markers: [{x, label, title}]}
+ * Markers (deployments) are dashed vertical lines with a label; the
+ * canvas's data-markers says how many were drawn.
  */
 export function lineChart(canvas, series, opts = {}) {
   const { ctx, w, h } = fit(canvas);
@@ -92,6 +94,22 @@ export function lineChart(canvas, series, opts = {}) {
     ctx.stroke();
     ctx.setLineDash([]);
   });
+  let drawn = 0;
+  for (const m of opts.markers || []) {
+    if (!(m.x >= xMin && m.x <= xMax)) continue;
+    const x = Math.round(X(m.x)) + 0.5;
+    ctx.strokeStyle = '#7a3db8';
+    ctx.fillStyle = '#7a3db8';
+    ctx.lineWidth = 1;
+    ctx.setLineDash([3, 3]);
+    ctx.beginPath(); ctx.moveTo(x, pad.t); ctx.lineTo(x, h - pad.b); ctx.stroke();
+    ctx.setLineDash([]);
+    ctx.textAlign = x > w - 80 ? 'right' : 'left';
+    ctx.textBaseline = 'top';
+    ctx.fillText(m.label || '', x + (x > w - 80 ? -3 : 3), pad.t + 12 + (drawn % 3) * 12);
+    drawn++;
+  }
+  canvas.dataset.markers = String(drawn);
   if (series.length > 1 || opts.legend) {
     ctx.textAlign = 'left';
     ctx.textBaseline = 'top';

@@ -3,7 +3,9 @@
 // board; /api/v1/reports/daily (every 30 s) gives visitors and calls this
 // hour and today; /api/v1/active lists the requests behind an equalizer
 // bar; /api/v1/events (every 5 s) fills the events panel, with an
-// acknowledge button per event (POST /api/v1/events/{id}/ack).
+// acknowledge button per event (POST /api/v1/events/{id}/ack);
+// /api/v1/deploys (with the events) gives the deploy markers drawn on the
+// charts and the "Deploys" panel.
 import { api, send, h, clear, fmtMs, fmtNum, fmtBytes, fmtPct, fmtTime, tz, isoDate, table, errorBox } from './lib.js';
 import { lineChart } from './chart.js';
 
@@ -23,6 +25,8 @@ export function mount(el, ctx) {
   const hosts = h('div', { class: 'hosts', id: 'hosts' });
   const board = h('div', { class: 'board', id: 'board' });
   const events = h('div', { id: 'events' }, h('p', { class: 'muted' }, 'Loading…'));
+  const deploysBox = h('div', { id: 'deploys' });
+  let deploys = [];
   const status = h('span', { class: 'muted', id: 'live-status' }, 'connecting…');
 
   el.appendChild(h('section', { class: 'dashboard' },
@@ -51,6 +55,7 @@ export function mount(el, ctx) {
     ),
     h('div', { class: 'panel' }, h('h3', {}, 'Endpoints (last minute; red: slow p90 or failing)'), board),
     h('div', { class: 'panel' }, h('h3', {}, 'Recent events'), events),
+    h('div', { class: 'panel' }, h('h3', {}, 'Deploys (last 24 hours; dashed lines on the charts)'), deploysBox),
   ));
 
   const bars = [0, 1, 2, 3].map((i) => {
@@ -110,12 +115,13 @@ export function mount(el, ctx) {
 
     const rec = d.recent;
     const xMin = rec.length ? rec[0].ts_ms : 0, xMax = rec.length ? rec[rec.length - 1].ts_ms : 1;
+    const markers = deploys.map((x) => ({ x: x.ts_ms, label: `deploy ${x.app} ${x.version}` }));
     lineChart(tpsCanvas, [{ label: 'calls/s', points: rec.map((p) => [p.ts_ms, p.calls]), color: '#2f7ed8' },
-      { label: 'errors/s', points: rec.map((p) => [p.ts_ms, p.errors]), color: '#d9362b' }], { xMin, xMax, integer: true });
+      { label: 'errors/s', points: rec.map((p) => [p.ts_ms, p.errors]), color: '#d9362b' }], { xMin, xMax, integer: true, markers });
     lineChart(rtCanvas, [
       { label: 'avg', points: rec.map((p) => [p.ts_ms, p.calls ? p.avg_ms : null]) },
       { label: 'p90', points: rec.map((p) => [p.ts_ms, p.calls ? p.p90_ms : null]), color: '#e4572e' },
-    ], { xMin, xMax, yFmt: fmtMs });
+    ], { xMin, xMax, yFmt: fmtMs, markers });
 
     if (String(d.active.bounds_ms) !== String(bounds)) { bounds = d.active.bounds_ms; labelBuckets(); }
     const maxB = Math.max(4, ...d.active.buckets);
@@ -133,6 +139,7 @@ export function mount(el, ctx) {
         h('div', { class: 'host-name' }, s.host),
         gauge('CPU', s.cpu_percent / 100, fmtNum(s.cpu_percent, 0) + ' %'),
         gauge('Memory', mem, `${fmtBytes(s.mem_used_bytes)} / ${fmtBytes(s.mem_total_bytes)}`),
+        (s.disks || []).slice(0, 1).map((d) => gauge('Disk', d.used_percent / 100, `${d.mount} ${fmtNum(d.used_percent, 0)} %`)),
         h('div', { class: 'muted small' }, `load ${fmtNum(s.load1, 2)} · php-fpm ${s.fpm_active} busy / ${s.fpm_idle} idle · ${s.db_connections} DB conn.`)));
     }
 
@@ -198,6 +205,25 @@ export function mount(el, ctx) {
         : String(e.message)));
     }
   }
+  async function loadDeploys() {
+    try {
+      const r = await api('/deploys', { from: Date.now() - 86400000, to: Date.now() + 60000, app: ctx.app });
+      deploys = r.deploys;
+      clear(deploysBox);
+      if (!deploys.length) {
+        deploysBox.appendChild(h('p', { class: 'muted' }, 'No deploys recorded in the last 24 hours (POST /api/v1/deploys, or scripts/sonde-deploy from a deploy script).'));
+        return;
+      }
+      deploysBox.appendChild(table([
+        { key: 'ts_ms', label: 'Time', fmt: (v) => fmtTime(v, true) },
+        { key: 'app', label: 'App' }, { key: 'version', label: 'Version' },
+        { key: 'user', label: 'By' }, { key: 'description', label: 'Description' },
+      ], deploys, { sortKey: 'ts_ms' }));
+    } catch (e) {
+      clear(deploysBox);
+      deploysBox.appendChild(h('p', { class: 'muted' }, String(e.message)));
+    }
+  }
   async function ack(id, button) {
     try {
       await send('POST', `/events/${id}/ack`);
@@ -208,8 +234,9 @@ export function mount(el, ctx) {
   }
   daily();
   loadEvents();
+  loadDeploys();
   const dailyTimer = setInterval(daily, 30000);
-  const eventsTimer = setInterval(loadEvents, 5000);
+  const eventsTimer = setInterval(() => { loadEvents(); loadDeploys(); }, 5000);
 
   return () => {
     es.close();

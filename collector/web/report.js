@@ -1,7 +1,8 @@
 // Daily system performance: /api/v1/reports/daily for a day in the
 // browser's zone, with the API's comparison days (totals) and one overlay
-// day drawn hour by hour. A print stylesheet fits it on one A4 page.
-import { api, h, clear, fmtMs, fmtNum, isoDate, tz, setHashParams, errorBox } from './lib.js';
+// day drawn hour by hour, and the day's deploys (/api/v1/deploys) as dashed
+// markers and a table. A print stylesheet fits it on one A4 page.
+import { api, h, clear, fmtMs, fmtNum, fmtTime, isoDate, tz, setHashParams, errorBox } from './lib.js';
 import { lineChart } from './chart.js';
 
 export function mount(el, ctx) {
@@ -36,15 +37,18 @@ export function mount(el, ctx) {
     const zone = tz();
     try {
       const cmp = compareDate();
-      const [r, c] = await Promise.all([
+      const [y, m, d] = date.value.split('-').map(Number);
+      const from = new Date(y, m - 1, d).getTime(), to = new Date(y, m - 1, d + 1).getTime() - 1;
+      const [r, c, dep] = await Promise.all([
         api('/reports/daily', { date: date.value, tz: zone, app: ctx.app }),
         api('/reports/daily', { date: cmp, tz: zone, app: ctx.app, compare: date.value }),
+        api('/deploys', { from, to, app: ctx.app }).catch(() => ({ deploys: [] })),
       ]);
-      render(r, c, zone);
+      render(r, c, zone, dep.deploys);
     } catch (e) { out.appendChild(errorBox(e)); }
   }
 
-  function render(r, c, zone) {
+  function render(r, c, zone, deploys) {
     const errRate = r.calls ? (r.errors / r.calls) * 100 : 0;
     const kpi = (label, v) => h('div', { class: 'tile' }, h('div', { class: 'tile-label' }, label), h('div', { class: 'tile-value' }, v));
     out.appendChild(h('h2', { class: 'print-only' }, `Daily system performance — ${r.date}${r.app ? ' — ' + r.app : ''}`));
@@ -58,6 +62,11 @@ export function mount(el, ctx) {
       ['Calls per hour', 'calls', fmtNum, true], ['Peak TPS per hour', 'max_tps', fmtNum, true],
       ['Average response time', 'avg_ms', fmtMs, false], ['Visitors per hour', 'visitors', fmtNum, true], ['Errors per hour', 'errors', fmtNum, true],
     ];
+    // A deploy at 14:30 sits half-way between the 14h and 15h points.
+    const markers = deploys.map((x) => {
+      const t = new Date(x.ts_ms);
+      return { x: Math.min(23, t.getHours() + t.getMinutes() / 60), label: `${x.app} ${x.version}` };
+    });
     const grid = h('div', { class: 'report-charts' });
     out.appendChild(grid);
     for (const [title, key, fmt, integer] of charts) {
@@ -66,7 +75,15 @@ export function mount(el, ctx) {
       requestAnimationFrame(() => lineChart(canvas, [
         { label: r.date, points: hourly(r, key), color: '#2f7ed8', width: 2 },
         { label: c.date, points: hourly(c, key), color: '#999', dash: true },
-      ], { xMin: 0, xMax: 23, xFmt: (v) => `${Math.round(v)}h`, yFmt: fmt, legend: true, integer }));
+      ], { xMin: 0, xMax: 23, xFmt: (v) => `${Math.round(v)}h`, yFmt: fmt, legend: true, integer, markers }));
+    }
+    if (deploys.length) {
+      out.appendChild(h('div', { class: 'panel' }, h('h3', {}, 'Deploys'),
+        h('table', { class: 'grid', id: 'report-deploys' },
+          h('thead', {}, h('tr', {}, ['Time', 'App', 'Version', 'By', 'Description'].map((x) => h('th', {}, x)))),
+          h('tbody', {}, deploys.map((x) => h('tr', {},
+            h('td', {}, fmtTime(x.ts_ms)), h('td', {}, x.app), h('td', {}, x.version),
+            h('td', {}, x.user), h('td', {}, x.description)))))));
     }
     const rows = [{ date: r.date, calls: r.calls, errors: r.errors, avg_ms: r.avg_ms, peak_tps: r.peak_tps, visitors: r.visitors, self: true }, ...r.compare];
     out.appendChild(h('div', { class: 'panel' }, h('h3', {}, 'Comparison'),

@@ -123,6 +123,53 @@ try {
   await page.screenshot({ path: join(shots, 'servers.png'), fullPage: true });
   step('report+servers');
 
+  // Alerts: the rule editor makes, changes and deletes a console rule; a
+  // deploy recorded on the page is a marker on the dashboard charts and
+  // the daily report.
+  await page.goto(base + '/#/alerts');
+  await page.waitForSelector('#rules table tbody tr', { timeout: 10000 });
+  found.rules = await page.$$eval('#rules tbody tr', (rows) => rows.map((r) => `${r.dataset.source}:${r.dataset.rule}`));
+  if (!found.rules.includes('default:error-rate')) throw new Error('built-in rules not listed: ' + found.rules);
+  if (!(await page.textContent('#precedence')).includes('file > console > default')) throw new Error('no precedence note');
+  await page.fill('#rule-form input[name=name]', 'smoke-rule');
+  await page.selectOption('#rule-form select[name=kind]', 'error_count');
+  await page.fill('#rule-form input[name=threshold]', '3');
+  await page.fill('#rule-form input[name=window_secs]', '30');
+  await page.click('#rule-save');
+  await page.waitForSelector('#rules tr[data-rule="smoke-rule"][data-source="console"]', { timeout: 5000 });
+  const ruleNow = () => page.evaluate(async () => (await (await fetch('/api/v1/alerts/rules')).json()).rules
+    .find((r) => r.name === 'smoke-rule' && r.source === 'console'));
+  let rule = await ruleNow();
+  if (!(rule && rule.threshold === 3 && rule.window_secs === 30 && rule.effective)) throw new Error('rule not created: ' + JSON.stringify(rule));
+  await page.click('#rules tr[data-rule="smoke-rule"] .rule-edit');
+  await page.fill('#rule-form input[name=threshold]', '7');
+  await page.click('#rule-save');
+  await page.waitForFunction(async () => (await (await fetch('/api/v1/alerts/rules')).json()).rules
+    .some((r) => r.name === 'smoke-rule' && r.threshold === 7), null, { timeout: 5000 });
+  rule = await ruleNow();
+  found.rule_edited = { threshold: rule.threshold, updated_by: rule.updated_by };
+  await page.fill('#deploy-form input[name=app]', 'fanapp');
+  await page.fill('#deploy-form input[name=version]', 'smoke-1');
+  await page.fill('#deploy-form input[name=description]', 'from the smoke test');
+  await page.click('#deploy-form button[type=submit]');
+  await page.waitForSelector('#alert-deploys table tbody tr', { timeout: 5000 });
+  await page.screenshot({ path: join(shots, 'alerts.png'), fullPage: true });
+  await page.click('#rules tr[data-rule="smoke-rule"] .rule-delete');
+  await page.waitForFunction(() => !document.querySelector('#rules tr[data-rule="smoke-rule"]'), null, { timeout: 5000 });
+  await page.goto(base + '/#/dashboard');
+  await page.waitForFunction(() => Number(document.querySelector('#tps-chart')?.dataset.markers || 0) > 0
+    && Number(document.querySelector('#rt-chart')?.dataset.markers || 0) > 0, null, { timeout: 15000 });
+  await page.waitForSelector('#deploys table tbody tr', { timeout: 5000 });
+  found.dashboard_deploys = await page.$$eval('#deploys tbody tr', (rows) => rows.map((r) => r.children[2].textContent));
+  await page.screenshot({ path: join(shots, 'dashboard-deploy.png'), fullPage: true });
+  await page.goto(base + '/#/report');
+  await page.waitForSelector('#report-deploys tbody tr', { timeout: 10000 });
+  await page.waitForFunction(() => [...document.querySelectorAll('.report-charts canvas')]
+    .every((c) => Number(c.dataset.markers || 0) > 0), null, { timeout: 5000 });
+  found.report_deploys = await page.$$eval('#report-deploys tbody tr', (rows) => rows.map((r) => r.children[2].textContent));
+  await page.screenshot({ path: join(shots, 'report-deploy.png'), fullPage: true });
+  step('alerts+deploys');
+
   // The read-only role is refused changes by the server.
   const ro = await page.evaluate(async () => {
     const r = await fetch('/api/v1/users', { method: 'POST', headers: { 'Content-Type': 'application/json' },

@@ -93,8 +93,22 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `cmd` with stdout and stderr going to `log`.
-    pub fn start(name: &str, mut cmd: Command, log: PathBuf) -> Result<Proc> {
+    pub fn start(name: &str, cmd: Command, log: PathBuf) -> Result<Proc> {
         let out = fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        Self::spawn(name, cmd, log, out)
+    }
+
+    /// As [`Proc::start`], adding to `log` rather than replacing it.
+    pub fn start_appending(name: &str, cmd: Command, log: PathBuf) -> Result<Proc> {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("open {}", log.display()))?;
+        Self::spawn(name, cmd, log, out)
+    }
+
+    fn spawn(name: &str, mut cmd: Command, log: PathBuf, out: fs::File) -> Result<Proc> {
         let err = out.try_clone()?;
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
@@ -200,6 +214,9 @@ pub struct StackOptions {
     /// TOML appended to every agent's config (after its top-level keys, so
     /// tables such as `[tls]` fit).
     pub agent_extra: String,
+    /// nginx writes `access.log` in the stack's directory, one line per
+    /// request: `$request_id $status $request_uri` (an independent ledger).
+    pub access_log: bool,
 }
 
 impl Default for StackOptions {
@@ -217,6 +234,7 @@ impl Default for StackOptions {
             grpc_extra: String::new(),
             grpc_https: false,
             agent_extra: String::new(),
+            access_log: false,
         }
     }
 }
@@ -258,7 +276,7 @@ impl Stack {
         }
         if opts.web {
             stack.start_php_fpm(opts)?;
-            stack.start_nginx()?;
+            stack.start_nginx(opts.access_log)?;
         }
         Ok(stack)
     }
@@ -280,12 +298,29 @@ impl Stack {
                 self.agent_token
             ),
         )?;
+        self.spawn_collector()
+    }
+
+    /// Starts the collector with the config written at stack start (its
+    /// data directory and ports too): after [`Stack::stop`], a restart.
+    pub fn spawn_collector(&mut self) -> Result<()> {
+        let cfg = self.path("collector.toml");
         let mut cmd = Command::new(artifact("sonde-collector")?);
         cmd.arg("--config").arg(&cfg).env("RUST_LOG", "info");
-        let p = Proc::start("collector", cmd, self.path("collector.log"))?;
+        let log = self.path("collector.log");
+        // Appended: a restarted collector keeps the earlier log.
+        let p = Proc::start_appending("collector", cmd, log)?;
         self.procs.push(p);
         let (g, h) = (self.grpc_port, self.http_port);
         self.wait_alive("collector", || port_open(g) && port_open(h))
+    }
+
+    /// Stops the named process with `sig` (waiting up to 30 s) and forgets
+    /// it; its exit status if it exited by itself.
+    pub fn stop(&mut self, name: &str, sig: Signal) -> Option<std::process::ExitStatus> {
+        let i = self.procs.iter().position(|p| p.name == name)?;
+        let mut p = self.procs.remove(i);
+        p.stop_with(sig, Duration::from_secs(30))
     }
 
     /// Starts an agent named `name` with `token`, listening on `socket`.
@@ -358,7 +393,16 @@ impl Stack {
         self.wait_alive("php-fpm", move || port_open(fpm_port))
     }
 
-    fn start_nginx(&mut self) -> Result<()> {
+    fn start_nginx(&mut self, access_log: bool) -> Result<()> {
+        let access = if access_log {
+            format!(
+                "log_format ledger '$request_id $status $request_uri';\n  \
+                 access_log {}/access.log ledger;",
+                self.dir.path().display()
+            )
+        } else {
+            "access_log off;".to_owned()
+        };
         let app = repo_root().join("demo/app");
         let dir = self.dir.path().display().to_string();
         let cfg = self.path("nginx.conf");
@@ -367,7 +411,7 @@ impl Stack {
             format!(
                 "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
                  daemon off;\nuser root;\nevents {{ worker_connections 256; }}\n\
-                 http {{\n  access_log off;\n  client_body_temp_path {dir}/nginx-body;\n\
+                 http {{\n  {access}\n  client_body_temp_path {dir}/nginx-body;\n\
                  proxy_temp_path {dir}/nginx-proxy;\n  fastcgi_temp_path {dir}/nginx-fastcgi;\n\
                  uwsgi_temp_path {dir}/nginx-uwsgi;\n  scgi_temp_path {dir}/nginx-scgi;\n\
                  server {{\n    listen 127.0.0.1:{web};\n    root {app};\n\

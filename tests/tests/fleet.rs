@@ -16,8 +16,9 @@
 //! veth and bridge support: this machine kind has them.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -54,9 +55,12 @@ struct Net {
 
 impl Net {
     fn new() -> Result<Net> {
+        // Tests of this file run at once: each its own names and subnet.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let tag = format!("{:x}", pid % 0xfffff);
-        let octet = 100 + pid % 100;
+        let tag = format!("{:x}{n}", pid % 0xffff);
+        let octet = 100 + (pid % 50 * 2 + n) % 100;
         let net = Net {
             bridge: format!("sbr{tag}"),
             tag,
@@ -218,6 +222,41 @@ impl Instance {
         Ok(())
     }
 
+    /// Signs the instance-identity document with `key` (RSA PKCS#1 v1.5,
+    /// SHA-256, base64 over lines, as AWS does).
+    fn sign_document(&self, key: &Path) -> Result<()> {
+        let dynamic = self.dir.join("imds/latest/dynamic/instance-identity");
+        let out = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(key)
+            .arg(dynamic.join("document"))
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "openssl dgst: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let b64 = base64_lines(&out.stdout);
+        fs::write(dynamic.join("signature"), b64)?;
+        Ok(())
+    }
+
+    /// Replaces the document (keeping the signature).
+    fn set_document(&self, text: &str) -> Result<()> {
+        let p = self
+            .dir
+            .join("imds/latest/dynamic/instance-identity/document");
+        fs::write(p, text)?;
+        Ok(())
+    }
+
+    fn document(&self) -> Result<String> {
+        let p = self
+            .dir
+            .join("imds/latest/dynamic/instance-identity/document");
+        Ok(fs::read_to_string(p)?)
+    }
+
     fn set_lifecycle(&self, state: &str) -> Result<()> {
         let p = self
             .dir
@@ -250,6 +289,32 @@ impl Drop for Instance {
         }
         self.imds.stop_with(Signal::SIGKILL, Duration::from_secs(1));
     }
+}
+
+/// Base64 (standard alphabet, padded) in 64-column lines.
+fn base64_lines(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out.as_bytes()
+        .chunks(64)
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn agents(stack: &Stack) -> Vec<Value> {
@@ -476,6 +541,128 @@ fn a_simulated_auto_scaling_group_connects_scales_in_and_is_told_apart() -> Resu
         }
         drop(baked);
         drop(clone);
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let logs = stack.logs();
+        let tail: String = logs
+            .chars()
+            .skip(logs.chars().count().saturating_sub(20_000))
+            .collect();
+        bail!("{e:#}\n{tail}");
+    }
+    drop(net);
+    Ok(())
+}
+
+#[test]
+fn signed_instance_identities_are_required_when_configured() -> Result<()> {
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "this test makes network namespaces and needs root"
+    );
+    // The stand-in for AWS's signing key and its public certificate.
+    let keys = tempfile::tempdir()?;
+    let out = Command::new("openssl")
+        .current_dir(keys.path())
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "aws.key",
+            "-out",
+            "aws.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=stand-in AWS identity signer",
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (key, cert) = (keys.path().join("aws.key"), keys.path().join("aws.pem"));
+
+    let mut net = Net::new()?;
+    let stack = Stack::start(&StackOptions {
+        agent: false,
+        extension: false,
+        web: false,
+        grpc_ip: "0.0.0.0".into(),
+        collector_extra: format!(
+            "[fleet]\nverify_identity = \"require\"\naws_identity_certs = \"{}\"\n",
+            cert.display()
+        ),
+        ..StackOptions::default()
+    })?;
+    let collector = format!("http://{}:{}", net.host_ip(), stack.grpc_port);
+    let result = (|| -> Result<()> {
+        let mut genuine = Instance::new(&stack, &mut net, 0, "i-0aaaa00000000000a", &collector)?;
+        genuine.sign_document(&key)?;
+        // Replays another instance's genuine document and signature.
+        let mut replayed = Instance::new(&stack, &mut net, 1, "i-0bbbb00000000000b", &collector)?;
+        replayed.set_document(&genuine.document()?)?;
+        genuine.sign_document(&key)?;
+        let sig = genuine
+            .dir
+            .join("imds/latest/dynamic/instance-identity/signature");
+        fs::copy(
+            &sig,
+            replayed
+                .dir
+                .join("imds/latest/dynamic/instance-identity/signature"),
+        )?;
+        // Its own document, but a signature that is not AWS's.
+        let mut forged = Instance::new(&stack, &mut net, 2, "i-0cccc00000000000c", &collector)?;
+        forged.sign_document(&key)?;
+        let doc = forged.document()?.replace("123456789012", "999999999999");
+        forged.set_document(&doc)?;
+
+        for (n, inst) in [&mut genuine, &mut replayed, &mut forged]
+            .into_iter()
+            .enumerate()
+        {
+            inst.launch(&stack, n, 0)?;
+        }
+        wait_for("the genuine instance up", Duration::from_secs(10), || {
+            status_of(&agents(&stack), &genuine.hostname) == "up"
+        })?;
+        for inst in [&replayed, &forged] {
+            let log = stack.path(&format!(
+                "agent-{}-0.log",
+                if inst.hostname == replayed.hostname {
+                    1
+                } else {
+                    2
+                }
+            ));
+            wait_for(
+                "the refusal in the agent's log",
+                Duration::from_secs(10),
+                || {
+                    fs::read_to_string(&log)
+                        .is_ok_and(|t| t.contains("instance identity not verified"))
+                },
+            )?;
+        }
+        let all = agents(&stack);
+        let g = row(&all, &genuine.hostname).unwrap();
+        ensure!(g["identity_verified"] == true, "{g}");
+        for inst in [&replayed, &forged] {
+            ensure!(
+                row(&all, &inst.hostname).is_none(),
+                "refused: {}",
+                inst.hostname
+            );
+        }
+        let stats = stack.api("/api/v1/stats")?;
+        let unverified = stats["ingest"]["identity_unverified"].as_u64().unwrap_or(0);
+        ensure!(unverified >= 2, "counted: {stats}");
         Ok(())
     })();
     if let Err(e) = result {

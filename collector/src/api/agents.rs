@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use super::{ApiError, ApiState, AppQuery};
 use crate::clock::now_ms;
 use crate::live::ActiveView;
+use crate::presence::Reported;
 use crate::storage::{run_blocking, AgentRecord};
 
 #[derive(Debug, Serialize)]
@@ -36,7 +37,14 @@ pub struct AgentView {
     pub cloud_hostname: String,
     /// Whether the agent sent a signed instance-identity document.
     pub identity_document: bool,
+    /// Whether that document verified (`[fleet] verify_identity`); null
+    /// when it was not checked.
+    pub identity_verified: Option<bool>,
     pub machine_id: String,
+    /// The agent's own counters from its last heartbeat (records received,
+    /// spooled, sent, acknowledged, dropped and by reason, spool bytes),
+    /// with `at_ms`; null before the first.
+    pub counters: Option<serde_json::Value>,
     pub last_seen_ms: i64,
     pub registered_ms: i64,
     pub versions: VersionsView,
@@ -57,7 +65,7 @@ pub struct VersionsView {
 }
 
 impl AgentView {
-    fn new(a: AgentRecord, status: &'static str) -> Self {
+    fn new(a: AgentRecord, status: &'static str, reported: Option<Reported>) -> Self {
         let i = a.identity;
         let v = i.versions.unwrap_or_default();
         AgentView {
@@ -72,7 +80,25 @@ impl AgentView {
             identity_key: a.identity_key,
             cloud_hostname: i.cloud_hostname,
             identity_document: !i.identity_document.is_empty(),
+            identity_verified: a.verified,
             machine_id: i.machine_id,
+            counters: reported.map(|r| {
+                let c = r.counters;
+                serde_json::json!({
+                    "at_ms": r.at_ms,
+                    "records_received": c.records_received,
+                    "records_malformed": c.records_malformed,
+                    "records_dropped": c.records_dropped,
+                    "records_dropped_by_reason": c.records_dropped_by_reason,
+                    "records_spooled": c.records_spooled,
+                    "records_replayed": c.records_replayed,
+                    "records_sent": c.records_sent,
+                    "records_acked": c.records_acked,
+                    "ext_records_dropped": c.ext_records_dropped,
+                    "batches_rejected": c.batches_rejected,
+                    "spool_bytes": c.spool_bytes,
+                })
+            }),
             last_seen_ms: a.last_seen_ms,
             registered_ms: a.registered_ms,
             versions: VersionsView {
@@ -99,7 +125,8 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<AgentsView>, Api
             .into_iter()
             .map(|a| {
                 let status = state.presence.status(&a, now, state.down_after_ms);
-                AgentView::new(a, status)
+                let reported = state.presence.reported(&a.identity.agent_id);
+                AgentView::new(a, status, reported)
             })
             .collect(),
     }))
@@ -139,7 +166,7 @@ mod tests {
         };
         let now = now_ms();
         s.store
-            .upsert_agent(&identity, "aws:i-1", None, now)
+            .upsert_agent(&identity, "aws:i-1", None, Some(true), now)
             .unwrap();
         s.store
             .upsert_agent(
@@ -150,6 +177,7 @@ mod tests {
                 },
                 "aws:i-2",
                 Some("i-1"),
+                None,
                 now - 60_000,
             )
             .unwrap();

@@ -1,6 +1,6 @@
 //! `GET /api/v1/events?from&to&app&limit` (alert events, oldest first),
 //! `POST /api/v1/events/{id}/ack` and `POST /api/v1/alerts/test?channel`
-//! (a test message to the webhooks). The two POSTs need an admin's console
+//! (a test message to the alert channels). The two POSTs need an admin's console
 //! session or an API bearer token; read-only users are refused.
 
 use std::collections::HashMap;
@@ -49,7 +49,7 @@ pub async fn list(
 }
 
 /// Who may act: an admin's name, or `api-token`.
-fn actor(principal: Option<Extension<Principal>>) -> Result<String, ApiError> {
+pub(super) fn actor(principal: Option<Extension<Principal>>) -> Result<String, ApiError> {
     match principal {
         Some(Extension(p)) if p.role == Role::Admin => Ok(p.user),
         Some(_) => Err(ApiError::Forbidden(
@@ -79,10 +79,11 @@ pub async fn ack(
     Ok(Json(json!({"id": id, "acked_by": by})))
 }
 
-/// Queues a test event (kind `test`, not stored) on every webhook, or on
-/// the one named by `?channel=`; answers the channels it was queued on.
-/// Delivery is asynchronous: its result shows in `/api/v1/stats` and the
-/// log.
+/// Queues a test event (kind `test`, not stored) on every channel
+/// (webhooks and email), or on the one named by `?channel=`; answers the
+/// channels it was queued on. Delivery is asynchronous: its result shows in
+/// `/api/v1/stats`, `/api/v1/alerts/channels` and the log, and a test
+/// message that cannot be delivered becomes a `delivery` event.
 pub async fn send_test(
     State(state): State<ApiState>,
     principal: Option<Extension<Principal>>,
@@ -116,7 +117,7 @@ pub async fn send_test(
         queued.push(c.name.clone());
     }
     if queued.is_empty() {
-        return Err(ApiError::NotFound("no such webhook"));
+        return Err(ApiError::NotFound("no such alert channel"));
     }
     info!(by = %by, channels = ?queued, "alert test queued");
     Ok(Json(json!({ "queued": queued })))

@@ -1,9 +1,12 @@
 //! The JSON API (`/api/v1/*`, CONTRACT.md) and `/healthz`, over axum. Owns
 //! request parsing, API-token checks and the JSON shapes; it only reads the
-//! store and the live state, never writes them — except console users and
-//! event acknowledgements, which are changes an operator asks for.
+//! store and the live state, never writes them — except console users,
+//! event acknowledgements, console alert rules and deploy markers, which
+//! are changes an operator (or a deploy script) asks for.
 
 mod agents;
+mod alert_rules;
+mod deploys;
 mod events;
 mod hosts;
 mod live;
@@ -22,7 +25,7 @@ use axum::extract::{ConnectInfo, OriginalUri, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -58,9 +61,9 @@ pub struct ApiState {
     pub presence: Arc<crate::presence::Presence>,
     /// The alerts' counters.
     pub alerts: Arc<crate::alerts::AlertCounters>,
-    /// Alert rules in force.
-    pub alert_rules: usize,
-    /// The webhooks, for the "send test" action.
+    /// The alert rules (file, console, built-in), for the rule editor.
+    pub alert_rules: Arc<crate::alerts::RuleBook>,
+    /// The alert channels, for the "send test" action.
     pub alert_channels: crate::alerts::Channels,
     /// Ends the live streams at shutdown.
     pub shutdown: Shutdown,
@@ -136,6 +139,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/events", get(events::list))
         .route("/events/:id/ack", post(events::ack))
         .route("/alerts/test", post(events::send_test))
+        .route(
+            "/alerts/rules",
+            get(alert_rules::list).post(alert_rules::create),
+        )
+        .route(
+            "/alerts/rules/:name",
+            put(alert_rules::update).delete(alert_rules::delete),
+        )
+        .route("/alerts/channels", get(alert_rules::channels))
+        .route("/deploys", get(deploys::list).post(deploys::create))
         .route("/stats", get(stats))
         .route("/live", get(live::stream))
         .route("/live/snapshot", get(live::snapshot))
@@ -195,7 +208,7 @@ async fn stats(State(state): State<ApiState>) -> Json<serde_json::Value> {
         "now_ms": now_ms(),
         "ingest": state.counters.view(),
         "live": {"late_records": state.stats.late()},
-        "alerts": state.alerts.view(state.alert_rules),
+        "alerts": state.alerts.view(&state.alert_rules, &state.alert_channels),
     }))
 }
 
@@ -245,7 +258,9 @@ pub(crate) mod tests {
             down_after_ms: 15_000,
             presence: Arc::new(crate::presence::Presence::new(5_000)),
             alerts: Arc::default(),
-            alert_rules: 0,
+            alert_rules: Arc::new(crate::alerts::RuleBook::new(
+                &crate::alerts::AlertsConfig::default(),
+            )),
             alert_channels: Arc::default(),
             shutdown,
         };
@@ -273,6 +288,37 @@ pub(crate) mod tests {
             .unwrap();
         let json = serde_json::from_slice(&body)
             .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+        (status, json)
+    }
+
+    /// Sends `method uri` with a JSON body (none for `null`) and returns
+    /// the status and the body as JSON.
+    pub(crate) async fn send(
+        state: &ApiState,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = if body.is_null() {
+            Body::empty()
+        } else {
+            req = req.header("content-type", "application/json");
+            Body::from(body.to_string())
+        };
+        let response = router(state.clone())
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         (status, json)
     }
 

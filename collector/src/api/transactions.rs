@@ -197,10 +197,10 @@ mod tests {
             json!({"transactions": [
                 {"id": "01".repeat(16), "ts_ms": 1000, "elapsed_ms": 10.0, "app": "shop",
                  "host": "web-1", "endpoint": "/users/{num}", "status": 200, "error": false,
-                 "trace_id": null},
+                 "trace_id": null, "method": "GET", "url": "/users/1?x=1"},
                 {"id": "02".repeat(16), "ts_ms": 2000, "elapsed_ms": 20.0, "app": "shop",
                  "host": "web-1", "endpoint": "/users/{num}", "status": 502, "error": true,
-                 "trace_id": null},
+                 "trace_id": null, "method": "GET", "url": "/users/2?x=1"},
             ], "truncated": false})
         );
         let (_, body) = get(&s, "/api/v1/transactions?from=0&to=5000&limit=1", None).await;

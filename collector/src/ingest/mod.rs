@@ -3,6 +3,7 @@
 //! `stream`). It must never acknowledge a batch before the store has
 //! committed it: the agent deletes what was acknowledged.
 
+pub mod identity_doc;
 pub mod registry;
 mod stream;
 
@@ -23,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::auth::{AuthError, Tokens};
 use crate::clock::now_ms;
+use crate::config::VerifyIdentity;
 use crate::live::LiveState;
 use crate::live_stats::LiveStats;
 use crate::presence::Presence;
@@ -40,6 +42,8 @@ pub struct IngestCounters {
     pub auth_rejected: AtomicU64,
     /// Batches not acknowledged because the store failed.
     pub store_errors: AtomicU64,
+    /// Registrations whose signed instance identity did not verify.
+    pub identity_unverified: AtomicU64,
 }
 
 /// A point-in-time copy of [`IngestCounters`].
@@ -51,6 +55,7 @@ pub struct CountersView {
     pub records_invalid: u64,
     pub auth_rejected: u64,
     pub store_errors: u64,
+    pub identity_unverified: u64,
 }
 
 impl IngestCounters {
@@ -63,6 +68,7 @@ impl IngestCounters {
             records_invalid: get(&self.records_invalid),
             auth_rejected: get(&self.auth_rejected),
             store_errors: get(&self.store_errors),
+            identity_unverified: get(&self.identity_unverified),
         }
     }
 }
@@ -85,9 +91,25 @@ pub struct Ingest {
     pub shutdown: Shutdown,
     pub heartbeat_interval_ms: u32,
     pub max_message_bytes: u32,
+    /// `[fleet] verify_identity`, and the keys when it is not off.
+    pub verify: VerifyIdentity,
+    pub verifier: Option<Arc<identity_doc::Verifier>>,
 }
 
 impl Ingest {
+    /// Checks a cloud identity's signed document; `None` when not checked
+    /// (verification off, or no cloud identity).
+    fn check_identity(
+        &self,
+        identity: &sonde_proto::v1::AgentIdentity,
+    ) -> Option<Result<(), identity_doc::VerifyError>> {
+        let verifier = self.verifier.as_ref()?;
+        if self.verify == VerifyIdentity::Off || identity.instance_id.is_empty() {
+            return None;
+        }
+        Some(verifier.verify(identity))
+    }
+
     /// Checks the call's agent token; logs and counts a refusal.
     fn authorize<T>(&self, request: &Request<T>, call: &'static str) -> Result<(), AuthError> {
         let header = request
@@ -142,12 +164,33 @@ impl Collector for Ingest {
         }
         let hostname = identity.hostname.clone();
         let proposed = identity.agent_id.clone();
+        let check = self.check_identity(&identity);
+        if let Some(Err(error)) = &check {
+            add(&self.counters.identity_unverified, 1);
+            let instance = &identity.instance_id;
+            warn!(%error, agent = %proposed, %instance, %hostname, %peer,
+                refused = self.verify == VerifyIdentity::Require,
+                "instance identity not verified");
+            if self.verify == VerifyIdentity::Require {
+                return Err(Status::permission_denied(format!(
+                    "instance identity not verified: {error}"
+                )));
+            }
+        }
+        let verified = check.as_ref().map(Result::is_ok);
+        let unverified_event = match &check {
+            Some(Err(e)) => Some(e.to_string()),
+            _ => None,
+        };
         let presence = self.presence.clone();
         let registration = run_blocking(&self.store, move |s| {
             let now = now_ms();
-            let r = registry::register(s, &mut presence.lock(), &mut identity, now)?;
+            let r = registry::register(s, &mut presence.lock(), &mut identity, verified, now)?;
             if r.conflict {
                 s.insert_event(&duplicate_event(&r, &identity, now))?;
+            }
+            if let Some(why) = unverified_event {
+                s.insert_event(&unverified_identity_event(&r, &identity, &why, now))?;
             }
             Ok(r)
         })
@@ -219,6 +262,28 @@ impl Collector for Ingest {
     }
 }
 
+/// The event for an agent whose signed identity did not verify (flag mode).
+fn unverified_identity_event(
+    r: &registry::Registration,
+    identity: &sonde_proto::v1::AgentIdentity,
+    why: &str,
+    now_ms: i64,
+) -> EventRecord {
+    EventRecord {
+        ts_ms: now_ms,
+        level: "warning".into(),
+        kind: "identity_unverified".into(),
+        state: "firing".into(),
+        message: format!(
+            "agent {} on {} says it is instance {} but its identity did not verify: {why}",
+            r.agent_id, identity.hostname, identity.instance_id
+        ),
+        host: (!identity.hostname.is_empty()).then(|| identity.hostname.clone()),
+        rule: "identity_unverified".into(),
+        ..Default::default()
+    }
+}
+
 /// The event for a second live agent claiming an identity.
 fn duplicate_event(
     r: &registry::Registration,
@@ -257,6 +322,7 @@ pub async fn serve(
     let max = ingest.max_message_bytes as usize;
     let service = CollectorServer::new(ingest)
         .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(max);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
@@ -339,6 +405,7 @@ mod tests {
             _: &AgentIdentity,
             _: &str,
             _: Option<&str>,
+            _: Option<bool>,
             _: i64,
         ) -> Result<(), StoreError> {
             full()
@@ -394,6 +461,8 @@ mod tests {
             shutdown: shutdown.clone(),
             heartbeat_interval_ms: 5000,
             max_message_bytes: 1 << 20,
+            verify: VerifyIdentity::Off,
+            verifier: None,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -41,13 +41,15 @@ pub fn identity_key(i: &AgentIdentity) -> String {
     }
 }
 
-/// Decides the agent's id, stores the registration and notes the session.
+/// Decides the agent's id, stores the registration (with the result of the
+/// identity check, `None` when not checked) and notes the session.
 /// `sessions` must stay locked for the whole call, so that two agents
 /// registering at once cannot both take the same id.
 pub fn register(
     store: &dyn Store,
     sessions: &mut Sessions,
     identity: &mut AgentIdentity,
+    verified: Option<bool>,
     now_ms: i64,
 ) -> Result<Registration, StoreError> {
     let key = identity_key(identity);
@@ -84,7 +86,7 @@ pub fn register(
         None => (fresh_id(store, identity, &proposed)?, None, false),
     };
     identity.agent_id.clone_from(&agent_id);
-    store.upsert_agent(identity, &key, duplicate_of.as_deref(), now_ms)?;
+    store.upsert_agent(identity, &key, duplicate_of.as_deref(), verified, now_ms)?;
     sessions.registered(&agent_id, &session, now_ms);
     Ok(Registration {
         agent_id,
@@ -142,7 +144,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         let p = Presence::new(5_000);
-        let reg = |mut i: AgentIdentity, now| register(&store, &mut p.lock(), &mut i, now).unwrap();
+        let reg =
+            |mut i: AgentIdentity, now| register(&store, &mut p.lock(), &mut i, None, now).unwrap();
         let a = reg(aws("i-a", "i-a", "s1"), 1_000);
         assert_eq!(
             (a.agent_id.as_str(), a.identity_key.as_str()),
@@ -192,13 +195,13 @@ mod tests {
             hostname: "web".into(),
             ..Default::default()
         };
-        store.upsert_agent(&old, "", None, 1).unwrap();
+        store.upsert_agent(&old, "", None, None, 1).unwrap();
         let p = Presence::new(5_000);
         let mut i = AgentIdentity {
             machine_id: "0123abcd".into(),
             ..old.clone()
         };
-        let r = register(&store, &mut p.lock(), &mut i, 2).unwrap();
+        let r = register(&store, &mut p.lock(), &mut i, None, 2).unwrap();
         assert_eq!(
             (r.agent_id.as_str(), r.identity_key.as_str()),
             ("0123abcd", "machine:0123abcd")
@@ -206,14 +209,14 @@ mod tests {
         // An old agent (no session, no machine id) twice at once: no conflict.
         let mut legacy = old.clone();
         assert_eq!(
-            register(&store, &mut p.lock(), &mut legacy, 3)
+            register(&store, &mut p.lock(), &mut legacy, None, 3)
                 .unwrap()
                 .agent_id,
             "0123abcd"
         );
         let mut legacy = old;
         assert!(
-            !register(&store, &mut p.lock(), &mut legacy, 4)
+            !register(&store, &mut p.lock(), &mut legacy, None, 4)
                 .unwrap()
                 .conflict
         );

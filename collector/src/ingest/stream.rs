@@ -97,8 +97,11 @@ impl Session {
                     Ok(())
                 }
                 Msg::Batch(batch) => self.batch(batch).await,
-                Msg::Heartbeat(_) => {
+                Msg::Heartbeat(hb) => {
                     self.seen().await;
+                    if let Some(c) = hb.counters {
+                        self.counters(c).await;
+                    }
                     Ok(())
                 }
                 Msg::Live(snapshot) => {
@@ -167,6 +170,46 @@ impl Session {
             }
         }
         info!(agent = %self.agent_id, peer = %self.peer, "agent stream open");
+    }
+
+    /// Keeps the agent's own counters for the API, and raises an event when
+    /// it has lost records (spool full, queue full, …).
+    async fn counters(&self, counters: sonde_proto::v1::AgentCounters) {
+        if self.agent_id.is_empty() {
+            return;
+        }
+        let by_reason: Vec<String> = counters
+            .records_dropped_by_reason
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        let total = counters.records_dropped;
+        let now = now_ms();
+        let Some(new) = self.ingest.presence.report(&self.agent_id, counters, now) else {
+            return;
+        };
+        warn!(agent = %self.agent_id, host = %self.hostname, new, total, "agent reports lost records");
+        let event = crate::storage::EventRecord {
+            ts_ms: now,
+            level: "warning".into(),
+            kind: "agent_dropped".into(),
+            state: "firing".into(),
+            message: format!(
+                "agent {} on {} lost {new} records ({total} since it started: {})",
+                self.agent_id,
+                self.hostname,
+                by_reason.join(", ")
+            ),
+            host: Some(self.hostname.clone()),
+            rule: "agent_dropped".into(),
+            value: new as f64,
+            ..Default::default()
+        };
+        if let Err(error) = run_blocking(&self.ingest.store, move |s| s.insert_event(&event)).await
+        {
+            warn!(%error, agent = %self.agent_id, "storing the drop event failed");
+        }
     }
 
     /// Records the agent as alive. Failures are logged, not fatal: the next

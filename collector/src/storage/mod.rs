@@ -42,6 +42,8 @@ pub enum StoreError {
     },
     #[error("storage task failed: {0}")]
     Task(String),
+    #[error("{0} are not kept by this storage backend")]
+    Unsupported(&'static str),
 }
 
 /// The storage interface: durable transactions and the agent registry.
@@ -109,12 +111,14 @@ pub trait Store: Send + Sync {
     /// Creates or updates an agent from its identity (the id is
     /// `identity.agent_id`), keyed by `identity_key` (see
     /// `ingest::registry`), flagged as a duplicate of another live agent or
-    /// not; marks it running and seen at `now_ms`, and adds its `apps`.
+    /// not, its signed identity checked (`verified`) or not; marks it
+    /// running and seen at `now_ms`, and adds its `apps`.
     fn upsert_agent(
         &self,
         identity: &AgentIdentity,
         identity_key: &str,
         duplicate_of: Option<&str>,
+        verified: Option<bool>,
         now_ms: i64,
     ) -> Result<(), StoreError>;
 
@@ -161,6 +165,86 @@ pub trait Store: Send + Sync {
     /// Waits for writes in progress and makes them durable; called once at
     /// shutdown.
     fn flush(&self) -> Result<(), StoreError>;
+
+    // Alerting's own state. A backend without it answers `Unsupported`:
+    // alerts then run from the config file alone, without deploy markers,
+    // and forget what was firing when the collector restarts.
+
+    /// Deletes events with `ts_ms < before_ms`; how many went.
+    fn delete_events_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let _ = before_ms;
+        Err(StoreError::Unsupported("event retention"))
+    }
+
+    /// Stores a deploy marker (its `id` is ignored); returns its id.
+    fn insert_deploy(&self, deploy: &DeployRecord) -> Result<i64, StoreError> {
+        let _ = deploy;
+        Err(StoreError::Unsupported("deploy markers"))
+    }
+
+    /// Deploy markers with `from_ms <= ts_ms <= to_ms` (of `app` only when
+    /// given), oldest first, at most `limit` (the most recent kept).
+    fn list_deploys(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        app: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeployRecord>, StoreError> {
+        let _ = (from_ms, to_ms, app, limit);
+        Err(StoreError::Unsupported("deploy markers"))
+    }
+
+    /// Deletes deploy markers with `ts_ms < before_ms`; how many went.
+    fn delete_deploys_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let _ = before_ms;
+        Err(StoreError::Unsupported("deploy markers"))
+    }
+
+    /// The alert rules made in the console, by name.
+    fn list_console_rules(&self) -> Result<Vec<StoredRule>, StoreError> {
+        Err(StoreError::Unsupported("console rules"))
+    }
+
+    /// Stores a new console rule. False if one of that name exists.
+    fn insert_console_rule(&self, rule: &StoredRule) -> Result<bool, StoreError> {
+        let _ = rule;
+        Err(StoreError::Unsupported("console rules"))
+    }
+
+    /// Replaces the console rule of `rule.name`. False if there is none.
+    fn update_console_rule(&self, rule: &StoredRule) -> Result<bool, StoreError> {
+        let _ = rule;
+        Err(StoreError::Unsupported("console rules"))
+    }
+
+    /// Deletes a console rule. False if there is none.
+    fn delete_console_rule(&self, name: &str) -> Result<bool, StoreError> {
+        let _ = name;
+        Err(StoreError::Unsupported("console rules"))
+    }
+
+    /// The alert rules' per-scope state as last saved.
+    fn load_alert_state(&self) -> Result<Vec<AlertStateRecord>, StoreError> {
+        Err(StoreError::Unsupported("alert states"))
+    }
+
+    /// Replaces the saved alert state with `states`, in one commit.
+    fn save_alert_state(&self, states: &[AlertStateRecord]) -> Result<(), StoreError> {
+        let _ = states;
+        Err(StoreError::Unsupported("alert states"))
+    }
+
+    /// Calls per (app, host) that ended in `[from_ms, to_ms)`, from the
+    /// per-second rollup (the TPS rules' baseline).
+    fn calls_by_app_host(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let _ = (from_ms, to_ms);
+        Err(StoreError::Unsupported("per-second call counts"))
+    }
 }
 
 /// A store shared between tasks.
@@ -234,6 +318,9 @@ pub struct TxSummary {
     pub error: bool,
     /// Lower-case hex W3C trace id, if any.
     pub trace_id: Option<String>,
+    pub method: String,
+    /// The request URL as recorded (sensitive parameters redacted).
+    pub url: String,
 }
 
 /// An alert event, as stored and as `GET /api/v1/events` shows it.
@@ -263,6 +350,48 @@ pub struct EventRecord {
     pub acked_ms: Option<i64>,
     /// Who acknowledged it (a console user, or `api-token`).
     pub acked_by: Option<String>,
+}
+
+/// A deployment, as `POST /api/v1/deploys` records it and
+/// `GET /api/v1/deploys` shows it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DeployRecord {
+    /// Assigned by the store; 0 before it is stored.
+    pub id: i64,
+    /// When it was deployed, epoch ms.
+    pub ts_ms: i64,
+    pub app: String,
+    pub version: String,
+    pub description: String,
+    /// Who deployed it (as the caller said, else the API principal).
+    pub user: String,
+}
+
+/// An alert rule made in the console: its JSON (the `[[alerts.rules]]`
+/// keys) as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRule {
+    pub name: String,
+    pub json: String,
+    pub updated_ms: i64,
+    pub updated_by: String,
+}
+
+/// Where one alert rule stands for one scope, saved so that a restarted
+/// collector neither repeats a firing message nor forgets a silence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertStateRecord {
+    pub rule: String,
+    pub app: Option<String>,
+    pub endpoint: Option<String>,
+    pub host: Option<String>,
+    /// `ok`, `pending` or `firing`.
+    pub phase: String,
+    pub held: u32,
+    /// The current firing was notified (not silenced).
+    pub notified: bool,
+    pub last_notified_ms: Option<i64>,
+    pub last_sample_ms: Option<i64>,
 }
 
 /// An agent's own state, as last reported by it.
@@ -311,6 +440,9 @@ pub struct AgentRecord {
     /// Another agent that was live with the same identity when this one
     /// registered: this one got an id of its own and is flagged.
     pub duplicate_of: Option<String>,
+    /// Whether its signed instance-identity document verified when it
+    /// last registered; `None` when not checked.
+    pub verified: Option<bool>,
 }
 
 impl AgentRecord {
@@ -498,6 +630,7 @@ pub(crate) mod tests {
             apps: vec![],
             identity_key: String::new(),
             duplicate_of: None,
+            verified: None,
         };
         assert_eq!(a.status_at(25_000, 15_000), "up");
         assert_eq!(a.status_at(25_001, 15_000), "down");

@@ -75,6 +75,7 @@ static ASSETS: &[Asset] = assets! {
     "report.js" => "text/javascript; charset=utf-8",
     "servers.js" => "text/javascript; charset=utf-8",
     "users.js" => "text/javascript; charset=utf-8",
+    "alerts.js" => "text/javascript; charset=utf-8",
     "login.js" => "text/javascript; charset=utf-8",
 };
 const INDEX_HTML: &str = include_str!("../../web/index.html");

@@ -25,8 +25,9 @@ use sonde_proto::v1::{AgentIdentity, HostMetrics, RequestRecord};
 
 use super::rollup::{BatchRollup, SlowThresholds};
 use super::{
-    AgentRecord, AgentState, EndpointStats, EventRecord, HostSeries, InsertOutcome, RollupRange,
-    SqlStats, Step, Store, StoreError, TxDetail, TxFilter, TxPage, TxRow, TxSummary, Visitors,
+    AgentRecord, AgentState, AlertStateRecord, DeployRecord, EndpointStats, EventRecord,
+    HostSeries, InsertOutcome, RollupRange, SqlStats, Step, Store, StoreError, StoredRule,
+    TxDetail, TxFilter, TxPage, TxRow, TxSummary, Visitors,
 };
 
 /// The database file inside `[storage] path`.
@@ -34,8 +35,9 @@ pub const DB_FILE: &str = "sonde.db";
 
 /// Bumped whenever the schema changes. 2: rollups, texts, host metrics
 /// (a version-1 database gains the tables; its older rows are not rolled
-/// up). 3: alert events.
-const SCHEMA_VERSION: i64 = 4;
+/// up). 3: alert events. 4: agents keyed by identity. 5: deploy markers,
+/// console alert rules, saved alert state (new tables only).
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS transactions (
@@ -64,7 +66,8 @@ CREATE TABLE IF NOT EXISTS agents (
     last_seen_ms  INTEGER NOT NULL,
     registered_ms INTEGER NOT NULL,
     identity_key  TEXT,
-    duplicate_of  TEXT
+    duplicate_of  TEXT,
+    verified      INTEGER
 );
 CREATE TABLE IF NOT EXISTS events (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -83,6 +86,32 @@ CREATE TABLE IF NOT EXISTS events (
     acked_by  TEXT
 );
 CREATE INDEX IF NOT EXISTS events_ts_ms ON events (ts_ms);
+CREATE TABLE IF NOT EXISTS deploys (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms       INTEGER NOT NULL,
+    app         TEXT    NOT NULL,
+    version     TEXT    NOT NULL,
+    description TEXT    NOT NULL,
+    deployed_by TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deploys_ts_ms ON deploys (ts_ms);
+CREATE TABLE IF NOT EXISTS alert_rules (
+    name       TEXT    PRIMARY KEY,
+    rule       TEXT    NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    updated_by TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alert_state (
+    rule             TEXT    NOT NULL,
+    app              TEXT,
+    endpoint         TEXT,
+    host             TEXT,
+    phase            TEXT    NOT NULL,
+    held             INTEGER NOT NULL,
+    notified         INTEGER NOT NULL,
+    last_notified_ms INTEGER,
+    last_sample_ms   INTEGER
+);
 CREATE TABLE IF NOT EXISTS agent_apps (
     agent_id TEXT NOT NULL,
     app      TEXT NOT NULL,
@@ -167,17 +196,21 @@ impl SqliteStore {
 /// Brings a database made by an older collector up to `SCHEMA` (which only
 /// creates what is missing).
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_key: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('agents') WHERE name = 'identity_key'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_key {
-        // Schema 3 → 4: agents keyed by instance identity.
-        conn.execute_batch(
-            "ALTER TABLE agents ADD COLUMN identity_key TEXT;
-             ALTER TABLE agents ADD COLUMN duplicate_of TEXT;",
+    // Schema 3 → 4: agents keyed by instance identity, flagged duplicates
+    // and the result of the identity check.
+    for (column, ty) in [
+        ("identity_key", "TEXT"),
+        ("duplicate_of", "TEXT"),
+        ("verified", "INTEGER"),
+    ] {
+        let present: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('agents') WHERE name = ?1",
+            [column],
+            |r| r.get(0),
         )?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE agents ADD COLUMN {column} {ty};"))?;
+        }
     }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS agents_identity_key ON agents (identity_key)
@@ -194,6 +227,7 @@ struct AgentRow {
     registered_ms: i64,
     identity_key: Option<String>,
     duplicate_of: Option<String>,
+    verified: Option<bool>,
 }
 
 fn read_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
@@ -205,6 +239,7 @@ fn read_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
         registered_ms: row.get(4)?,
         identity_key: row.get(5)?,
         duplicate_of: row.get(6)?,
+        verified: row.get(7)?,
     })
 }
 
@@ -217,6 +252,7 @@ fn agent_record(row: AgentRow, apps: Vec<String>) -> Result<AgentRecord, StoreEr
         registered_ms,
         identity_key,
         duplicate_of,
+        verified,
     } = row;
     let mut identity =
         AgentIdentity::decode(identity.as_slice()).map_err(|cause| StoreError::Corrupt {
@@ -233,11 +269,12 @@ fn agent_record(row: AgentRow, apps: Vec<String>) -> Result<AgentRecord, StoreEr
         apps,
         identity_key: identity_key.unwrap_or_default(),
         duplicate_of,
+        verified,
     })
 }
 
 const AGENT_COLUMNS: &str =
-    "id, identity, state, last_seen_ms, registered_ms, identity_key, duplicate_of";
+    "id, identity, state, last_seen_ms, registered_ms, identity_key, duplicate_of, verified";
 
 impl Store for SqliteStore {
     fn insert_records(
@@ -355,7 +392,8 @@ impl Store for SqliteStore {
 
     fn query_transactions(&self, filter: &TxFilter) -> Result<TxPage, StoreError> {
         let mut sql = String::from(
-            "SELECT record_id, end_ms, elapsed_ms, app, host, endpoint, status, error, trace_id
+            "SELECT record_id, end_ms, elapsed_ms, app, host, endpoint, status, error, trace_id,
+                    method, url
              FROM transactions WHERE end_ms >= ?1 AND end_ms <= ?2",
         );
         let mut args: Vec<Value> = vec![filter.from_ms.into(), filter.to_ms.into()];
@@ -411,6 +449,8 @@ impl Store for SqliteStore {
                     status: r.get(6)?,
                     error: r.get(7)?,
                     trace_id: trace_id.as_deref().map(to_hex),
+                    method: r.get(9)?,
+                    url: r.get(10)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -445,18 +485,20 @@ impl Store for SqliteStore {
         identity: &AgentIdentity,
         identity_key: &str,
         duplicate_of: Option<&str>,
+        verified: Option<bool>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction()?;
         tx.prepare_cached(
             "INSERT INTO agents (id, hostname, identity, state, last_seen_ms, registered_ms,
-                                 identity_key, duplicate_of)
-             VALUES (?1, ?2, ?3, 'up', ?4, ?4, ?5, ?6)
+                                 identity_key, duplicate_of, verified)
+             VALUES (?1, ?2, ?3, 'up', ?4, ?4, ?5, ?6, ?7)
              ON CONFLICT (id) DO UPDATE SET
                 hostname = excluded.hostname, identity = excluded.identity, state = 'up',
                 last_seen_ms = excluded.last_seen_ms, registered_ms = excluded.registered_ms,
-                identity_key = excluded.identity_key, duplicate_of = excluded.duplicate_of",
+                identity_key = excluded.identity_key, duplicate_of = excluded.duplicate_of,
+                verified = excluded.verified",
         )?
         .execute(params![
             identity.agent_id,
@@ -465,6 +507,7 @@ impl Store for SqliteStore {
             now_ms,
             (!identity_key.is_empty()).then_some(identity_key),
             duplicate_of,
+            verified,
         ])?;
         {
             let mut add = tx.prepare_cached(
@@ -638,6 +681,179 @@ impl Store for SqliteStore {
             )?
             .execute(params![id, now_ms, by])?;
         Ok(n > 0)
+    }
+
+    fn delete_events_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let conn = lock(&self.writer);
+        let n = conn
+            .prepare_cached("DELETE FROM events WHERE ts_ms < ?1")?
+            .execute([before_ms])?;
+        Ok(n as u64)
+    }
+
+    fn insert_deploy(&self, d: &DeployRecord) -> Result<i64, StoreError> {
+        let conn = lock(&self.writer);
+        conn.prepare_cached(
+            "INSERT INTO deploys (ts_ms, app, version, description, deployed_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![d.ts_ms, d.app, d.version, d.description, d.user])?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn list_deploys(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        app: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeployRecord>, StoreError> {
+        let conn = lock(&self.reader);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut deploys = conn
+            .prepare_cached(
+                "SELECT id, ts_ms, app, version, description, deployed_by FROM deploys \
+                 WHERE ts_ms BETWEEN ?1 AND ?2 AND (?3 IS NULL OR app = ?3) \
+                 ORDER BY ts_ms DESC, id DESC LIMIT ?4",
+            )?
+            .query_map(params![from_ms, to_ms, app, limit], |r| {
+                Ok(DeployRecord {
+                    id: r.get(0)?,
+                    ts_ms: r.get(1)?,
+                    app: r.get(2)?,
+                    version: r.get(3)?,
+                    description: r.get(4)?,
+                    user: r.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        deploys.reverse();
+        Ok(deploys)
+    }
+
+    fn delete_deploys_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let conn = lock(&self.writer);
+        let n = conn
+            .prepare_cached("DELETE FROM deploys WHERE ts_ms < ?1")?
+            .execute([before_ms])?;
+        Ok(n as u64)
+    }
+
+    fn list_console_rules(&self) -> Result<Vec<StoredRule>, StoreError> {
+        let conn = lock(&self.reader);
+        let rules = conn
+            .prepare_cached(
+                "SELECT name, rule, updated_ms, updated_by FROM alert_rules ORDER BY name",
+            )?
+            .query_map([], |r| {
+                Ok(StoredRule {
+                    name: r.get(0)?,
+                    json: r.get(1)?,
+                    updated_ms: r.get(2)?,
+                    updated_by: r.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rules)
+    }
+
+    fn insert_console_rule(&self, r: &StoredRule) -> Result<bool, StoreError> {
+        let conn = lock(&self.writer);
+        let n = conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO alert_rules (name, rule, updated_ms, updated_by) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![r.name, r.json, r.updated_ms, r.updated_by])?;
+        Ok(n > 0)
+    }
+
+    fn update_console_rule(&self, r: &StoredRule) -> Result<bool, StoreError> {
+        let conn = lock(&self.writer);
+        let n = conn
+            .prepare_cached(
+                "UPDATE alert_rules SET rule = ?2, updated_ms = ?3, updated_by = ?4 \
+                 WHERE name = ?1",
+            )?
+            .execute(params![r.name, r.json, r.updated_ms, r.updated_by])?;
+        Ok(n > 0)
+    }
+
+    fn delete_console_rule(&self, name: &str) -> Result<bool, StoreError> {
+        let conn = lock(&self.writer);
+        let n = conn
+            .prepare_cached("DELETE FROM alert_rules WHERE name = ?1")?
+            .execute([name])?;
+        Ok(n > 0)
+    }
+
+    fn load_alert_state(&self) -> Result<Vec<AlertStateRecord>, StoreError> {
+        let conn = lock(&self.reader);
+        let states = conn
+            .prepare_cached(
+                "SELECT rule, app, endpoint, host, phase, held, notified, last_notified_ms, \
+                 last_sample_ms FROM alert_state",
+            )?
+            .query_map([], |r| {
+                Ok(AlertStateRecord {
+                    rule: r.get(0)?,
+                    app: r.get(1)?,
+                    endpoint: r.get(2)?,
+                    host: r.get(3)?,
+                    phase: r.get(4)?,
+                    held: r.get(5)?,
+                    notified: r.get(6)?,
+                    last_notified_ms: r.get(7)?,
+                    last_sample_ms: r.get(8)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(states)
+    }
+
+    fn save_alert_state(&self, states: &[AlertStateRecord]) -> Result<(), StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM alert_state", [])?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO alert_state (rule, app, endpoint, host, phase, held, notified, \
+                 last_notified_ms, last_sample_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for s in states {
+                insert.execute(params![
+                    s.rule,
+                    s.app,
+                    s.endpoint,
+                    s.host,
+                    s.phase,
+                    s.held,
+                    s.notified,
+                    s.last_notified_ms,
+                    s.last_sample_ms
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn calls_by_app_host(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let conn = lock(&self.reader);
+        let rows = conn
+            .prepare_cached(
+                "SELECT app, host, sum(calls) FROM host_second \
+                 WHERE bucket_ms >= ?1 AND bucket_ms < ?2 GROUP BY app, host",
+            )?
+            .query_map(params![from_ms, to_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -844,7 +1060,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        s.upsert_agent(&id, "aws:i-0abc", None, 1000).unwrap();
+        s.upsert_agent(&id, "aws:i-0abc", None, Some(true), 1000)
+            .unwrap();
         assert!(s.heartbeat("i-0abc", 2000).unwrap());
         assert!(!s.heartbeat("nobody", 2000).unwrap());
         s.add_agent_apps("i-0abc", &["blog".into(), "shop".into()])
@@ -865,7 +1082,7 @@ mod tests {
         assert_eq!(list[0].state, AgentState::Terminated);
         assert_eq!(list[0].apps, ["blog", "shop"]);
         // Re-registering after a restart is the same agent, running again.
-        s.upsert_agent(&id, "aws:i-0abc", None, 4000).unwrap();
+        s.upsert_agent(&id, "aws:i-0abc", None, None, 4000).unwrap();
         let a = s.agent("i-0abc").unwrap().unwrap();
         assert_eq!((a.state, a.last_seen_ms), (AgentState::Running, 4000));
         assert!(s.agent("nobody").unwrap().is_none());
@@ -910,6 +1127,116 @@ mod tests {
             (Some(3000), Some("admin"))
         );
         assert_eq!(all[1].acked_ms, None);
+    }
+
+    #[test]
+    fn alerting_tables() {
+        let (_dir, s) = open();
+        // Deploy markers: range, app filter, limit keeps the most recent.
+        let d = |ts, app: &str, v: &str| DeployRecord {
+            id: 0,
+            ts_ms: ts,
+            app: app.into(),
+            version: v.into(),
+            description: "d".into(),
+            user: "ci".into(),
+        };
+        let a = s.insert_deploy(&d(1000, "shop", "v1")).unwrap();
+        s.insert_deploy(&d(2000, "blog", "v7")).unwrap();
+        s.insert_deploy(&d(3000, "shop", "v2")).unwrap();
+        let all = s.list_deploys(0, 5000, None, 100).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!((all[0].id, all[0].user.as_str()), (a, "ci"));
+        let shop: Vec<String> = s
+            .list_deploys(0, 5000, Some("shop"), 100)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.version)
+            .collect();
+        assert_eq!(shop, ["v1", "v2"]);
+        assert_eq!(
+            s.list_deploys(0, 5000, Some("shop"), 1).unwrap()[0].version,
+            "v2"
+        );
+        assert_eq!(s.list_deploys(1500, 2500, None, 100).unwrap().len(), 1);
+        assert_eq!(s.delete_deploys_before(2500).unwrap(), 2);
+        assert_eq!(s.list_deploys(0, 5000, None, 100).unwrap().len(), 1);
+
+        // Console rules.
+        let r = |name: &str, json: &str| StoredRule {
+            name: name.into(),
+            json: json.into(),
+            updated_ms: 1,
+            updated_by: "admin".into(),
+        };
+        assert!(s.insert_console_rule(&r("b", "{}")).unwrap());
+        assert!(s.insert_console_rule(&r("a", "{}")).unwrap());
+        assert!(!s.insert_console_rule(&r("a", "{\"x\":1}")).unwrap());
+        assert!(s.update_console_rule(&r("a", "{\"y\":2}")).unwrap());
+        assert!(!s.update_console_rule(&r("zz", "{}")).unwrap());
+        let rules = s.list_console_rules().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            (rules[0].name.as_str(), rules[0].json.as_str()),
+            ("a", "{\"y\":2}")
+        );
+        assert!(s.delete_console_rule("a").unwrap());
+        assert!(!s.delete_console_rule("a").unwrap());
+
+        // Alert state is replaced as a whole.
+        let st = |rule: &str, app: Option<&str>| AlertStateRecord {
+            rule: rule.into(),
+            app: app.map(Into::into),
+            endpoint: None,
+            host: Some("web-1".into()),
+            phase: "firing".into(),
+            held: 2,
+            notified: true,
+            last_notified_ms: Some(9),
+            last_sample_ms: None,
+        };
+        s.save_alert_state(&[st("r1", Some("shop")), st("r2", None)])
+            .unwrap();
+        assert_eq!(s.load_alert_state().unwrap().len(), 2);
+        s.save_alert_state(&[st("r3", None)]).unwrap();
+        assert_eq!(s.load_alert_state().unwrap(), [st("r3", None)]);
+
+        // Events retention.
+        let e = |ts| EventRecord {
+            ts_ms: ts,
+            level: "warning".into(),
+            kind: "k".into(),
+            state: "firing".into(),
+            rule: "r".into(),
+            ..Default::default()
+        };
+        s.insert_event(&e(100)).unwrap();
+        s.insert_event(&e(200)).unwrap();
+        assert_eq!(s.delete_events_before(150).unwrap(), 1);
+        assert_eq!(s.list_events(0, 1000, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn calls_per_second_rollup_for_baselines() {
+        let (_dir, s) = open();
+        let mut recs = vec![
+            record(1, 10_100, 5),
+            record(2, 10_900, 5),
+            record(3, 11_500, 5),
+        ];
+        recs[2].host = "web-2".into();
+        s.insert_records(&recs, "web-1").unwrap();
+        let mut rows = s.calls_by_app_host(10_000, 12_000).unwrap();
+        rows.sort();
+        assert_eq!(
+            rows,
+            [
+                ("shop".into(), "web-1".into(), 2),
+                ("shop".into(), "web-2".into(), 1)
+            ]
+        );
+        assert_eq!(s.calls_by_app_host(10_000, 11_000).unwrap().len(), 1);
+        assert!(s.calls_by_app_host(20_000, 30_000).unwrap().is_empty());
     }
 
     #[test]
