@@ -47,6 +47,11 @@ struct Args {
     /// Configuration file (TOML).
     #[arg(long, value_name = "FILE", default_value = "/etc/sonde/collector.toml")]
     config: PathBuf,
+    /// Check the configuration (syntax, keys, values, the TLS, certificate
+    /// and CA files it names) and exit: 0 and "ok" when it is valid, 64
+    /// with the file, key and problem when not. Nothing is started.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +63,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if args.check_config {
+        println!("sonde-collector: {}: ok", args.config.display());
+        return ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -204,6 +213,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         alert_rules,
         alert_channels,
         shutdown: shutdown.clone(),
+        storage_dir: config.storage.path.clone(),
     };
     // Not in `servers`: it holds no connections and stops at once on the
     // signal; its end is not a reason to stop the collector.

@@ -14,6 +14,9 @@ use sonde_proto::v1::AgentCounters;
 
 use crate::storage::AgentRecord;
 
+/// An agent clock further off than this (either way) is warned about.
+pub const CLOCK_SKEW_WARN_MS: i64 = 2_000;
+
 /// Least time between two "agent dropped records" events for one agent.
 pub const DROP_EVENT_EVERY_MS: i64 = 5 * 60_000;
 
@@ -73,6 +76,8 @@ pub struct Reported {
     /// `records_dropped` when an event last told of drops.
     dropped_told: u64,
     told_at_ms: Option<i64>,
+    /// The agent's clock minus ours, milliseconds, at its last heartbeat.
+    pub clock_skew_ms: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -116,6 +121,20 @@ impl Presence {
             return Some(new);
         }
         None
+    }
+
+    /// Notes an agent's clock skew. `Some(true)` when it has just gone
+    /// past [`CLOCK_SKEW_WARN_MS`], `Some(false)` when it has just come
+    /// back within it, else `None`.
+    pub fn clock(&self, agent_id: &str, skew_ms: i64) -> Option<bool> {
+        let mut all = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        let r = all.entry(agent_id.to_owned()).or_default();
+        let was_off = r
+            .clock_skew_ms
+            .is_some_and(|s| s.abs() > CLOCK_SKEW_WARN_MS);
+        let is_off = skew_ms.abs() > CLOCK_SKEW_WARN_MS;
+        r.clock_skew_ms = Some(skew_ms);
+        (was_off != is_off).then_some(is_off)
     }
 
     /// What the agent's last heartbeat said.
@@ -245,6 +264,16 @@ mod tests {
         // Restarted: counts from zero.
         assert_eq!(p.report("a", c(2), 4 * DROP_EVENT_EVERY_MS), Some(2));
         assert_eq!(p.reported("a").unwrap().counters.records_dropped, 2);
+    }
+
+    #[test]
+    fn clock_skew_is_kept_and_crossings_reported() {
+        let p = Presence::new(5_000);
+        assert_eq!(p.clock("a", 30), None);
+        assert_eq!(p.clock("a", -5_000), Some(true));
+        assert_eq!(p.clock("a", -6_000), None, "still off: said once");
+        assert_eq!(p.clock("a", 100), Some(false));
+        assert_eq!(p.reported("a").unwrap().clock_skew_ms, Some(100));
     }
 
     #[test]

@@ -408,3 +408,36 @@ fn check_refused(config: &Path, expect: &str) {
     assert!(stderr.contains(&config.display().to_string()), "{stderr}");
     assert!(stderr.contains(expect), "{stderr}");
 }
+
+#[test]
+fn check_config_says_ok_or_names_the_problem_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    let data = dir.path().join("data");
+    // Ports no one could bind twice: a started collector would fail or hang.
+    std::fs::write(
+        &config,
+        format!(
+            "[grpc]\nlisten = \"192.0.2.1:1\"\n[storage]\npath = \"{}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sonde-collector"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+    assert!(!data.exists(), "nothing was started or created");
+    std::fs::write(&config, "[grpc]\nheartbeat_interval_ms = 5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sonde-collector"))
+        .args(["--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("grpc.heartbeat_interval_ms"));
+}

@@ -45,6 +45,10 @@ pub struct AgentView {
     /// spooled, sent, acknowledged, dropped and by reason, spool bytes),
     /// with `at_ms`; null before the first.
     pub counters: Option<serde_json::Value>,
+    /// The agent's clock minus the collector's at its last heartbeat,
+    /// milliseconds (one-way: includes the network delay); null before the
+    /// first.
+    pub clock_skew_ms: Option<i64>,
     pub last_seen_ms: i64,
     pub registered_ms: i64,
     pub versions: VersionsView,
@@ -82,7 +86,8 @@ impl AgentView {
             identity_document: !i.identity_document.is_empty(),
             identity_verified: a.verified,
             machine_id: i.machine_id,
-            counters: reported.map(|r| {
+            clock_skew_ms: reported.as_ref().and_then(|r| r.clock_skew_ms),
+            counters: reported.filter(|r| r.at_ms > 0).map(|r| {
                 let c = r.counters;
                 serde_json::json!({
                     "at_ms": r.at_ms,

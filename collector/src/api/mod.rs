@@ -10,6 +10,7 @@ mod deploys;
 mod events;
 mod hosts;
 mod live;
+mod metrics;
 mod reports;
 mod rollups;
 mod transactions;
@@ -67,6 +68,8 @@ pub struct ApiState {
     pub alert_channels: crate::alerts::Channels,
     /// Ends the live streams at shutdown.
     pub shutdown: Shutdown,
+    /// The store's directory (`[storage] path`), for its size on `/metrics`.
+    pub storage_dir: std::path::PathBuf,
 }
 
 /// Why a request failed; each becomes `{"error": "…"}` with its status.
@@ -157,8 +160,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/users/:name", delete(users::delete))
         .fallback(|| async { ApiError::NotFound("no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let metrics = Router::new()
+        .route("/metrics", get(metrics::render))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .merge(metrics)
         .nest("/api/v1", api)
         .merge(crate::web::routes())
         .with_state(state)
@@ -203,13 +210,18 @@ async fn require_token(
 
 /// `GET /api/v1/stats`: the collector's own counters.
 async fn stats(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({
+    Json(stats_value(&state))
+}
+
+/// The collector's own counters (also behind `/metrics`).
+fn stats_value(state: &ApiState) -> serde_json::Value {
+    json!({
         "version": env!("CARGO_PKG_VERSION"),
         "now_ms": now_ms(),
         "ingest": state.counters.view(),
         "live": {"late_records": state.stats.late()},
         "alerts": state.alerts.view(&state.alert_rules, &state.alert_channels),
-    }))
+    })
 }
 
 /// `?app=` for endpoints that take only that.
@@ -263,6 +275,7 @@ pub(crate) mod tests {
             )),
             alert_channels: Arc::default(),
             shutdown,
+            storage_dir: dir.path().to_owned(),
         };
         (dir, state)
     }

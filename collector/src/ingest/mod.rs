@@ -44,6 +44,9 @@ pub struct IngestCounters {
     pub store_errors: AtomicU64,
     /// Registrations whose signed instance identity did not verify.
     pub identity_unverified: AtomicU64,
+    /// For the newest record of the last stored batch: milliseconds from
+    /// its end to its commit.
+    pub lag_ms: std::sync::atomic::AtomicI64,
 }
 
 /// A point-in-time copy of [`IngestCounters`].
@@ -56,6 +59,7 @@ pub struct CountersView {
     pub auth_rejected: u64,
     pub store_errors: u64,
     pub identity_unverified: u64,
+    pub lag_ms: i64,
 }
 
 impl IngestCounters {
@@ -69,6 +73,7 @@ impl IngestCounters {
             auth_rejected: get(&self.auth_rejected),
             store_errors: get(&self.store_errors),
             identity_unverified: get(&self.identity_unverified),
+            lag_ms: self.lag_ms.load(Ordering::Relaxed),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use sonde_proto::v1::agent_message::Msg;
 use sonde_proto::v1::collector_message::Msg as Reply;
@@ -99,6 +100,9 @@ impl Session {
                 Msg::Batch(batch) => self.batch(batch).await,
                 Msg::Heartbeat(hb) => {
                     self.seen().await;
+                    if hb.ts_unix_ms > 0 {
+                        self.clock(hb.ts_unix_ms);
+                    }
                     if let Some(c) = hb.counters {
                         self.counters(c).await;
                     }
@@ -170,6 +174,24 @@ impl Session {
             }
         }
         info!(agent = %self.agent_id, peer = %self.peer, "agent stream open");
+    }
+
+    /// Measures the agent's clock against ours from its heartbeat's send
+    /// time (one-way: the network delay counts as skew, milliseconds on a
+    /// LAN), and warns when it crosses [`CLOCK_SKEW_WARN_MS`].
+    fn clock(&self, agent_ms: i64) {
+        if self.agent_id.is_empty() {
+            return;
+        }
+        let skew = agent_ms - now_ms();
+        if let Some(crossed) = self.ingest.presence.clock(&self.agent_id, skew) {
+            if crossed {
+                warn!(agent = %self.agent_id, host = %self.hostname, skew_ms = skew,
+                    "the agent's clock is off: its transactions' times are shifted by as much");
+            } else {
+                info!(agent = %self.agent_id, host = %self.hostname, skew_ms = skew, "the agent's clock is back in line");
+            }
+        }
     }
 
     /// Keeps the agent's own counters for the API, and raises an event when
@@ -261,6 +283,13 @@ impl Session {
                 let now = now_ms();
                 if o.duplicates == 0 && o.stored > 0 {
                     self.ingest.stats.observe(&records, &self.hostname, now);
+                }
+                // Freshness: how long after its end the newest record of
+                // the batch became durable.
+                if let Some(newest) = records.iter().map(crate::storage::end_ms).max() {
+                    counters
+                        .lag_ms
+                        .store(now.saturating_sub(newest).max(0), Ordering::Relaxed);
                 }
                 for m in &host_metrics {
                     self.ingest.stats.host_metrics(m, &self.hostname, now);
