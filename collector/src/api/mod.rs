@@ -11,6 +11,7 @@ mod events;
 mod hosts;
 mod live;
 mod metrics;
+mod openapi;
 mod reports;
 mod rollups;
 mod transactions;
@@ -153,6 +154,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/alerts/channels", get(alert_rules::channels))
         .route("/deploys", get(deploys::list).post(deploys::create))
         .route("/stats", get(stats))
+        .route("/openapi.json", get(openapi::document))
         .route("/live", get(live::stream))
         .route("/live/snapshot", get(live::snapshot))
         .route("/session", get(users::session))
