@@ -9,7 +9,7 @@
 // default /usr/bin/chromium). Prints one JSON line of findings; exits 1 on
 // the first failed check.
 import { chromium } from 'playwright-core';
-import { mkdtempSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -111,6 +111,13 @@ try {
   await page.waitForSelector('#status-sql tbody tr', { timeout: 10000 });
   found.status_sql = await page.$$eval('#status-sql tbody tr', (rows) => rows.length);
   await page.screenshot({ path: join(shots, 'status.png'), fullPage: true });
+  // CSV export: a cell a spreadsheet would run as a formula is neutralised
+  // (a leading quote), the rest kept.
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#status-csv')]);
+  const csv = readFileSync(await download.path(), 'utf8');
+  found.csv_rows = csv.trim().split('\r\n').length;
+  found.csv_formula_neutralised = csv.includes('"\'=HYPERLINK(""http://evil.example"",""x"")"')
+    && !/(^|,)"[=+\-@]/m.test(csv) && csv.includes('"/api/v6/photos"');
   step('status');
 
   // Daily report and servers: they render.
@@ -118,6 +125,12 @@ try {
   await page.waitForSelector('#report-compare tbody tr', { timeout: 10000 });
   found.report_rows = await page.$$eval('#report-compare tbody tr', (rows) => rows.length);
   await page.screenshot({ path: join(shots, 'report.png'), fullPage: true });
+  // Printed (the print stylesheet), the report fits one A4 page.
+  await page.emulateMedia({ media: 'print' });
+  const pdf = await page.pdf({ format: 'A4', printBackground: true });
+  await page.emulateMedia({ media: 'screen' });
+  found.report_pdf_pages = (pdf.toString('latin1').match(/\/Type\s*\/Page(?!s)/g) || []).length;
+  writeFileSync(join(shots, 'report.pdf'), pdf);
   await page.goto(base + '/#/servers');
   await page.waitForSelector('#agents table tbody tr', { timeout: 10000 });
   await page.screenshot({ path: join(shots, 'servers.png'), fullPage: true });
@@ -169,6 +182,18 @@ try {
   found.report_deploys = await page.$$eval('#report-deploys tbody tr', (rows) => rows.map((r) => r.children[2].textContent));
   await page.screenshot({ path: join(shots, 'report-deploy.png'), fullPage: true });
   step('alerts+deploys');
+
+  // Repeated failed logins for one name are throttled by the server.
+  found.login_throttle = await page.evaluate(async () => {
+    const codes = [];
+    for (let i = 0; i < 6; i++) {
+      const r = await fetch('/login', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ user: 'mallory', password: 'guess-' + i }) });
+      codes.push(r.status);
+    }
+    return codes;
+  });
+  step('throttle');
 
   // The read-only role is refused changes by the server.
   const ro = await page.evaluate(async () => {

@@ -21,6 +21,8 @@ use sonde_e2e::{artifact, http, repo_root, wait_for, Proc, Stack, StackOptions};
 
 const API_TOKEN: &str = "e2e-api-token";
 const ADMIN_PASSWORD: &str = "e2e-admin-pw";
+/// `=HYPERLINK("http://evil.example","x")`, as a query value and as named.
+const FORMULA_NAME_Q: &str = "%3DHYPERLINK(%22http://evil.example%22,%22x%22)";
 const XSS_URL: &str = "/api/v6/photos?lang=<script>window.__xss=1</script>\"'&page=1";
 
 fn api(stack: &Stack, path: &str) -> Value {
@@ -114,13 +116,23 @@ fn console_in_headless_chromium() {
         .web("GET", XSS_URL, &[], "")
         .expect("request with markup in its URL");
     assert_eq!(xss.status, 200, "{}", xss.body);
+    // An endpoint a spreadsheet would run as a formula, for the CSV export.
+    let formula = stack
+        .web(
+            "GET",
+            &format!("/t/named.php?name={FORMULA_NAME_Q}"),
+            &[],
+            "",
+        )
+        .expect("request naming its transaction");
+    assert_eq!(formula.status, 200, "{}", formula.body);
     wait_for(
         "the known traffic in the API",
         Duration::from_secs(20),
         || {
             api(&stack, "/api/v1/transactions?app=fanapp")["transactions"]
                 .as_array()
-                .is_some_and(|t| t.len() >= 33)
+                .is_some_and(|t| t.len() >= 34)
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
@@ -250,6 +262,16 @@ fn console_in_headless_chromium() {
     assert!(found["status_sql"].as_u64().unwrap() >= 1, "{found}");
     assert!(found["report_rows"].as_u64().unwrap() >= 2, "{found}");
     assert_eq!(found["read_only_post"], 403);
+    assert_eq!(found["csv_formula_neutralised"], true, "{found}");
+    assert_eq!(
+        found["report_pdf_pages"], 1,
+        "the daily report prints on one A4 page: {found}"
+    );
+    assert_eq!(
+        found["login_throttle"],
+        serde_json::json!([401, 401, 401, 401, 401, 429]),
+        "{found}"
+    );
     assert_eq!(found["xss_literal"], true, "{found}");
     assert_eq!(found["xss_ran"], false, "{found}");
     assert_eq!(found["after_logout"], 401, "logout must end the session");

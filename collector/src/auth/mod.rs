@@ -5,6 +5,7 @@
 //! protocol and log it with the peer.
 
 pub mod sessions;
+pub mod throttle;
 pub mod users;
 
 use thiserror::Error;

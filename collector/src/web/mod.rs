@@ -25,6 +25,8 @@ use crate::clock::now_ms;
 pub struct Console {
     pub users: Arc<UserStore>,
     pub sessions: Sessions,
+    /// Failed logins per user name and client address.
+    pub throttle: crate::auth::throttle::Throttle,
     /// No admin password configured: no login; every visitor is an admin
     /// (meant for a loopback listener).
     pub open: bool,
@@ -35,6 +37,7 @@ impl Console {
         Console {
             users,
             sessions: Sessions::default(),
+            throttle: Default::default(),
             open,
         }
     }
@@ -175,13 +178,31 @@ async fn login(
     peer: Option<ConnectInfo<SocketAddr>>,
     Json(form): Json<LoginForm>,
 ) -> Response {
+    let peer_ip = peer.map(|c| c.0.ip().to_string()).unwrap_or_default();
     let peer = peer.map(|c| c.0.to_string()).unwrap_or_default();
+    let throttle = &state.console.throttle;
+    if let Some(wait) = throttle.wait_ms(&form.user, &peer_ip, now_ms()) {
+        warn!(user = %form.user, %peer, wait_ms = wait, "console login throttled after repeated failures");
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed logins; try again later",
+        );
+        let secs = (wait + 999) / 1000;
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     let users = Arc::clone(&state.console.users);
     let (user, password) = (form.user.clone(), form.password);
     let verified = tokio::task::spawn_blocking(move || users.verify(&user, &password)).await;
     let role = match verified {
         Ok(Ok(Some(role))) => role,
         Ok(Ok(None)) => {
+            state
+                .console
+                .throttle
+                .failed(&form.user, &peer_ip, now_ms());
             warn!(user = %form.user, %peer, "console login refused");
             return error(StatusCode::UNAUTHORIZED, "wrong user name or password");
         }
@@ -198,6 +219,7 @@ async fn login(
         user: form.user.clone(),
         role,
     };
+    state.console.throttle.succeeded(&form.user);
     let token = state.console.sessions.create(principal, now_ms());
     info!(user = %form.user, role = role.as_str(), %peer, "console login");
     let mut r = Json(json!({"user": form.user, "role": role})).into_response();
