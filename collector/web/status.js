@@ -4,17 +4,31 @@ import { api, h, clear, fmtMs, fmtNum, fmtTime, table, downloadCsv, setHashParam
 
 const RANGES = [['15m', 15 * 60e3], ['1h', 3600e3], ['6h', 6 * 3600e3], ['24h', 86400e3], ['7d', 7 * 86400e3]];
 
+/** `datetime-local` value for epoch ms, in the browser's time zone. */
+function localInput(ms) {
+  const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60e3);
+  return d.toISOString().slice(0, 16);
+}
+
 export function mount(el, ctx) {
   let span = ctx.params.range || '1h';
+  const now = Date.now();
+  const fromIn = h('input', { type: 'datetime-local', id: 'status-from', value: localInput(Number(ctx.params.from) || now - 3600e3) });
+  const toIn = h('input', { type: 'datetime-local', id: 'status-to', value: localInput(Number(ctx.params.to) || now) });
+  const custom = h('span', { class: 'custom-range' }, ' from ', fromIn, ' to ', toIn, ' ',
+    h('button', { type: 'button', id: 'status-apply', onclick: () => load() }, 'Show'));
   const out = h('div', { id: 'status-table' });
   const sqlBox = h('div', { id: 'status-sql' });
   const info = h('span', { class: 'muted' });
-  const rangeSel = h('select', { onchange: () => { span = rangeSel.value; load(); } },
-    RANGES.map(([k]) => h('option', { value: k, selected: k === span }, 'last ' + k)));
+  const rangeSel = h('select', { id: 'status-range', onchange: () => { span = rangeSel.value; showCustom(); if (span !== 'custom') load(); } },
+    [...RANGES.map(([k]) => h('option', { value: k, selected: k === span }, 'last ' + k)),
+      h('option', { value: 'custom', selected: span === 'custom' }, 'custom range…')]);
+  const showCustom = () => { custom.style.display = span === 'custom' ? '' : 'none'; };
+  showCustom();
   const csvBtn = h('button', { type: 'button', id: 'status-csv' }, 'Export CSV');
   el.appendChild(h('section', {},
     h('div', { class: 'page-head' }, h('h2', {}, 'Application status'), info),
-    h('div', { class: 'toolbar' }, rangeSel, csvBtn),
+    h('div', { class: 'toolbar' }, rangeSel, custom, csvBtn),
     out, sqlBox));
 
   const cols = [
@@ -35,9 +49,18 @@ export function mount(el, ctx) {
   csvBtn.addEventListener('click', () => downloadCsv('sonde-endpoints.csv', cols.map((c) => c.key), rows.map((r) => cols.map((c) => r[c.key]))));
 
   async function load() {
-    setHashParams('status', { range: span });
-    const ms = RANGES.find(([k]) => k === span)[1];
-    const to = Date.now(), from = to - ms;
+    let from, to;
+    if (span === 'custom') {
+      // Local times, as the inputs show them.
+      from = new Date(fromIn.value).getTime();
+      to = new Date(toIn.value).getTime();
+      if (!(from < to)) { clear(out); out.appendChild(h('p', { class: 'error' }, 'Pick a start before the end.')); return; }
+      setHashParams('status', { range: span, from, to });
+    } else {
+      const ms = (RANGES.find(([k]) => k === span) || RANGES[1])[1];
+      to = Date.now(); from = to - ms;
+      setHashParams('status', { range: span });
+    }
     clear(out); clear(sqlBox);
     try {
       const r = await api('/endpoints', { from, to, app: ctx.app });

@@ -118,6 +118,21 @@ try {
   found.csv_rows = csv.trim().split('\r\n').length;
   found.csv_formula_neutralised = csv.includes('"\'=HYPERLINK(""http://evil.example"",""x"")"')
     && !/(^|,)"[=+\-@]/m.test(csv) && csv.includes('"/api/v6/photos"');
+  // A custom range: one around the test's traffic lists it, one a day
+  // earlier is empty; the URL keeps the range.
+  const local = (ms) => new Date(ms - new Date(ms).getTimezoneOffset() * 60e3).toISOString().slice(0, 16);
+  await page.selectOption('#status-range', 'custom');
+  await page.fill('#status-from', local(Date.now() - 3600e3));
+  await page.fill('#status-to', local(Date.now() + 120e3));
+  await page.click('#status-apply');
+  await page.waitForSelector('#status-table tbody tr', { timeout: 10000 });
+  found.custom_range_endpoints = await page.$$eval('#status-table tbody tr', (rows) => rows.length);
+  found.custom_range_hash = page.url().includes('range=custom') && page.url().includes('from=');
+  await page.fill('#status-from', local(Date.now() - 2 * 86400e3));
+  await page.fill('#status-to', local(Date.now() - 86400e3));
+  await page.click('#status-apply');
+  await page.waitForSelector('#status-table p.empty', { timeout: 10000 });
+  found.custom_range_empty = true;
   step('status');
 
   // Daily report and servers: they render.
