@@ -513,6 +513,28 @@ impl Stack {
             .sum())
     }
 
+    /// The collector's agent list (`GET /api/v1/agents`), empty while it
+    /// does not answer.
+    pub fn agents(&self) -> Vec<serde_json::Value> {
+        self.api("/api/v1/agents")
+            .ok()
+            .and_then(|v| v["agents"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// `result`, or its error followed by the last `chars` characters of
+    /// the stack's logs.
+    pub fn with_logs<T>(&self, result: Result<T>, chars: usize) -> Result<T> {
+        result.map_err(|e| {
+            let logs = self.logs();
+            let tail: String = logs
+                .chars()
+                .skip(logs.chars().count().saturating_sub(chars))
+                .collect();
+            anyhow::anyhow!("{e:#}\n{tail}")
+        })
+    }
+
     /// Every log of the stack, for a failure message.
     pub fn logs(&self) -> String {
         let mut out = String::new();

@@ -45,10 +45,7 @@ fn sighup_applies_token_and_log_level_and_refuses_a_broken_file() -> Result<()> 
     let pid = Pid::from_raw(agent.pid() as i32);
     let registered = || {
         stack
-            .api("/api/v1/agents")
-            .ok()
-            .and_then(|v| v["agents"].as_array().cloned())
-            .unwrap_or_default()
+            .agents()
             .iter()
             .any(|a| a["hostname"] == "reload-host" && a["status"] == "up")
     };

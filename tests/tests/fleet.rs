@@ -21,7 +21,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use sonde_e2e::{artifact, wait_for, Proc, Stack, StackOptions};
@@ -318,11 +318,7 @@ fn base64_lines(bytes: &[u8]) -> String {
 }
 
 fn agents(stack: &Stack) -> Vec<Value> {
-    stack
-        .api("/api/v1/agents")
-        .ok()
-        .and_then(|v| v["agents"].as_array().cloned())
-        .unwrap_or_default()
+    stack.agents()
 }
 
 /// The agent row of `hostname` (the first, or the one whose id is `id`).
@@ -543,14 +539,7 @@ fn a_simulated_auto_scaling_group_connects_scales_in_and_is_told_apart() -> Resu
         drop(clone);
         Ok(())
     })();
-    if let Err(e) = result {
-        let logs = stack.logs();
-        let tail: String = logs
-            .chars()
-            .skip(logs.chars().count().saturating_sub(20_000))
-            .collect();
-        bail!("{e:#}\n{tail}");
-    }
+    stack.with_logs(result, 20_000)?;
     drop(net);
     Ok(())
 }
@@ -665,14 +654,7 @@ fn signed_instance_identities_are_required_when_configured() -> Result<()> {
         ensure!(unverified >= 2, "counted: {stats}");
         Ok(())
     })();
-    if let Err(e) = result {
-        let logs = stack.logs();
-        let tail: String = logs
-            .chars()
-            .skip(logs.chars().count().saturating_sub(20_000))
-            .collect();
-        bail!("{e:#}\n{tail}");
-    }
+    stack.with_logs(result, 20_000)?;
     drop(net);
     Ok(())
 }

@@ -109,10 +109,7 @@ fn pki(dir: &Path, name: &str, leaves: &[(&str, &str)]) -> Result<()> {
 
 fn agents(stack: &Stack) -> Vec<String> {
     stack
-        .api("/api/v1/agents")
-        .ok()
-        .and_then(|v| v["agents"].as_array().cloned())
-        .unwrap_or_default()
+        .agents()
         .iter()
         .filter_map(|a| a["hostname"].as_str().map(str::to_owned))
         .collect()
@@ -312,11 +309,15 @@ fn bad_tls_settings_stop_either_daemon_at_start_naming_the_key() -> Result<()> {
             "grpc.tls_client_ca",
         ),
     ];
-    for (body, key) in &collector_cases {
-        let (code, err) = run("sonde-collector", body)?;
-        ensure!(code == Some(64), "collector {body}: exit {code:?}: {err}");
-        ensure!(err.contains(key), "collector names {key}: {err}");
-    }
+    let refused = |bin: &str, cases: &[(String, &str)]| -> Result<()> {
+        for (body, key) in cases {
+            let (code, err) = run(bin, body)?;
+            ensure!(code == Some(64), "{bin} {body}: exit {code:?}: {err}");
+            ensure!(err.contains(key), "{bin} names {key}: {err}");
+        }
+        Ok(())
+    };
+    refused("sonde-collector", &collector_cases)?;
     let spool = p("spool");
     let agent_cases = [
         (
@@ -335,10 +336,5 @@ fn bad_tls_settings_stop_either_daemon_at_start_naming_the_key() -> Result<()> {
             "tls.cert",
         ),
     ];
-    for (body, key) in &agent_cases {
-        let (code, err) = run("sonde-agent", body)?;
-        ensure!(code == Some(64), "agent {body}: exit {code:?}: {err}");
-        ensure!(err.contains(key), "agent names {key}: {err}");
-    }
-    Ok(())
+    refused("sonde-agent", &agent_cases)
 }
