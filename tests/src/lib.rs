@@ -565,3 +565,106 @@ impl Drop for Stack {
         }
     }
 }
+
+/// Test certificates made with the `openssl` command (installed by
+/// scripts/install-deps.sh): nothing is committed, nothing outlives a test.
+pub mod certs {
+    use std::fs;
+    use std::path::Path;
+    use std::process::Command;
+
+    use anyhow::{ensure, Context, Result};
+
+    /// Runs `openssl ARGS` in `dir`; its standard output.
+    pub fn openssl(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .context("run openssl")?;
+        ensure!(
+            out.status.success(),
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out.stdout)
+    }
+
+    /// A CA (`<name>-ca.pem/.key`) and, signed by it, `<leaf>.pem/.key` for each
+    /// `(leaf, extensions)`.
+    pub fn pki(dir: &Path, name: &str, leaves: &[(&str, &str)]) -> Result<()> {
+        let (ca_key, ca_pem) = (format!("{name}-ca.key"), format!("{name}-ca.pem"));
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca_pem,
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=Sonde test {name} CA"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        )?;
+        for (leaf, ext) in leaves {
+            let ext_file = format!("{leaf}.ext");
+            fs::write(
+                dir.join(&ext_file),
+                format!(
+                    "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n{ext}\n"
+                ),
+            )?;
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{leaf}.key"),
+                    "-out",
+                    &format!("{leaf}.csr"),
+                    "-subj",
+                    &format!("/CN={leaf}"),
+                ],
+            )?;
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{leaf}.csr"),
+                    "-CA",
+                    &ca_pem,
+                    "-CAkey",
+                    &ca_key,
+                    "-CAcreateserial",
+                    "-out",
+                    &format!("{leaf}.pem"),
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &ext_file,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+}

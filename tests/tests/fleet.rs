@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use sonde_e2e::{artifact, wait_for, Proc, Stack, StackOptions};
+use sonde_e2e::{artifact, certs, wait_for, Proc, Stack, StackOptions};
 
 const GROUP: &str = "sonde-web-asg";
 const LAUNCH: usize = 20;
@@ -226,17 +226,9 @@ impl Instance {
     /// SHA-256, base64 over lines, as AWS does).
     fn sign_document(&self, key: &Path) -> Result<()> {
         let dynamic = self.dir.join("imds/latest/dynamic/instance-identity");
-        let out = Command::new("openssl")
-            .args(["dgst", "-sha256", "-sign"])
-            .arg(key)
-            .arg(dynamic.join("document"))
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "openssl dgst: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let b64 = base64_lines(&out.stdout);
+        let key = key.display().to_string();
+        let sig = certs::openssl(&dynamic, &["dgst", "-sha256", "-sign", &key, "document"])?;
+        let b64 = base64_lines(&sig);
         fs::write(dynamic.join("signature"), b64)?;
         Ok(())
     }
@@ -552,9 +544,9 @@ fn signed_instance_identities_are_required_when_configured() -> Result<()> {
     );
     // The stand-in for AWS's signing key and its public certificate.
     let keys = tempfile::tempdir()?;
-    let out = Command::new("openssl")
-        .current_dir(keys.path())
-        .args([
+    certs::openssl(
+        keys.path(),
+        &[
             "req",
             "-x509",
             "-newkey",
@@ -568,13 +560,8 @@ fn signed_instance_identities_are_required_when_configured() -> Result<()> {
             "2",
             "-subj",
             "/CN=stand-in AWS identity signer",
-        ])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ],
+    )?;
     let (key, cert) = (keys.path().join("aws.key"), keys.path().join("aws.pem"));
 
     let mut net = Net::new()?;
