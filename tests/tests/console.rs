@@ -263,7 +263,10 @@ fn console_in_headless_chromium() {
     assert!(found["report_rows"].as_u64().unwrap() >= 2, "{found}");
     assert_eq!(found["read_only_post"], 403);
     assert_eq!(found["csv_formula_neutralised"], true, "{found}");
-    assert!(found["custom_range_endpoints"].as_u64().unwrap_or(0) >= 2, "{found}");
+    assert!(
+        found["custom_range_endpoints"].as_u64().unwrap_or(0) >= 2,
+        "{found}"
+    );
     assert_eq!(found["custom_range_hash"], true, "{found}");
     assert_eq!(found["custom_range_empty"], true, "{found}");
     assert_eq!(
