@@ -400,27 +400,9 @@ mod tests {
     use crate::alerts::config::WebhookFormat;
     use crate::alerts::tls::testing;
     use crate::alerts::webhook::signature;
+    use crate::alerts::webhook::tests::event;
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
     use tokio::net::TcpListener;
-
-    fn event() -> EventRecord {
-        EventRecord {
-            id: 7,
-            ts_ms: 1000,
-            level: "critical".into(),
-            kind: "error_rate".into(),
-            state: "firing".into(),
-            message: "boom".into(),
-            app: Some("shop".into()),
-            endpoint: None,
-            host: None,
-            rule: "r".into(),
-            value: 100.0,
-            threshold: 5.0,
-            acked_ms: None,
-            acked_by: None,
-        }
-    }
 
     async fn read_request<S: AsyncRead + Unpin>(s: &mut S) -> String {
         let mut req = Vec::new();

@@ -72,7 +72,7 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn event() -> EventRecord {
