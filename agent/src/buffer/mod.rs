@@ -1,9 +1,11 @@
-//! Everything the agent holds between the socket and the collector: the
-//! bounded in-memory record queue, the batcher, the window of sent but not yet
-//! acknowledged batches, and the disk spool used at shutdown. Every buffer
-//! here has a bound and a counted drop policy; none of it does network I/O.
+//! Everything the agent holds between the sources and the collector: the
+//! records as received, the bounded in-memory record queue, the batcher,
+//! the window of sent but not yet acknowledged batches, and the disk spool.
+//! Every buffer here has a bound and a counted drop policy; none of it does
+//! network I/O.
 
 pub mod batch;
 pub mod outbox;
 pub mod queue;
+pub mod record;
 pub mod spool;

@@ -8,14 +8,13 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use sonde_proto::v1::Batch;
-
+use crate::buffer::batch::EncodedBatch;
 use crate::buffer::spool::Position;
 
 /// One batch waiting for its acknowledgement.
 #[derive(Debug)]
 pub struct Entry {
-    pub batch: Batch,
+    pub batch: EncodedBatch,
     /// When it was last written to the stream.
     pub sent_at: Option<Instant>,
     /// Its spool frame, if it has one; done once acknowledged.
@@ -57,12 +56,12 @@ impl Outbox {
     }
 
     /// Adds a new batch; returns the id it is given.
-    pub fn push(&mut self, batch: Batch) -> u64 {
+    pub fn push(&mut self, batch: EncodedBatch) -> u64 {
         self.push_entry(batch, None)
     }
 
     /// Adds a batch read back from the spool, under a new id.
-    pub fn push_replay(&mut self, mut batch: Batch, at: Position) -> u64 {
+    pub fn push_replay(&mut self, mut batch: EncodedBatch, at: Position) -> u64 {
         batch.replay = true;
         self.push_entry(batch, Some(at))
     }
@@ -74,7 +73,7 @@ impl Outbox {
         id
     }
 
-    fn push_entry(&mut self, mut batch: Batch, spool: Option<Position>) -> u64 {
+    fn push_entry(&mut self, mut batch: EncodedBatch, spool: Option<Position>) -> u64 {
         let id = self.next_id();
         batch.batch_id = id;
         self.entries.push_back(Entry {
@@ -158,13 +157,8 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    use sonde_proto::v1::RequestRecord;
-
-    fn recs(n: usize) -> Batch {
-        Batch {
-            records: vec![RequestRecord::default(); n],
-            ..Default::default()
-        }
+    fn recs(n: u32) -> EncodedBatch {
+        EncodedBatch::from_body(Default::default(), n)
     }
 
     #[test]
@@ -178,7 +172,7 @@ mod tests {
         assert_eq!(o.send_next(now).unwrap().batch.batch_id, 100);
         assert_eq!(o.send_next(now).unwrap().batch.batch_id, 101);
         assert_eq!(o.oldest_sent_at(), Some(now));
-        assert_eq!(o.remove(100).unwrap().batch.records.len(), 1);
+        assert_eq!(o.remove(100).unwrap().batch.records, 1);
         assert!(o.has_room());
         assert!(o.has_unsent());
         o.mark_all_unsent();

@@ -1,14 +1,16 @@
-//! The bounded queue between the socket connections and the sink. Bounded in
-//! records and in bytes; when full the incoming (newest) record is dropped and
-//! counted, so a stalled collector costs memory up to the bound and no more.
+//! The bounded queue between the sources (ring, socket connections,
+//! scoreboard) and the sink. Bounded in records and in bytes; when full the
+//! incoming (newest) record is dropped and counted, so a stalled collector
+//! costs memory up to the bound and no more. The sink takes records in
+//! runs, not one wake-up per record.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prost::Message;
-use sonde_proto::v1::RequestRecord;
 use tokio::sync::mpsc;
+
+use super::record::Record;
 
 use crate::counters::{Counters, DropReason};
 use crate::ratelimit::RateLimit;
@@ -19,7 +21,7 @@ const DROP_LOG_PERIOD: Duration = Duration::from_secs(10);
 /// The sending side; cloned into each connection task.
 #[derive(Debug, Clone)]
 pub struct RecordQueue {
-    tx: mpsc::Sender<RequestRecord>,
+    tx: mpsc::Sender<Record>,
     bytes: Arc<AtomicUsize>,
     max_bytes: usize,
     counters: Arc<Counters>,
@@ -29,7 +31,7 @@ pub struct RecordQueue {
 /// The receiving side, owned by the sink.
 #[derive(Debug)]
 pub struct QueueReceiver {
-    rx: mpsc::Receiver<RequestRecord>,
+    rx: mpsc::Receiver<Record>,
     bytes: Arc<AtomicUsize>,
 }
 
@@ -56,8 +58,8 @@ pub fn bounded(
 impl RecordQueue {
     /// Queues `record`, or drops it (counted) when the queue is full. Never
     /// waits.
-    pub fn push(&self, record: RequestRecord) -> bool {
-        let size = record.encoded_len();
+    pub fn push(&self, record: Record) -> bool {
+        let size = record.len();
         let before = self.bytes.fetch_add(size, Ordering::Relaxed);
         if before + size > self.max_bytes {
             self.bytes.fetch_sub(size, Ordering::Relaxed);
@@ -78,6 +80,13 @@ impl RecordQueue {
         }
     }
 
+    /// Room left now: (records, bytes). A source that can leave its
+    /// records where they are (the ring) reads no more than this.
+    pub fn room(&self) -> (usize, usize) {
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        (self.tx.capacity(), self.max_bytes.saturating_sub(bytes))
+    }
+
     fn dropped(&self, limit: &'static str) {
         self.counters.drop_records(DropReason::QueueFull, 1);
         if let Some(silenced) = self.drop_log.check(Instant::now()) {
@@ -95,10 +104,29 @@ impl RecordQueue {
 impl QueueReceiver {
     /// The next record; `None` once every sender is gone and the queue is
     /// empty. Cancel-safe.
-    pub async fn recv(&mut self) -> Option<RequestRecord> {
+    pub async fn recv(&mut self) -> Option<Record> {
         let r = self.rx.recv().await?;
-        self.bytes.fetch_sub(r.encoded_len(), Ordering::Relaxed);
+        self.bytes.fetch_sub(r.len(), Ordering::Relaxed);
         Some(r)
+    }
+
+    /// A queued record, without waiting (tests).
+    #[cfg(test)]
+    pub fn try_recv(&mut self) -> Option<Record> {
+        let r = self.rx.try_recv().ok()?;
+        self.bytes.fetch_sub(r.len(), Ordering::Relaxed);
+        Some(r)
+    }
+
+    /// Waits for records, then appends up to `limit` of those queued to
+    /// `out`; 0 once every sender is gone and the queue is empty.
+    /// Cancel-safe.
+    pub async fn recv_many(&mut self, out: &mut Vec<Record>, limit: usize) -> usize {
+        let from = out.len();
+        let n = self.rx.recv_many(out, limit).await;
+        let bytes: usize = out[from..].iter().map(Record::len).sum();
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        n
     }
 }
 
@@ -106,12 +134,14 @@ impl QueueReceiver {
 mod tests {
     use super::*;
 
-    fn record(n: u8, url_len: usize) -> RequestRecord {
-        RequestRecord {
+    use sonde_proto::v1::RequestRecord;
+
+    fn record(n: u8, url_len: usize) -> Record {
+        Record::from_message(&RequestRecord {
             id: vec![n; 16],
             url: "x".repeat(url_len),
             ..Default::default()
-        }
+        })
     }
 
     #[tokio::test]
@@ -122,10 +152,26 @@ mod tests {
         assert!(q.push(record(2, 0)));
         assert!(!q.push(record(3, 0)));
         assert_eq!(counters.snapshot().records_dropped, 1);
-        assert_eq!(rx.recv().await.unwrap().id, vec![1; 16]);
+        assert_eq!(rx.recv().await.unwrap().decode().id, vec![1; 16]);
         assert!(q.push(record(4, 0)));
-        assert_eq!(rx.recv().await.unwrap().id, vec![2; 16]);
-        assert_eq!(rx.recv().await.unwrap().id, vec![4; 16]);
+        let mut got = Vec::new();
+        assert_eq!(rx.recv_many(&mut got, 10).await, 2);
+        let ids: Vec<u8> = got.iter().map(|r| r.decode().id[0]).collect();
+        assert_eq!(ids, [2, 4]);
+        assert_eq!(q.bytes.load(Ordering::Relaxed), 0, "bytes are released");
+    }
+
+    #[tokio::test]
+    async fn room_counts_records_and_bytes() {
+        let counters = Arc::new(Counters::default());
+        let (q, mut rx) = bounded(10, 1000, counters);
+        let r = record(1, 100);
+        let len = r.len();
+        assert_eq!(q.room(), (10, 1000));
+        q.push(r);
+        assert_eq!(q.room(), (9, 1000 - len));
+        rx.recv().await.unwrap();
+        assert_eq!(q.room(), (10, 1000));
     }
 
     #[tokio::test]

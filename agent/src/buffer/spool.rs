@@ -29,10 +29,13 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 
+use prost::bytes::Bytes;
 use prost::Message;
 use sonde_proto::v1::Batch;
 use thiserror::Error;
 use tracing::{info, warn};
+
+use super::batch::EncodedBatch;
 
 /// First bytes of every segment file.
 pub const MAGIC: &[u8; 8] = b"SNSPOOL1";
@@ -191,7 +194,9 @@ fn checksum(len_and_records: &[u8], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// One frame, header and payload, as written to a segment.
+/// One frame, header and payload, as written to a segment (tests; the
+/// spool writes `batch_frame`).
+#[cfg(test)]
 pub fn encode_frame(payload: &[u8], records: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_HEADER + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -199,6 +204,19 @@ pub fn encode_frame(payload: &[u8], records: u32) -> Vec<u8> {
     let crc = checksum(&out[..8], payload);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
+    out
+}
+
+/// The frame of `batch`, encoded straight after its header.
+fn batch_frame(batch: &EncodedBatch) -> Vec<u8> {
+    let len = batch.encoded_len();
+    let mut out = Vec::with_capacity(FRAME_HEADER + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&batch.records.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    batch.encode(&mut out);
+    let crc = checksum(&out[..8], &out[FRAME_HEADER..]);
+    out[8..FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
@@ -362,9 +380,10 @@ impl Spool {
         let bytes = fs::read(path).map_err(io_err(path))?;
         match Batch::decode(bytes.as_slice()) {
             Ok(batch) => {
-                let a = self.append(&batch, false)?;
+                let records = batch.records.len() as u32;
+                let a = self.append(&EncodedBatch::from_body(bytes.into(), records), false)?;
                 report.legacy_imported += 1;
-                report.records += batch.records.len() as u64;
+                report.records += u64::from(records);
                 if a.dropped_records > 0 {
                     warn!(
                         dropped_records = a.dropped_records,
@@ -424,11 +443,14 @@ impl Spool {
     /// `in_flight`: the batch is already being sent (it must not be read
     /// back unless `rewind` is called); only valid while nothing is unread.
     /// Drops the oldest segments when the spool would exceed its bound.
-    pub fn append(&mut self, batch: &Batch, in_flight: bool) -> Result<Appended, SpoolError> {
-        let payload = batch.encode_to_vec();
-        let frame = encode_frame(&payload, batch.records.len() as u32);
-        let need = frame.len() as u64;
-        if need + MAGIC.len() as u64 > self.max_bytes || payload.len() > MAX_PAYLOAD {
+    pub fn append(
+        &mut self,
+        batch: &EncodedBatch,
+        in_flight: bool,
+    ) -> Result<Appended, SpoolError> {
+        let payload_len = batch.encoded_len();
+        let need = (FRAME_HEADER + payload_len) as u64;
+        if need + MAGIC.len() as u64 > self.max_bytes || payload_len > MAX_PAYLOAD {
             return Err(SpoolError::TooLarge {
                 bytes: need,
                 max: self.max_bytes,
@@ -460,15 +482,17 @@ impl Spool {
         let Some(writer) = self.writer.as_mut() else {
             unreachable!("start_segment opened the writer");
         };
-        writer.write_all(&frame).map_err(io_err(&seg.path))?;
+        writer
+            .write_all(&batch_frame(batch))
+            .map_err(io_err(&seg.path))?;
         let offset = seg.bytes;
         seg.bytes += need;
         self.total_bytes += need;
         seg.frames.push(Frame {
             meta: FrameMeta {
                 offset,
-                len: payload.len() as u32,
-                records: batch.records.len() as u32,
+                len: payload_len as u32,
+                records: batch.records,
             },
             acked: false,
             sent: false,
@@ -576,8 +600,10 @@ impl Spool {
 
     /// Reads the next unread frame and puts it in flight. `None` when all is
     /// read. A damaged frame gives up the rest of its segment (`Err`, with
-    /// the records lost); the next call goes on with the next segment.
-    pub fn read_next(&mut self) -> Option<Result<(Position, Batch), ReadError>> {
+    /// the records lost); the next call goes on with the next segment. The
+    /// batch comes back as it was written (its checksum vouches for it),
+    /// not decoded.
+    pub fn read_next(&mut self) -> Option<Result<(Position, EncodedBatch), ReadError>> {
         loop {
             if self.unread == 0 {
                 return None;
@@ -620,7 +646,7 @@ impl Spool {
         }
     }
 
-    fn read_frame(&mut self, i: usize, meta: FrameMeta) -> Result<Batch, String> {
+    fn read_frame(&mut self, i: usize, meta: FrameMeta) -> Result<EncodedBatch, String> {
         let seg = &self.segments[i];
         if self.reader.as_ref().is_none_or(|(s, _)| *s != seg.seq) {
             let f = File::open(&seg.path).map_err(|e| e.to_string())?;
@@ -639,7 +665,8 @@ impl Spool {
         if len != meta.len || records != meta.records || checksum(&header[..8], payload) != crc {
             return Err("checksum mismatch".into());
         }
-        Batch::decode(payload).map_err(|e| format!("undecodable batch: {e}"))
+        let payload = Bytes::from(buf).slice(FRAME_HEADER..);
+        Ok(EncodedBatch::from_body(payload, records))
     }
 
     /// Marks frames `from..` of segment `i` as done (lost) and moves on.
@@ -792,8 +819,8 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use sonde_proto::v1::RequestRecord;
 
-    fn batch(id: u64, records: usize, url_len: usize) -> Batch {
-        Batch {
+    fn batch(id: u64, records: usize, url_len: usize) -> EncodedBatch {
+        EncodedBatch::from_batch(&Batch {
             batch_id: id,
             records: (0..records)
                 .map(|n| RequestRecord {
@@ -803,7 +830,7 @@ mod tests {
                 })
                 .collect(),
             ..Default::default()
-        }
+        })
     }
 
     fn open(dir: &Path, max: u64) -> Spool {
@@ -812,7 +839,7 @@ mod tests {
 
     fn read_all(s: &mut Spool) -> Vec<(Position, u64)> {
         std::iter::from_fn(|| s.read_next())
-            .map(|r| r.map(|(p, b)| (p, b.batch_id)).unwrap())
+            .map(|r| r.map(|(p, b)| (p, b.decode().batch_id)).unwrap())
             .collect()
     }
 
@@ -994,7 +1021,7 @@ mod tests {
         bytes[f2.offset as usize + FRAME_HEADER + 3] ^= 1;
         fs::write(&seg, &bytes).unwrap();
         let (p1, b1) = s.read_next().unwrap().unwrap();
-        assert_eq!(b1.batch_id, 1);
+        assert_eq!(b1.decode().batch_id, 1);
         let e = s.read_next().unwrap().unwrap_err();
         assert_eq!(e.lost_records, 4);
         assert!(s.read_next().is_none());
@@ -1006,11 +1033,7 @@ mod tests {
     fn first_format_files_are_imported() {
         let dir = tempfile::tempdir().unwrap();
         let b = batch(7, 2, 5);
-        fs::write(
-            dir.path().join("batch-00000000000000000007.pb"),
-            b.encode_to_vec(),
-        )
-        .unwrap();
+        fs::write(dir.path().join("batch-00000000000000000007.pb"), b.to_vec()).unwrap();
         fs::write(
             dir.path().join("batch-00000000000000000008.pb"),
             b"\xff\xff",
@@ -1055,7 +1078,7 @@ mod tests {
                     }
                     40..=64 => {
                         if let Some(r) = s.read_next() {
-                            in_flight.push(r.map(|(p, b)| (p, b.batch_id)).unwrap());
+                            in_flight.push(r.map(|(p, b)| (p, b.decode().batch_id)).unwrap());
                         }
                     }
                     65..=84 => {
@@ -1080,7 +1103,7 @@ mod tests {
                         s.sync().unwrap();
                         drop(s);
                         if let Some(last) = segment_files(dir.path()).pop() {
-                            let frame = encode_frame(&batch(0, 1, 7).encode_to_vec(), 1);
+                            let frame = encode_frame(&batch(0, 1, 7).to_vec(), 1);
                             let cut = rng.gen_range(1..frame.len());
                             let mut f = OpenOptions::new().append(true).open(&last).unwrap();
                             f.write_all(&frame[..cut]).unwrap();

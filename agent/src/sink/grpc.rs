@@ -7,23 +7,28 @@
 //! spool in order, reconnection with backoff, and the shutdown sequence
 //! (flush, wait for acks, spool the rest, Deregister). It never drops an
 //! unacknowledged batch on a connection error: it spools and resends it.
+//! Batches travel as the bytes the batcher encoded (`StreamCodec`), zstd-
+//! compressed (gzip for a collector that does not take zstd).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message as _;
 use rand::Rng;
 use sonde_proto::v1::collector_client::CollectorClient;
 use sonde_proto::v1::{
-    agent_message, collector_message, AgentMessage, Batch, CollectorMessage, DeregisterRequest,
-    Heartbeat, HostMetrics, LiveSnapshot, RegisterRequest, RequestRecord, StreamHello,
+    agent_message, collector_message, AgentMessage, CollectorMessage, DeregisterRequest, Heartbeat,
+    HostMetrics, LiveSnapshot, RegisterRequest, RegisterResponse, StreamHello,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::codec::{CompressionEncoding, Streaming};
+use tonic::codec::{
+    BufferSettings, Codec, CompressionEncoding, EncodeBuf, Encoder, ProstCodec, Streaming,
+};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
@@ -31,9 +36,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::config::TlsConfig;
 use tracing::{debug, error, info, warn};
 
-use crate::buffer::batch::{Batcher, Limits};
+use crate::buffer::batch::{Batcher, EncodedBatch, Limits};
 use crate::buffer::outbox::Outbox;
 use crate::buffer::queue::QueueReceiver;
+use crate::buffer::record::Record;
 use crate::buffer::spool::{self, Appended, Spool};
 use crate::cloud::lifecycle::Lifecycle;
 use crate::counters::{add, set, Counters, DropReason};
@@ -75,6 +81,15 @@ const SPOOL_LOG_PERIOD: Duration = Duration::from_secs(10);
 /// Room left for the `AgentMessage`/`Batch` framing when the collector
 /// announces its largest message.
 const MESSAGE_OVERHEAD: usize = 1024;
+/// Most records taken from the queue at a time.
+const RECV_AT_ONCE: usize = 512;
+/// How requests are compressed: zstd (at tonic's level, 3: several times
+/// cheaper than gzip's 6 for a better ratio) — or gzip for a collector that
+/// answers that it does not take zstd (older collectors).
+const COMPRESSION: CompressionEncoding = CompressionEncoding::Zstd;
+const COMPRESSION_FALLBACK: CompressionEncoding = CompressionEncoding::Gzip;
+/// `AgentMessage.batch`.
+const AGENT_MESSAGE_BATCH: u32 = 2;
 
 /// Why talking to the collector failed.
 #[derive(Debug, Error)]
@@ -170,10 +185,80 @@ impl tonic::service::Interceptor for Auth {
 
 type Client = CollectorClient<InterceptedService<Channel, Auth>>;
 
+/// What goes on the stream: a message for prost to encode, or a batch
+/// already encoded.
+#[derive(Debug)]
+enum Outgoing {
+    Message(AgentMessage),
+    Batch(EncodedBatch),
+}
+
+impl Outgoing {
+    fn message(msg: agent_message::Msg) -> Outgoing {
+        Outgoing::Message(AgentMessage { msg: Some(msg) })
+    }
+
+    /// Writes the `AgentMessage` it stands for: a batch as the `batch`
+    /// field around its bytes, copied as they are.
+    fn encode(&self, buf: &mut impl prost::bytes::BufMut) {
+        match self {
+            Outgoing::Message(m) => m.encode_raw(buf),
+            Outgoing::Batch(b) => {
+                encode_key(AGENT_MESSAGE_BATCH, WireType::LengthDelimited, buf);
+                encode_varint(b.encoded_len() as u64, buf);
+                b.encode(buf);
+            }
+        }
+    }
+}
+
+/// The `Stream` call's codec: `Outgoing` out, `CollectorMessage` (prost)
+/// in. On the wire the same as the generated client's.
+#[derive(Debug, Clone, Copy, Default)]
+struct StreamCodec;
+
+#[derive(Debug)]
+struct StreamEncoder;
+
+impl Encoder for StreamEncoder {
+    type Item = Outgoing;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        item.encode(dst);
+        Ok(())
+    }
+}
+
+type ProstStreamCodec = ProstCodec<AgentMessage, CollectorMessage>;
+
+impl Codec for StreamCodec {
+    type Encode = Outgoing;
+    type Decode = CollectorMessage;
+    type Encoder = StreamEncoder;
+    type Decoder = <ProstStreamCodec as Codec>::Decoder;
+
+    fn encoder(&mut self) -> StreamEncoder {
+        StreamEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstStreamCodec::raw_decoder(BufferSettings::default())
+    }
+}
+
+/// Whether the collector refused a request for its compression (tonic
+/// answers UNIMPLEMENTED "Content is compressed with `zstd` which isn't
+/// supported").
+fn refuses_compression(e: &SinkError) -> bool {
+    matches!(e, SinkError::Call { status, .. }
+        if status.code() == tonic::Code::Unimplemented && status.message().contains("compressed with"))
+}
+
 /// An open stream to the collector.
 struct Connection {
     client: Client,
-    tx: mpsc::Sender<AgentMessage>,
+    tx: mpsc::Sender<Outgoing>,
     inbound: Streaming<CollectorMessage>,
     heartbeat_every: Duration,
     /// The collector's largest message (0: not announced).
@@ -239,7 +324,7 @@ struct Dialer {
 }
 
 impl Dialer {
-    async fn client(&self, connect_timeout: Duration) -> Result<Client, SinkError> {
+    async fn channel(&self, connect_timeout: Duration) -> Result<Channel, SinkError> {
         let mut endpoint = Endpoint::from_shared(self.collector.clone())?;
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
@@ -252,24 +337,74 @@ impl Dialer {
             .keep_alive_while_idle(true)
             .connect()
             .await?;
-        Ok(
-            CollectorClient::with_interceptor(channel, self.auth.clone())
-                .send_compressed(CompressionEncoding::Gzip),
-        )
+        Ok(channel)
+    }
+
+    fn client_on(&self, channel: Channel, compression: CompressionEncoding) -> Client {
+        CollectorClient::with_interceptor(channel, self.auth.clone()).send_compressed(compression)
+    }
+
+    async fn client(&self, connect_timeout: Duration) -> Result<Client, SinkError> {
+        let channel = self.channel(connect_timeout).await?;
+        Ok(self.client_on(channel, COMPRESSION_FALLBACK))
+    }
+
+    /// Registers, in zstd, or in gzip when the collector does not take zstd;
+    /// returns the answer and the compression that worked.
+    async fn register(
+        &self,
+        channel: &Channel,
+        request: RegisterRequest,
+    ) -> Result<(Client, RegisterResponse, CompressionEncoding), SinkError> {
+        let call = |mut client: Client, request| async move {
+            let resp = timeout(CALL_TIMEOUT, client.register(request))
+                .await
+                .map_err(|_| SinkError::Timeout("Register"))?
+                .map_err(SinkError::call("Register"))?;
+            Ok::<_, SinkError>((client, resp.into_inner()))
+        };
+        let zstd = self.client_on(channel.clone(), COMPRESSION);
+        match call(zstd, request.clone()).await {
+            Ok((client, resp)) => Ok((client, resp, COMPRESSION)),
+            Err(e) if refuses_compression(&e) => {
+                debug!(error = %e, "the collector does not take zstd; using gzip");
+                let gzip = self.client_on(channel.clone(), COMPRESSION_FALLBACK);
+                let (client, resp) = call(gzip, request).await?;
+                Ok((client, resp, COMPRESSION_FALLBACK))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the `Stream` call with `StreamCodec`.
+    async fn open_stream(
+        &self,
+        channel: Channel,
+        compression: CompressionEncoding,
+        rx: mpsc::Receiver<Outgoing>,
+    ) -> Result<Streaming<CollectorMessage>, tonic::Status> {
+        use tonic::codegen::http::uri::PathAndQuery;
+        let mut grpc =
+            tonic::client::Grpc::new(InterceptedService::new(channel, self.auth.clone()))
+                .send_compressed(compression);
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        req.extensions_mut()
+            .insert(tonic::GrpcMethod::new("sonde.v1.Collector", "Stream"));
+        let path = PathAndQuery::from_static("/sonde.v1.Collector/Stream");
+        Ok(grpc.streaming(req, path, StreamCodec).await?.into_inner())
     }
 
     /// Connects, registers and opens the stream (its first message: hello).
     async fn connect(self) -> Result<Connection, SinkError> {
-        let mut client = self.client(CONNECT_TIMEOUT).await?;
+        let channel = self.channel(CONNECT_TIMEOUT).await?;
         let seen = self.seen.get();
         let request = RegisterRequest {
             identity: Some(self.identity.to_proto(&seen)),
         };
-        let resp = timeout(CALL_TIMEOUT, client.register(request))
-            .await
-            .map_err(|_| SinkError::Timeout("Register"))?
-            .map_err(SinkError::call("Register"))?
-            .into_inner();
+        let (client, resp, compression) = self.register(&channel, request).await?;
         let heartbeat_every = match resp.heartbeat_interval_ms {
             0 => DEFAULT_HEARTBEAT,
             ms => Duration::from_millis(ms.into()),
@@ -294,12 +429,11 @@ impl Dialer {
             agent_id: self.identity.agent_id(),
             session_id: self.identity.session_id.clone(),
         });
-        let _ = tx.try_send(AgentMessage { msg: Some(hello) });
-        let inbound = timeout(CALL_TIMEOUT, client.stream(ReceiverStream::new(rx)))
+        let _ = tx.try_send(Outgoing::message(hello));
+        let inbound = timeout(CALL_TIMEOUT, self.open_stream(channel, compression, rx))
             .await
             .map_err(|_| SinkError::Timeout("Stream"))?
-            .map_err(SinkError::call("Stream"))?
-            .into_inner();
+            .map_err(SinkError::call("Stream"))?;
         Ok(Connection {
             client,
             tx,
@@ -318,6 +452,8 @@ pub struct GrpcSink {
     shared: Shared,
     queue: QueueReceiver,
     queue_open: bool,
+    /// Records just taken from the queue.
+    incoming: Vec<Record>,
     /// Host metrics samples (`None`: host metrics are off).
     host: Option<mpsc::Receiver<HostMetrics>>,
     latest_host: Option<HostMetrics>,
@@ -370,6 +506,7 @@ impl GrpcSink {
             shared,
             queue,
             queue_open: true,
+            incoming: Vec::with_capacity(RECV_AT_ONCE),
             host,
             latest_host: None,
             // Batch ids grow across restarts: they start at the clock in µs.
@@ -508,15 +645,21 @@ impl GrpcSink {
                     self.batcher.seal();
                 }
                 m = recv_host(&mut self.host), if host_open => self.on_host(m),
-                r = self.queue.recv(), if self.queue_open => self.on_record(r),
+                n = self.queue.recv_many(&mut self.incoming, RECV_AT_ONCE), if self.queue_open => {
+                    self.on_records(n);
+                }
             }
         }
     }
 
-    fn on_record(&mut self, r: Option<RequestRecord>) {
-        match r {
-            Some(record) => self.batcher.push(record, std::time::Instant::now()),
-            None => self.queue_open = false,
+    /// Batches the records just taken (`n`: 0 when the queue is closed).
+    fn on_records(&mut self, n: usize) {
+        if n == 0 {
+            self.queue_open = false;
+        }
+        let now = std::time::Instant::now();
+        for record in self.incoming.drain(..) {
+            self.batcher.push(&record, now);
         }
     }
 
@@ -549,8 +692,8 @@ impl GrpcSink {
     }
 
     /// Writes a new batch to the spool; counts what is spooled or lost.
-    fn spool_new(&mut self, batch: &Batch) {
-        let records = batch.records.len() as u64;
+    fn spool_new(&mut self, batch: &EncodedBatch) {
+        let records = u64::from(batch.records);
         match self.spool.append(batch, false) {
             Ok(a) => self.on_spooled(records, batch, &a),
             Err(error) => {
@@ -565,7 +708,7 @@ impl GrpcSink {
         }
     }
 
-    fn on_spooled(&self, records: u64, batch: &Batch, a: &Appended) {
+    fn on_spooled(&self, records: u64, batch: &EncodedBatch, a: &Appended) {
         let counters = &self.shared.counters;
         add(&counters.records_spooled, records);
         add(
@@ -604,7 +747,7 @@ impl GrpcSink {
                         }
                     }
                     e.spool = a.position;
-                    spooled.push((e.batch.records.len() as u64, e.batch.encoded_len(), a));
+                    spooled.push((u64::from(e.batch.records), e.batch.encoded_len(), a));
                 }
                 Err(error) => {
                     if let Some(silenced) = self.spool_error_log.check(std::time::Instant::now()) {
@@ -636,7 +779,7 @@ impl GrpcSink {
             if let Some(p) = e.spool {
                 if !self.spool.holds(p) {
                     // Its segment was deleted for room while it was in flight.
-                    lost += e.batch.records.len() as u64;
+                    lost += u64::from(e.batch.records);
                 }
             }
         }
@@ -735,7 +878,7 @@ impl GrpcSink {
                         host: self.latest_host.clone(),
                     };
                     // Live data is best effort: skipped when the stream is busy.
-                    let _ = c.tx.try_send(AgentMessage { msg: Some(agent_message::Msg::Live(snapshot)) });
+                    let _ = c.tx.try_send(Outgoing::message(agent_message::Msg::Live(snapshot)));
                 }
                 _ = sync.tick() => self.sync_spool(),
                 permit = c.tx.reserve(), if self.outbox.has_unsent() => {
@@ -746,16 +889,18 @@ impl GrpcSink {
                     self.batcher.seal();
                 }
                 m = recv_host(&mut self.host), if host_open => self.on_host(m),
-                r = self.queue.recv(), if self.queue_open => self.on_record(r),
+                n = self.queue.recv_many(&mut self.incoming, RECV_AT_ONCE), if self.queue_open => {
+                    self.on_records(n);
+                }
             }
         }
     }
 
-    fn send_next(&mut self, permit: mpsc::Permit<'_, AgentMessage>) {
+    fn send_next(&mut self, permit: mpsc::Permit<'_, Outgoing>) {
         let Some(e) = self.outbox.send_next(Instant::now().into_std()) else {
             return;
         };
-        let records = e.batch.records.len() as u64;
+        let records = u64::from(e.batch.records);
         let counters = &self.shared.counters;
         // Count each batch once, however often it is sent: in memory by its
         // entry, in the spool by its frame (an entry read again after a
@@ -775,13 +920,11 @@ impl GrpcSink {
         debug!(
             batch_id = e.batch.batch_id,
             records,
-            host_samples = e.batch.host_metrics.len(),
+            host_samples = e.batch.host_samples,
             replay = e.batch.replay,
             "sending batch"
         );
-        permit.send(AgentMessage {
-            msg: Some(agent_message::Msg::Batch(e.batch.clone())),
-        });
+        permit.send(Outgoing::Batch(e.batch.clone()));
     }
 
     fn heartbeat(&self, c: &Connection) {
@@ -789,9 +932,8 @@ impl GrpcSink {
             ts_unix_ms: unix_nanos() / 1_000_000,
             counters: Some(self.shared.counters.snapshot()),
         };
-        let _ = c.tx.try_send(AgentMessage {
-            msg: Some(agent_message::Msg::Heartbeat(hb)),
-        });
+        let _ =
+            c.tx.try_send(Outgoing::message(agent_message::Msg::Heartbeat(hb)));
     }
 
     /// Registration is idempotent: call it again when new apps or versions
@@ -832,7 +974,7 @@ impl GrpcSink {
                     );
                     return true;
                 };
-                add(&counters.records_acked, e.batch.records.len() as u64);
+                add(&counters.records_acked, u64::from(e.batch.records));
                 add(&counters.batches_acked, 1);
                 debug!(
                     batch_id = ack.batch_id,
@@ -851,7 +993,7 @@ impl GrpcSink {
                     debug!(batch_id = rej.batch_id, "rejection of an unknown batch");
                     return false;
                 };
-                let records = e.batch.records.len() as u64;
+                let records = u64::from(e.batch.records);
                 add(&counters.batches_rejected, 1);
                 counters.drop_records(DropReason::Rejected, records);
                 warn!(batch_id = rej.batch_id, records, reason = %rej.reason,
@@ -872,7 +1014,7 @@ impl GrpcSink {
         let deadline = Instant::now() + SOURCE_DRAIN_TIMEOUT;
         while self.queue_open {
             match timeout_at(deadline, self.queue.recv()).await {
-                Ok(Some(record)) => self.batcher.push(record, std::time::Instant::now()),
+                Ok(Some(record)) => self.batcher.push(&record, std::time::Instant::now()),
                 Ok(None) => self.queue_open = false,
                 Err(_) => {
                     warn!(
@@ -906,7 +1048,7 @@ impl GrpcSink {
         let mut lost = 0u64;
         for e in self.outbox.drain() {
             if e.spool.is_none() {
-                lost += e.batch.records.len() as u64;
+                lost += u64::from(e.batch.records);
             }
         }
         if lost > 0 {
@@ -1045,6 +1187,77 @@ mod tests {
         b.reset();
         assert!(b.next() <= BACKOFF_INITIAL);
         assert!(b.max() >= BACKOFF_MAX / 2);
+    }
+
+    #[test]
+    fn an_encoded_batch_goes_out_as_the_agent_message_prost_would_decode() {
+        use crate::buffer::batch::Batcher;
+        use sonde_proto::v1::{Batch, RequestRecord};
+        let mut b = Batcher::new(Limits {
+            max_records: 10,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(1),
+        });
+        let recs: Vec<RequestRecord> = (0..3u8)
+            .map(|n| RequestRecord {
+                id: vec![n; 16],
+                url: format!("/{n}"),
+                ..Default::default()
+            })
+            .collect();
+        let now = std::time::Instant::now();
+        for r in &recs {
+            b.push(&Record::from_message(r), now);
+        }
+        b.push_host(
+            HostMetrics {
+                ts_unix_ms: 5,
+                ..Default::default()
+            },
+            now,
+        );
+        b.seal();
+        let mut batch = b.pop_sealed().unwrap();
+        batch.batch_id = 77;
+        batch.replay = true;
+        let out = Outgoing::Batch(batch);
+        let mut wire = Vec::new();
+        out.encode(&mut wire);
+        let got = AgentMessage::decode(wire.as_slice()).unwrap();
+        let want = AgentMessage {
+            msg: Some(agent_message::Msg::Batch(Batch {
+                batch_id: 77,
+                records: recs,
+                host_metrics: vec![HostMetrics {
+                    ts_unix_ms: 5,
+                    ..Default::default()
+                }],
+                replay: true,
+            })),
+        };
+        assert_eq!(got, want);
+        // Other messages are prost's own encoding.
+        let hb = Outgoing::message(agent_message::Msg::Heartbeat(Heartbeat::default()));
+        let mut wire = Vec::new();
+        hb.encode(&mut wire);
+        let Outgoing::Message(m) = hb else { panic!() };
+        assert_eq!(wire, m.encode_to_vec());
+    }
+
+    #[test]
+    fn a_collector_without_zstd_is_recognised() {
+        let e = SinkError::Call {
+            call: "Register",
+            status: tonic::Status::unimplemented(
+                "Content is compressed with `zstd` which isn't supported",
+            ),
+        };
+        assert!(refuses_compression(&e));
+        let other = SinkError::Call {
+            call: "Register",
+            status: tonic::Status::unimplemented("no such method"),
+        };
+        assert!(!refuses_compression(&other));
     }
 
     #[test]

@@ -7,3 +7,4 @@ pub mod ring;
 pub mod scoreboard;
 pub mod shared_file;
 pub mod socket;
+pub mod wire;

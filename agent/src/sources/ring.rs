@@ -1,9 +1,15 @@
 //! The record ring (layout: `sonde_core::ring`): PHP workers put each
 //! finished request's frame into a shared-memory ring; this source drains it
-//! every few milliseconds with plain `pread`/`pwrite` (no shared-memory
-//! access from Rust), hands the frames to the same decoder as the socket,
-//! and frees the space. Records wait in the ring while the agent is stalled
-//! or restarting: an existing valid ring file is kept across restarts.
+//! with plain `pread`/`pwrite` (no shared-memory access from Rust) — in
+//! chunks of up to 1 MiB, each read into one buffer that the records then
+//! share (no allocation per record) — hands the frames to the same checker
+//! as the socket, and frees the space. It polls: every 20 ms while records
+//! come, backing off to 100 ms while the ring stays empty, at once again
+//! while a chunk comes back full. Records wait in the ring while the agent
+//! is stalled or restarting — and while the record queue is nearly full
+//! (the sink is behind): the ring, not the queue, absorbs a burst, and only
+//! a full ring drops (counted by the workers). An existing valid ring file
+//! is kept across restarts.
 
 use std::fs::File;
 use std::io;
@@ -12,15 +18,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prost::bytes::{Bytes, BytesMut};
 use sonde_core::ring as r;
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::socket::Context;
+use crate::ratelimit::RateLimit;
 use crate::shutdown::Shutdown;
 
-/// Pause between drains when the ring is empty.
-pub const IDLE_WAIT: Duration = Duration::from_millis(10);
+/// Pause after a drain that found records (and did not fill a chunk).
+pub const ACTIVE_WAIT: Duration = Duration::from_millis(20);
+/// The pause doubles from `ACTIVE_WAIT` up to this while the ring stays
+/// empty: an idle agent wakes 10 times a second. A burst arriving meanwhile
+/// waits in the ring (at 200,000 records/s, 100 ms is ~26 MB of 64 MiB).
+pub const IDLE_WAIT_MAX: Duration = Duration::from_millis(100);
 /// Most bytes read per drain.
 const CHUNK: u64 = 1 << 20;
 /// An entry reserved but never committed for this long belongs to a worker
@@ -33,6 +45,12 @@ const RELEASE_LAG: Duration = Duration::from_secs(3);
 /// The connection id given to ring frames (socket connections count up
 /// from 1).
 const RING_CONN: u64 = u64::MAX;
+/// Room the record queue must have for a drain: records, and chunks of
+/// bytes (a drain reads whole chunks).
+const MIN_ROOM_RECORDS: usize = 4096;
+const MIN_ROOM_CHUNKS: u64 = 2;
+/// How often "the agent is behind" may be logged.
+const BEHIND_LOG_PERIOD: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Error)]
 pub enum RingError {
@@ -65,6 +83,21 @@ pub struct Drained {
     pub frames: usize,
     /// Entries skipped because their worker died before committing them.
     pub skipped: u64,
+    /// Whether it stopped at its size limit with more to read.
+    pub more: bool,
+}
+
+impl Drained {
+    /// How long to wait before the next drain, after waiting `last`.
+    pub fn next_wait(&self, last: Duration) -> Duration {
+        if self.more {
+            Duration::ZERO
+        } else if self.frames > 0 {
+            ACTIVE_WAIT
+        } else {
+            (last * 2).clamp(ACTIVE_WAIT, IDLE_WAIT_MAX)
+        }
+    }
 }
 
 impl RingFile {
@@ -117,25 +150,38 @@ impl RingFile {
         })
     }
 
-    /// Hands every committed frame after the reader's position to `f`. The
-    /// space is freed (and the persisted tail advanced) only `RELEASE_LAG`
-    /// later: frames this agent had read but not yet made durable when it
-    /// was killed are read again by the next one, and the collector, which
-    /// stores each record id once, drops the repeats.
+    /// Hands every committed frame after the reader's position to `f`, as
+    /// a slice of the chunk it was read in, up to `max_bytes` (at least one
+    /// chunk). The space is freed (and the persisted tail advanced) only
+    /// `RELEASE_LAG` later: frames this agent had read but not yet made
+    /// durable when it was killed are read again by the next one, and the
+    /// collector, which stores each record id once, drops the repeats.
     pub fn drain(
         &self,
-        buf: &mut Vec<u8>,
+        buf: &mut BytesMut,
         reader: &mut Reader,
-        mut f: impl FnMut(&[u8]),
+        max_bytes: u64,
+        mut f: impl FnMut(Bytes),
     ) -> io::Result<Drained> {
         let mut out = Drained::default();
         let head = self.word(r::H_HEAD)?;
+        let start = reader.read;
         'chunks: while reader.read < head {
-            // Read up to the end of the data (entries never wrap) or CHUNK.
+            if reader.read - start >= max_bytes {
+                out.more = true;
+                break;
+            }
+            // Read up to the end of the data (entries never wrap) or CHUNK,
+            // into a buffer of its own that the frames share (the last
+            // one's, when none of its frames is still held).
             let off = reader.read % self.cap;
             let n = (head - reader.read).min(self.cap - off).min(CHUNK);
+            buf.clear();
             buf.resize(n as usize, 0);
-            self.file.read_exact_at(buf, r::HEADER_BYTES as u64 + off)?;
+            self.file
+                .read_exact_at(&mut buf[..], r::HEADER_BYTES as u64 + off)?;
+            let chunk = buf.split().freeze();
+            let buf = &chunk[..];
             let mut pos = 0usize;
             while pos + r::ENTRY_HEADER <= buf.len() {
                 let len = r::u32_at(buf, pos + r::E_LEN) as usize;
@@ -144,7 +190,7 @@ impl RingFile {
                 match state {
                     r::STATE_COMMITTED | r::STATE_PADDING if pos + size <= buf.len() => {
                         if state == r::STATE_COMMITTED {
-                            f(&buf[pos + r::ENTRY_HEADER..pos + r::ENTRY_HEADER + len]);
+                            f(chunk.slice(pos + r::ENTRY_HEADER..pos + r::ENTRY_HEADER + len));
                             out.frames += 1;
                         }
                         pos += size;
@@ -233,8 +279,10 @@ impl RingFile {
 /// Drains the ring into `ctx` until shutdown, then once more.
 pub async fn run(ring: RingFile, ctx: Arc<Context>, shutdown: Shutdown) {
     let task = tokio::task::spawn_blocking(move || {
-        let mut buf = Vec::new();
+        let mut buf = BytesMut::new();
         let mut warned = false;
+        let mut wait = ACTIVE_WAIT;
+        let behind_log = RateLimit::new(BEHIND_LOG_PERIOD);
         let mut reader = match ring.reader() {
             Ok(r) => r,
             Err(error) => {
@@ -244,8 +292,34 @@ pub async fn run(ring: RingFile, ctx: Arc<Context>, shutdown: Shutdown) {
         };
         loop {
             let stopping = shutdown.is_triggered();
-            match ring.drain(&mut buf, &mut reader, |frame| {
-                ctx.handle(frame, false, RING_CONN, None)
+            // At shutdown, everything; else a few chunks (then the release
+            // of old space and a look at `head` again), and no more than
+            // the queue takes.
+            let (room_records, room_bytes) = ctx.queue.room();
+            let room_bytes = room_bytes as u64;
+            if !stopping
+                && (room_records < MIN_ROOM_RECORDS || room_bytes < MIN_ROOM_CHUNKS * CHUNK)
+            {
+                if let Some(silenced) = behind_log.check(Instant::now()) {
+                    warn!(
+                        since_last_warning = silenced + 1,
+                        "the record queue is nearly full (the collector or the agent is behind); \
+                         records wait in the ring"
+                    );
+                }
+                if let Err(error) = ring.release(&mut reader, Instant::now()) {
+                    debug!(%error, "cannot free ring space");
+                }
+                std::thread::sleep(ACTIVE_WAIT);
+                continue;
+            }
+            let max = if stopping {
+                u64::MAX
+            } else {
+                (4 * CHUNK).min(room_bytes / 2)
+            };
+            match ring.drain(&mut buf, &mut reader, max, |frame| {
+                ctx.handle_shared(&frame, RING_CONN)
             }) {
                 Ok(d) => {
                     if d.skipped > 0 {
@@ -257,8 +331,9 @@ pub async fn run(ring: RingFile, ctx: Arc<Context>, shutdown: Shutdown) {
                     if stopping {
                         break;
                     }
-                    if d.frames == 0 {
-                        std::thread::sleep(IDLE_WAIT);
+                    wait = d.next_wait(wait);
+                    if !wait.is_zero() {
+                        std::thread::sleep(wait);
                     }
                 }
                 Err(error) => {
@@ -330,7 +405,7 @@ mod tests {
     fn drains_in_order_across_the_wrap() {
         let (_dir, _path, ring, f) = new_ring(4096);
         let mut reader = ring.reader().unwrap();
-        let (mut sent, mut got, mut buf) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut sent, mut got, mut buf) = (Vec::new(), Vec::new(), BytesMut::new());
         for i in 0..300u32 {
             let frame: Vec<u8> = (0..(i * 53 % 700) as usize)
                 .map(|k| (k as u32 ^ i) as u8)
@@ -339,11 +414,11 @@ mod tests {
                 sent.push(frame);
             }
             if i % 4 == 0 {
-                ring.drain(&mut buf, &mut reader, |fr| got.push(fr.to_vec()))
+                ring.drain(&mut buf, &mut reader, u64::MAX, |fr| got.push(fr.to_vec()))
                     .unwrap();
             }
         }
-        ring.drain(&mut buf, &mut reader, |fr| got.push(fr.to_vec()))
+        ring.drain(&mut buf, &mut reader, u64::MAX, |fr| got.push(fr.to_vec()))
             .unwrap();
         assert!(sent.len() > 100, "the ring went round many times");
         assert_eq!(got, sent);
@@ -356,9 +431,9 @@ mod tests {
         for fr in &frames[..6] {
             assert!(produce(&f, fr, true));
         }
-        let (mut buf, mut got) = (Vec::new(), Vec::new());
+        let (mut buf, mut got) = (BytesMut::new(), Vec::new());
         let mut reader = ring.reader().unwrap();
-        ring.drain(&mut buf, &mut reader, |fr| got.push(fr.to_vec()))
+        ring.drain(&mut buf, &mut reader, u64::MAX, |fr| got.push(fr.to_vec()))
             .unwrap();
         assert_eq!(got, frames[..6]);
         // Released once they are old enough.
@@ -367,7 +442,7 @@ mod tests {
         for fr in &frames[6..] {
             assert!(produce(&f, fr, true));
         }
-        ring.drain(&mut buf, &mut reader, |fr| got.push(fr.to_vec()))
+        ring.drain(&mut buf, &mut reader, u64::MAX, |fr| got.push(fr.to_vec()))
             .unwrap();
         assert_eq!(got, frames);
         // The agent is killed now: a new one (same file) reads again the
@@ -377,9 +452,57 @@ mod tests {
         assert_eq!(ring.cap, 1 << 16, "an existing ring is kept");
         let mut again = Vec::new();
         let mut reader = ring.reader().unwrap();
-        ring.drain(&mut buf, &mut reader, |fr| again.push(fr.to_vec()))
-            .unwrap();
+        ring.drain(&mut buf, &mut reader, u64::MAX, |fr| {
+            again.push(fr.to_vec())
+        })
+        .unwrap();
         assert_eq!(again, frames[6..]);
+    }
+
+    #[test]
+    fn polls_less_while_idle_and_at_once_while_behind() {
+        let idle = Drained::default();
+        let mut wait = ACTIVE_WAIT;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            wait = idle.next_wait(wait);
+            waits.push(wait.as_millis());
+        }
+        assert_eq!(waits, [40, 80, 100, 100, 100]);
+        let some = Drained {
+            frames: 3,
+            ..Default::default()
+        };
+        assert_eq!(some.next_wait(IDLE_WAIT_MAX), ACTIVE_WAIT);
+        let behind = Drained {
+            frames: 900,
+            more: true,
+            ..Default::default()
+        };
+        assert_eq!(behind.next_wait(ACTIVE_WAIT), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_drain_stops_at_its_size_limit() {
+        let (_dir, _path, ring, f) = new_ring(4 << 20);
+        for i in 0..1500u32 {
+            assert!(produce(&f, &[i as u8; 1000], true));
+        }
+        let (mut buf, mut got) = (BytesMut::new(), Vec::new());
+        let mut reader = ring.reader().unwrap();
+        let d = ring
+            .drain(&mut buf, &mut reader, 1, |fr| got.push(fr))
+            .unwrap();
+        assert!(d.more, "one chunk, then it stops");
+        assert_eq!(d.frames as u64, CHUNK / 1008);
+        // The frames of a chunk share its buffer.
+        assert_eq!(got[1].as_ptr() as usize - got[0].as_ptr() as usize, 1008);
+        let d = ring
+            .drain(&mut buf, &mut reader, 1, |fr| got.push(fr))
+            .unwrap();
+        assert!(!d.more);
+        assert_eq!(got.len(), 1500);
+        assert!(got.iter().enumerate().all(|(i, fr)| fr[0] == i as u8));
     }
 
     #[test]
@@ -388,17 +511,17 @@ mod tests {
         assert!(produce(&f, b"first", true));
         assert!(produce(&f, b"in progress", false));
         assert!(produce(&f, b"third", true));
-        let (mut buf, mut got) = (Vec::new(), Vec::new());
+        let (mut buf, mut got) = (BytesMut::new(), Vec::new());
         let mut reader = ring.reader().unwrap();
         let d = ring
-            .drain(&mut buf, &mut reader, |fr| got.push(fr.to_vec()))
+            .drain(&mut buf, &mut reader, u64::MAX, |fr| got.push(fr.to_vec()))
             .unwrap();
         assert_eq!(d.frames, 1, "stops at the entry still being written");
         let (at, _) = reader.stuck.unwrap();
         // Pretend it has been stuck for long: it is skipped.
         reader.stuck = Some((at, Instant::now() - STUCK_AFTER));
         let d = ring
-            .drain(&mut buf, &mut reader, |fr| got.push(fr.to_vec()))
+            .drain(&mut buf, &mut reader, u64::MAX, |fr| got.push(fr.to_vec()))
             .unwrap();
         assert_eq!((d.frames, d.skipped), (1, 1));
         assert_eq!(got, vec![b"first".to_vec(), b"third".to_vec()]);

@@ -23,6 +23,7 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::buffer::queue::RecordQueue;
+use crate::buffer::record::Record;
 use crate::live::LiveTable;
 use crate::shutdown::Shutdown;
 
@@ -253,7 +254,7 @@ pub async fn run(
         };
         for slot in &scan.orphaned {
             warn!(pid = slot.pid, url = %redacted(&slot.url), "a PHP worker died mid-request; recording it as failed");
-            queue.push(orphan_record(slot, now, &hostname));
+            queue.push(Record::from_message(&orphan_record(slot, now, &hostname)));
         }
         debug!(busy = scan.busy, idle = scan.idle, "scoreboard");
         live.set_board(scan.running);

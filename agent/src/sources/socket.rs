@@ -2,11 +2,16 @@
 //! worker connects to once and then sends one frame per finished request
 //! (and in-flight updates). This module owns the socket file — creating it,
 //! refusing to clobber anything that is not a stale socket of ours, setting
-//! its group and mode, removing it on shutdown — and turns frames into
-//! records on the queue. It must never block or crash on what a peer sends:
-//! bad input is counted, logged at a limited rate, and skipped.
+//! its group and mode, removing it on shutdown — and turns frames (from the
+//! socket and from the record ring alike) into records on the queue. A
+//! record is checked (`wire`) and forwarded as the bytes it came in, never
+//! decoded whole. It must never block or crash on what a peer sends: bad
+//! input is counted, logged at a limited rate, and skipped.
 
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashSet;
 use std::fs;
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -17,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{self as nixsock, AddressFamily, SockFlag, SockType, UnixAddr};
+use prost::bytes::Bytes;
 use prost::Message;
 use sonde_core::frame::{self, FrameError, MAX_FRAME_BYTES};
 use sonde_proto::v1::{ext_message, ExtMessage, RequestRecord};
@@ -25,7 +31,9 @@ use tokio::task::JoinSet;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
 use tracing::{debug, info, warn};
 
+use super::wire::{self, Ext, RecordBytes, RecordFields, WireError};
 use crate::buffer::queue::RecordQueue;
+use crate::buffer::record::{host_field, Record};
 use crate::counters::{add, Counters};
 use crate::identity::Seen;
 use crate::live::LiveTable;
@@ -40,6 +48,10 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_millis(200);
 /// Receive buffers kept for reuse (one is in use per concurrent receive, not
 /// per connection, so hundreds of idle workers cost no buffer memory).
 const SPARE_BUFFERS: usize = 8;
+/// (app, PHP version, extension version) combinations remembered as already
+/// noted for registration; beyond it every record is noted (slower, same
+/// result).
+const SEEN_CACHE: usize = 1024;
 
 /// Why the socket could not be set up.
 #[derive(Debug, Error)]
@@ -75,6 +87,8 @@ pub enum MessageError {
     Frame(#[from] FrameError),
     #[error("undecodable ExtMessage: {0}")]
     Decode(#[from] prost::DecodeError),
+    #[error("undecodable ExtMessage: {0}")]
+    Wire(#[from] WireError),
     #[error("ExtMessage without a payload")]
     Empty,
     #[error("record or in-flight update without a request id")]
@@ -273,8 +287,11 @@ pub struct Context {
     pub live: Arc<LiveTable>,
     pub seen: Arc<Seen>,
     pub counters: Arc<Counters>,
-    /// Put in records that arrive without a host.
-    pub hostname: String,
+    /// The agent's host name as an encoded `RequestRecord.host` field,
+    /// appended to records that arrive without a host.
+    host_suffix: Bytes,
+    /// Hashes of the (app, versions) already given to `seen`.
+    seen_cache: Mutex<HashSet<u64>>,
     malformed_log: RateLimit,
     buffers: Mutex<Vec<Box<[u8]>>>,
 }
@@ -292,7 +309,8 @@ impl Context {
             live,
             seen,
             counters,
-            hostname,
+            host_suffix: host_field(&hostname),
+            seen_cache: Mutex::new(HashSet::new()),
             malformed_log: RateLimit::new(MALFORMED_LOG_PERIOD),
             buffers: Mutex::new(Vec::new()),
         }
@@ -311,11 +329,29 @@ impl Context {
         }
     }
 
-    /// Handles one socket message from connection `conn`.
+    /// Handles one socket message from connection `conn` (a record is
+    /// copied out of `msg`).
     pub fn handle(&self, msg: &[u8], truncated: bool, conn: u64, peer_pid: Option<i32>) {
+        self.handle_in(msg, None, truncated, conn, peer_pid);
+    }
+
+    /// Handles one message held in shared bytes (the ring): a record is
+    /// kept as a slice of them, not copied.
+    pub fn handle_shared(&self, msg: &Bytes, conn: u64) {
+        self.handle_in(msg, Some(msg), false, conn, None);
+    }
+
+    fn handle_in(
+        &self,
+        msg: &[u8],
+        owner: Option<&Bytes>,
+        truncated: bool,
+        conn: u64,
+        peer_pid: Option<i32>,
+    ) {
         add(&self.counters.messages_received, 1);
         add(&self.counters.bytes_received, msg.len() as u64);
-        if let Err(error) = self.try_handle(msg, truncated, conn) {
+        if let Err(error) = self.try_handle(msg, owner, truncated, conn) {
             add(&self.counters.records_malformed, 1);
             if let Some(silenced) = self.malformed_log.check(Instant::now()) {
                 warn!(%error, peer_pid, bytes = msg.len(), since_last_warning = silenced + 1,
@@ -324,39 +360,87 @@ impl Context {
         }
     }
 
-    fn try_handle(&self, msg: &[u8], truncated: bool, conn: u64) -> Result<(), MessageError> {
+    fn try_handle(
+        &self,
+        msg: &[u8],
+        owner: Option<&Bytes>,
+        truncated: bool,
+        conn: u64,
+    ) -> Result<(), MessageError> {
         if truncated {
             return Err(MessageError::TooLarge);
         }
         let (frame::Kind::ExtMessage, payload) = frame::decode(msg)?;
-        match ExtMessage::decode(payload)?.msg {
-            Some(ext_message::Msg::Record(r)) if r.id.is_empty() => Err(MessageError::NoId),
-            Some(ext_message::Msg::Record(r)) => {
-                self.record(r);
+        match wire::check_ext(payload)? {
+            Ext::Record(bytes, fields) => {
+                let id = fields.id.unwrap_or_default();
+                if id.is_empty() {
+                    return Err(MessageError::NoId);
+                }
+                let body = match (bytes, owner) {
+                    // `msg` is `owner`'s bytes, so the record is inside them.
+                    (RecordBytes::One(b), Some(owner)) => owner.slice_ref(b),
+                    (RecordBytes::One(b), None) => Bytes::copy_from_slice(b),
+                    (RecordBytes::Merged(v), _) => v.into(),
+                };
+                self.record(body, id, &fields);
                 Ok(())
             }
-            Some(ext_message::Msg::Inflight(u)) if u.request_id.is_empty() => {
-                Err(MessageError::NoId)
-            }
-            Some(ext_message::Msg::Inflight(u)) => {
-                self.live.update(conn, u);
-                Ok(())
-            }
-            None => Err(MessageError::Empty),
+            // Rare (the socket only): decoded whole.
+            Ext::Inflight => match ExtMessage::decode(payload)?.msg {
+                Some(ext_message::Msg::Inflight(u)) if u.request_id.is_empty() => {
+                    Err(MessageError::NoId)
+                }
+                Some(ext_message::Msg::Inflight(u)) => {
+                    self.live.update(conn, u);
+                    Ok(())
+                }
+                _ => Err(MessageError::Empty),
+            },
+            Ext::Empty => Err(MessageError::Empty),
         }
     }
 
-    fn record(&self, mut r: RequestRecord) {
+    fn record(&self, body: Bytes, id: &[u8], f: &RecordFields<'_>) {
         add(&self.counters.records_received, 1);
-        if let Some(d) = &r.dropped {
-            add(&self.counters.ext_records_dropped, u64::from(d.records));
+        if let Some(n) = f.dropped_records {
+            add(&self.counters.ext_records_dropped, u64::from(n));
         }
-        if r.host.is_empty() {
-            r.host.clone_from(&self.hostname);
+        let suffix = match f.host {
+            Some(h) if !h.is_empty() => Bytes::new(),
+            _ => self.host_suffix.clone(),
+        };
+        self.note_seen(f);
+        self.live.finish(id);
+        self.queue.push(Record::new(body, suffix));
+    }
+
+    /// Tells `seen` about the record's app and versions, unless this
+    /// combination was told already.
+    fn note_seen(&self, f: &RecordFields<'_>) {
+        let (app, php, ext) = (
+            f.app.unwrap_or(""),
+            f.php_version.unwrap_or(""),
+            f.ext_version.unwrap_or(""),
+        );
+        let mut h = DefaultHasher::new();
+        (app, php, ext).hash(&mut h);
+        let key = h.finish();
+        {
+            let mut cache = self.seen_cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.contains(&key) {
+                return;
+            }
+            if cache.len() < SEEN_CACHE {
+                cache.insert(key);
+            }
         }
-        self.seen.note(&r);
-        self.live.finish(&r.id);
-        self.queue.push(r);
+        self.seen.note(&RequestRecord {
+            app: app.to_owned(),
+            php_version: php.to_owned(),
+            ext_version: ext.to_owned(),
+            ..Default::default()
+        });
     }
 }
 
@@ -501,13 +585,15 @@ mod tests {
     }
 
     /// Mutation fuzzing from valid records (deterministic): flipped,
-    /// truncated, extended and spliced frames never panic the decoder, and
+    /// truncated, extended and spliced frames never panic the checker, and
     /// every message is accounted for as a record, an in-flight update or
-    /// malformed.
+    /// malformed — exactly as decoding it whole with prost says, and each
+    /// record forwarded decodes to what prost decodes (host filled in).
     #[test]
     fn mutated_valid_frames_are_all_accounted_and_never_panic() {
+        use crate::counters::get;
         let counters = Arc::new(Counters::default());
-        let (q, _rx) = queue::bounded(1_000_000, 1 << 34, counters.clone());
+        let (q, mut rx) = queue::bounded(1_000_000, 1 << 34, counters.clone());
         let live = Arc::new(LiveTable::default());
         let ctx = Context::new(q, live, Arc::default(), counters.clone(), "h".into());
         let span = sonde_proto::v1::Span {
@@ -554,20 +640,35 @@ mod tests {
                     break;
                 }
             }
-            // A mutation can turn a record into another valid message kind.
-            if let Ok((_, payload)) = frame::decode(&f) {
-                if let Ok(ExtMessage {
-                    msg: Some(ext_message::Msg::Inflight(u)),
-                }) = ExtMessage::decode(payload)
-                {
-                    if !u.request_id.is_empty() {
+            // What prost makes of it. A mutation can turn a record into
+            // another valid message kind.
+            let mut want_record = None;
+            if let Ok((frame::Kind::ExtMessage, payload)) = frame::decode(&f) {
+                match ExtMessage::decode(payload).map(|m| m.msg) {
+                    Ok(Some(ext_message::Msg::Inflight(u))) if !u.request_id.is_empty() => {
                         inflight_like += 1;
                     }
+                    Ok(Some(ext_message::Msg::Record(mut r))) if !r.id.is_empty() => {
+                        if r.host.is_empty() {
+                            r.host = "h".into();
+                        }
+                        want_record = Some(r);
+                    }
+                    _ => {}
                 }
             }
-            ctx.handle(&f, false, 1, None);
+            let before = get(&counters.records_received);
+            if next() % 2 == 0 {
+                ctx.handle(&f, false, 1, None);
+            } else {
+                ctx.handle_shared(&Bytes::from(f.clone()), 1);
+            }
+            let took = get(&counters.records_received) - before;
+            assert_eq!(took, u64::from(want_record.is_some()), "{f:x?}");
+            if let Some(want) = want_record {
+                assert_eq!(rx.try_recv().unwrap().decode(), want, "{f:x?}");
+            }
         }
-        use crate::counters::get;
         let received = get(&counters.records_received);
         let malformed = get(&counters.records_malformed);
         assert_eq!(get(&counters.messages_received), n);
@@ -626,9 +727,17 @@ mod tests {
             .send(&frame_of(ext_message::Msg::Record(record.clone())))
             .await
             .unwrap();
-        let got = rx.recv().await.unwrap();
+        let got = rx.recv().await.unwrap().decode();
         assert_eq!(got.id, record.id);
         assert_eq!(got.host, "web-1");
+        assert_eq!(
+            RequestRecord {
+                host: String::new(),
+                ..got
+            },
+            record,
+            "forwarded as sent, but for the host"
+        );
         let c = counters.snapshot();
         assert_eq!(
             (
