@@ -76,6 +76,12 @@ pub struct Config {
     /// Host name reported with every record and at registration. Leave out to
     /// use the system host name.
     pub hostname: Option<String>,
+    /// php-fpm status pages to read at every host sample, as
+    /// `http://HOST:PORT/PATH` (the pool's `pm.status_path` served on
+    /// loopback, e.g. by nginx): listen queue, max-children-reached and
+    /// php-fpm's own active/idle/total counts. Empty (default): active/idle
+    /// come from the extension's scoreboard alone.
+    pub fpm_status_urls: Vec<String>,
     /// Operator labels sent at registration and shown with the server
     /// (`[labels]`, e.g. `role = "api"`). `group` names the Auto Scaling
     /// group when the instance metadata does not expose instance tags.
@@ -161,6 +167,7 @@ impl Default for Config {
             host_metrics_interval_secs: 5,
             metrics_listen: "127.0.0.1:7719".into(),
             hostname: None,
+            fpm_status_urls: Vec::new(),
             labels: BTreeMap::new(),
             batch_max_records: 1000,
             batch_max_bytes: 1024 * 1024,
@@ -404,6 +411,14 @@ impl Config {
                         ),
                     )
                 })?;
+        }
+        for url in &self.fpm_status_urls {
+            if crate::sources::fpm_status::parse_url(url).is_none() {
+                return Err(invalid(
+                    "fpm_status_urls",
+                    format!("{url:?} is not http://HOST:PORT/PATH"),
+                ));
+            }
         }
         if self.labels.len() > MAX_LABELS {
             return Err(invalid("labels", format!("at most {MAX_LABELS} labels")));

@@ -77,6 +77,17 @@ impl LiveTable {
     }
 
     /// Every request with its elapsed time at `now_unix_ns`, oldest first.
+    /// The process ids of the PHP workers in a request now.
+    pub fn busy_pids(&self) -> std::collections::HashSet<u32> {
+        let map = self.lock();
+        let board = self.board.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .map(|e| e.request.pid)
+            .chain(board.iter().map(|r| r.pid))
+            .filter(|&p| p != 0)
+            .collect()
+    }
+
     pub fn snapshot(&self, now_unix_ns: i64) -> Vec<InflightRequest> {
         let map = self.lock();
         let board = self.board.lock().unwrap_or_else(|p| p.into_inner());

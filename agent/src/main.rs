@@ -230,10 +230,14 @@ async fn run(
     let host_rx = (config.host_metrics_interval_secs > 0).then(|| {
         let (tx, rx) = host::channel();
         tokio::spawn(host::run(
-            identity.hostname.clone(),
-            Duration::from_secs(config.host_metrics_interval_secs),
-            tx,
-            counters.clone(),
+            host::HostSource {
+                hostname: identity.hostname.clone(),
+                every: Duration::from_secs(config.host_metrics_interval_secs),
+                tx,
+                counters: counters.clone(),
+                live: live.clone(),
+                status_urls: config.fpm_status_urls.clone(),
+            },
             shutdown.clone(),
         ));
         rx

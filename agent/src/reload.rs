@@ -166,6 +166,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         host_metrics_interval_secs,
         metrics_listen,
         hostname,
+        fpm_status_urls,
         labels,
         queue_capacity,
         queue_max_bytes,

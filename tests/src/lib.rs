@@ -212,7 +212,7 @@ pub struct StackOptions {
     /// Agents reach the collector over `https://`.
     pub grpc_https: bool,
     /// TOML appended to every agent's config (after its top-level keys, so
-    /// tables such as `[tls]` fit).
+    /// tables such as `[tls]` fit); `{web_port}` becomes nginx's port.
     pub agent_extra: String,
     /// nginx writes `access.log` in the stack's directory, one line per
     /// request: `$request_id $status $request_uri` (an independent ledger).
@@ -337,7 +337,9 @@ impl Stack {
                 socket.display(),
                 self.path(&format!("{name}-spool")).display(),
                 scheme = self.grpc_scheme,
-                extra = self.agent_extra,
+                extra = self
+                    .agent_extra
+                    .replace("{web_port}", &self.web_port.to_string()),
                 metrics = if name == "agent" {
                     format!("127.0.0.1:{}", self.agent_metrics_port)
                 } else {
@@ -416,6 +418,10 @@ impl Stack {
                  uwsgi_temp_path {dir}/nginx-uwsgi;\n  scgi_temp_path {dir}/nginx-scgi;\n\
                  server {{\n    listen 127.0.0.1:{web};\n    root {app};\n\
                  location = /ping {{ return 204; }}\n\
+                 location = /fpm-status {{\n      include /etc/nginx/fastcgi_params;\n\
+                 fastcgi_param SCRIPT_NAME /fpm-status;\n\
+                 fastcgi_param SCRIPT_FILENAME /fpm-status;\n\
+                 fastcgi_pass 127.0.0.1:{fpm};\n    }}\n\
                  location ~ ^/t/([a-z0-9_]+\\.php)$ {{\n      include /etc/nginx/fastcgi_params;\n\
                  fastcgi_param SCRIPT_FILENAME {tests_php}/$1;\n\
                  fastcgi_pass 127.0.0.1:{fpm};\n    }}\n\

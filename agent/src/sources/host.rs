@@ -2,12 +2,15 @@
 //! of this machine (CPU total and per core, load, memory and swap, disk usage
 //! and I/O per mount, network totals, process count) and of its php-fpm pools
 //! (workers found by their process title `php-fpm: pool NAME`: how many, CPU
-//! and RSS). Samples go to the sink, which sends them durably in batches and
+//! and RSS; active = those in a request now by the extension's scoreboard,
+//! idle = the rest; with `fpm_status_urls`, php-fpm's own status page adds
+//! the listen queue and max-children-reached and its own worker counts win).
+//! Samples go to the sink, which sends them durably in batches and
 //! the latest in live snapshots. Sampling reads /proc through `sysinfo` on a
 //! blocking thread; it never touches the network and a failed read only
 //! leaves a field at zero.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +23,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::counters::{add, Counters};
+use crate::live::LiveTable;
+use crate::ratelimit::RateLimit;
 use crate::shutdown::Shutdown;
+use crate::sources::fpm_status::{self, PoolStatus};
 
 /// Samples waiting for the sink; a sink busy for this long loses the oldest
 /// view of the host, never records.
@@ -75,8 +81,9 @@ impl Sampler {
         self.networks.refresh(true);
     }
 
-    /// Takes one sample now.
-    pub fn sample(&mut self) -> HostMetrics {
+    /// Takes one sample now: `busy` are the worker pids in a request,
+    /// `status` what pools' status pages said.
+    pub fn sample(&mut self, busy: &HashSet<u32>, status: &[PoolStatus]) -> HostMetrics {
         self.refresh();
         let sys = &self.system;
         let load = System::load_average();
@@ -106,11 +113,11 @@ impl Sampler {
         }
         let processes = sys
             .processes()
-            .values()
-            .filter(|p| p.thread_kind().is_none());
+            .iter()
+            .filter(|(_, p)| p.thread_kind().is_none());
         let mut count = 0u32;
         let mut pools: BTreeMap<String, FpmPoolMetrics> = BTreeMap::new();
-        for p in processes {
+        for (pid, p) in processes {
             count += 1;
             let Some(title) = p.cmd().first().map(|a| a.to_string_lossy()) else {
                 continue;
@@ -125,8 +132,29 @@ impl Sampler {
                     ..Default::default()
                 });
             m.total += 1;
+            if busy.contains(&pid.as_u32()) {
+                m.active += 1;
+            }
             m.cpu_percent += f64::from(p.cpu_usage());
             m.rss_bytes += p.memory();
+        }
+        for m in pools.values_mut() {
+            m.idle = m.total.saturating_sub(m.active);
+        }
+        for s in status {
+            let m = pools
+                .entry(s.pool.clone())
+                .or_insert_with(|| FpmPoolMetrics {
+                    pool: s.pool.clone(),
+                    ..Default::default()
+                });
+            m.listen_queue = s.listen_queue;
+            m.max_children_reached = s.max_children_reached;
+            // php-fpm knows its own workers (the page's request is one of
+            // the active ones).
+            m.active = s.active;
+            m.idle = s.idle;
+            m.total = s.total;
         }
         HostMetrics {
             ts_unix_ms: unix_millis(),
@@ -168,13 +196,28 @@ fn unix_millis() -> i64 {
 
 /// Samples every `every` until shutdown. The first sample comes one period
 /// after start (CPU percentages need a period to measure).
-pub async fn run(
-    hostname: String,
-    every: Duration,
-    tx: mpsc::Sender<HostMetrics>,
-    counters: Arc<Counters>,
-    mut shutdown: Shutdown,
-) {
+/// What the sampling task needs.
+pub struct HostSource {
+    pub hostname: String,
+    pub every: Duration,
+    pub tx: mpsc::Sender<HostMetrics>,
+    pub counters: Arc<Counters>,
+    /// Which workers are in a request (the scoreboard and the socket).
+    pub live: Arc<LiveTable>,
+    /// php-fpm status pages to read (`fpm_status_urls`).
+    pub status_urls: Vec<String>,
+}
+
+pub async fn run(src: HostSource, mut shutdown: Shutdown) {
+    let HostSource {
+        hostname,
+        every,
+        tx,
+        counters,
+        live,
+        status_urls,
+    } = src;
+    let status_log = RateLimit::new(Duration::from_secs(300));
     let sampler = tokio::task::spawn_blocking(move || Sampler::new(hostname)).await;
     let Ok(mut sampler) = sampler else {
         warn!("host metrics sampler failed to start; no host metrics");
@@ -188,8 +231,20 @@ pub async fn run(
             _ = shutdown.wait() => return,
             _ = tick.tick() => {}
         }
+        let mut status = Vec::with_capacity(status_urls.len());
+        for url in &status_urls {
+            match fpm_status::fetch(url).await {
+                Ok(s) => status.push(s),
+                Err(error) => {
+                    if let Some(silenced) = status_log.check(std::time::Instant::now()) {
+                        warn!(%url, %error, silenced, "php-fpm status page not read (fpm_status_urls)");
+                    }
+                }
+            }
+        }
+        let busy = live.busy_pids();
         let taken = tokio::task::spawn_blocking(move || {
-            let m = sampler.sample();
+            let m = sampler.sample(&busy, &status);
             (sampler, m)
         })
         .await;
@@ -231,7 +286,7 @@ mod tests {
     fn a_sample_of_this_machine_is_plausible() {
         let mut s = Sampler::new("test-host".into());
         std::thread::sleep(Duration::from_millis(200));
-        let m = s.sample();
+        let m = s.sample(&HashSet::new(), &[]);
         assert_eq!(m.hostname, "test-host");
         assert!(m.ts_unix_ms > 1_600_000_000_000);
         assert!(!m.cpu_per_core.is_empty());
@@ -242,5 +297,27 @@ mod tests {
         for d in &m.disks {
             assert!(d.used_bytes <= d.total_bytes, "{d:?}");
         }
+        // A status page's numbers win for its pool, and add a pool that
+        // has no worker seen here.
+        let page = PoolStatus {
+            pool: "sonde-test-pool".into(),
+            listen_queue: 4,
+            max_children_reached: 2,
+            active: 3,
+            idle: 1,
+            total: 4,
+        };
+        let m = s.sample(&HashSet::new(), std::slice::from_ref(&page));
+        let p = m.fpm_pools.iter().find(|p| p.pool == page.pool).unwrap();
+        assert_eq!(
+            (
+                p.active,
+                p.idle,
+                p.total,
+                p.listen_queue,
+                p.max_children_reached
+            ),
+            (3, 1, 4, 4, 2)
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! host itself (system and php-fpm pool metrics), and the in-flight
 //! scoreboard the extension keeps in shared memory.
 
+pub mod fpm_status;
 pub mod host;
 pub mod ring;
 pub mod scoreboard;
