@@ -6,6 +6,7 @@ set -euo pipefail
 PKGS=(
   php8.2-dev php8.2-cli php8.2-fpm php8.2-sqlite3  # extension headers, php-fpm, demo app DB
   php8.2-mysql php8.2-pgsql php8.2-curl php8.2-redis  # the libraries the extension instruments
+  php8.2-memcached php8.2-soap memcached          # ... Memcached and SoapClient; the tests start their own memcached
   php8.2-cgi valgrind bc                          # the fast-sender test and the benchmark scripts
   nginx                                           # the web server in front of php-fpm
   libclang-dev                                    # bindgen

@@ -3,6 +3,7 @@
 #include "zend_extensions.h"
 #include "ext/pdo/php_pdo_driver.h"
 #include "ext/mysqli/php_mysqli_structs.h"
+#include "ext/standard/file.h"
 
 const char *sonde_shim_build_id(void) { return ZEND_MODULE_BUILD_ID; }
 
@@ -100,6 +101,20 @@ int sonde_shim_register_ini(int module_number) {
 void sonde_shim_unregister_ini(int module_number) {
     int type = MODULE_PERSISTENT;
     UNREGISTER_INI_ENTRIES();
+}
+
+void *sonde_shim_ini_entry(const char *name, size_t len) {
+    return zend_hash_str_find_ptr(EG(ini_directives), name, len);
+}
+
+const char *sonde_shim_ini_entry_str(void *entry) {
+    zend_ini_entry *e = entry;
+    return e->value ? ZSTR_VAL(e->value) : NULL;
+}
+
+int64_t sonde_shim_ini_entry_long(void *entry) {
+    zend_ini_entry *e = entry;
+    return e->value ? (int64_t)ZEND_STRTOL(ZSTR_VAL(e->value), NULL, 0) : 0;
 }
 
 const char *sonde_shim_sapi_name(void) { return sapi_module.name; }
@@ -237,6 +252,8 @@ static void copy_out(char *buf, size_t cap, const char *src, size_t len) {
     memcpy(buf, src, n);
     buf[n] = '\0';
 }
+
+int sonde_shim_has_exception(void) { return EG(exception) != NULL; }
 
 int sonde_shim_exception(char *class_buf, size_t class_cap, char *msg_buf, size_t msg_cap) {
     return sonde_shim_object_exception(EG(exception), class_buf, class_cap, msg_buf, msg_cap);
@@ -400,6 +417,8 @@ static struct {
 } curl_slots[CURL_SLOTS];
 static int curl_next_slot = 0;
 static int curl_injecting = 0;
+/* Slots filled since the last forget_all: most requests remember none. */
+static int curl_slots_used = 0;
 
 void sonde_shim_curl_forget(zend_object *ch) {
     int i;
@@ -414,6 +433,10 @@ void sonde_shim_curl_forget(zend_object *ch) {
 
 void sonde_shim_curl_forget_all(void) {
     int i;
+    if (!curl_slots_used) {
+        return;
+    }
+    curl_slots_used = 0;
     for (i = 0; i < CURL_SLOTS; i++) {
         if (curl_slots[i].ch) {
             zval_ptr_dtor(&curl_slots[i].headers);
@@ -447,6 +470,7 @@ void sonde_shim_curl_remember(zend_object *ch, zval *headers) {
     }
     curl_slots[slot].ch = ch;
     ZVAL_COPY(&curl_slots[slot].headers, headers);
+    curl_slots_used = 1;
 }
 
 void sonde_shim_curl_remember_from_array(zend_object *ch, zval *options) {
@@ -469,18 +493,33 @@ static int is_trace_header(zend_string *line) {
            (ZSTR_LEN(line) >= 11 && strncasecmp(ZSTR_VAL(line), "tracestate:", 11) == 0);
 }
 
-static int call2(const char *name, zval *a, zval *b, zval *c, uint32_t argc, zval *ret) {
-    zval fname, args[3];
-    int rc;
+/* Calls PHP's own `name` (an internal function, looked up once per
+ * process: a call by name would hash the name every time). */
+static int call2(const char *name, zend_function **cache, zval *a, zval *b, zval *c, uint32_t argc,
+                 zval *ret) {
+    zval args[3];
+    ZVAL_UNDEF(ret);
+    if (!*cache) {
+        *cache = zend_hash_str_find_ptr(CG(function_table), name, strlen(name));
+        if (!*cache) {
+            return 0;
+        }
+    }
     ZVAL_COPY_VALUE(&args[0], a);
     if (argc > 1) ZVAL_COPY_VALUE(&args[1], b);
     if (argc > 2) ZVAL_COPY_VALUE(&args[2], c);
-    ZVAL_STRING(&fname, name);
-    ZVAL_UNDEF(ret);
-    rc = call_user_function(NULL, NULL, &fname, ret, argc, args);
-    zval_ptr_dtor(&fname);
-    return rc == SUCCESS && Z_TYPE_P(ret) != IS_UNDEF;
+    zend_call_known_function(*cache, NULL, NULL, ret, argc, args, NULL);
+    if (EG(exception)) {
+        /* Callers check none was pending: this one is ours, not the app's. */
+        zend_clear_exception();
+        zval_ptr_dtor(ret);
+        ZVAL_UNDEF(ret);
+        return 0;
+    }
+    return Z_TYPE_P(ret) != IS_UNDEF;
 }
+
+static zend_function *fn_curl_setopt, *fn_curl_getinfo, *fn_curl_error;
 
 int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, const char *tracestate,
                            size_t ts_len) {
@@ -505,7 +544,7 @@ int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, con
     add_next_index_str(&arr, strpprintf(0, "tracestate: %.*s", (int)ts_len, tracestate));
     ZVAL_LONG(&opt, SONDE_CURLOPT_HTTPHEADER);
     curl_injecting = 1;
-    ok = call2("curl_setopt", ch, &opt, &arr, 3, &ret);
+    ok = call2("curl_setopt", &fn_curl_setopt, ch, &opt, &arr, 3, &ret);
     curl_injecting = 0;
     zval_ptr_dtor(&ret);
     zval_ptr_dtor(&arr);
@@ -513,7 +552,7 @@ int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, con
 }
 
 int sonde_shim_curl_info(zval *ch, char *url, size_t url_cap, int64_t *status, char *error,
-                         size_t error_cap) {
+                         size_t error_cap, int want_error) {
     zval opt, ret;
     if (!ch || Z_TYPE_P(ch) != IS_OBJECT || EG(exception)) {
         return 0;
@@ -522,20 +561,20 @@ int sonde_shim_curl_info(zval *ch, char *url, size_t url_cap, int64_t *status, c
     copy_out(error, error_cap, "", 0);
     *status = 0;
     ZVAL_LONG(&opt, SONDE_CURLINFO_EFFECTIVE_URL);
-    if (call2("curl_getinfo", ch, &opt, NULL, 2, &ret)) {
+    if (call2("curl_getinfo", &fn_curl_getinfo, ch, &opt, NULL, 2, &ret)) {
         if (Z_TYPE(ret) == IS_STRING) {
             copy_out(url, url_cap, Z_STRVAL(ret), Z_STRLEN(ret));
         }
         zval_ptr_dtor(&ret);
     }
     ZVAL_LONG(&opt, SONDE_CURLINFO_RESPONSE_CODE);
-    if (call2("curl_getinfo", ch, &opt, NULL, 2, &ret)) {
+    if (call2("curl_getinfo", &fn_curl_getinfo, ch, &opt, NULL, 2, &ret)) {
         if (Z_TYPE(ret) == IS_LONG) {
             *status = (int64_t)Z_LVAL(ret);
         }
         zval_ptr_dtor(&ret);
     }
-    if (call2("curl_error", ch, NULL, NULL, 1, &ret)) {
+    if (want_error && call2("curl_error", &fn_curl_error, ch, NULL, NULL, 1, &ret)) {
         if (Z_TYPE(ret) == IS_STRING) {
             copy_out(error, error_cap, Z_STRVAL(ret), Z_STRLEN(ret));
         }
@@ -551,11 +590,342 @@ double sonde_shim_curl_total_time(zval *ch) {
         return t;
     }
     ZVAL_LONG(&opt, 0x300003); /* CURLINFO_TOTAL_TIME */
-    if (call2("curl_getinfo", ch, &opt, NULL, 2, &ret)) {
+    if (call2("curl_getinfo", &fn_curl_getinfo, ch, &opt, NULL, 2, &ret)) {
         if (Z_TYPE(ret) == IS_DOUBLE) {
             t = Z_DVAL(ret);
         }
         zval_ptr_dtor(&ret);
     }
     return t;
+}
+
+/* ---- PHP's http:// and https:// stream wrapper ---- */
+
+/* Implemented in Rust (plugins/http_stream.rs). */
+extern uint64_t sonde_rs_stream_open(const char *url, size_t url_len);
+extern void sonde_rs_stream_opened(uint64_t start, php_stream *stream, const char *url, size_t url_len,
+                                   int status, const char *error, size_t error_len);
+extern void sonde_rs_stream_closed(php_stream *stream);
+
+static const php_stream_wrapper *orig_http_wrapper = NULL;
+static php_stream_wrapper_ops sonde_http_ops;
+static php_stream_wrapper sonde_http_wrapper;
+
+/* "HTTP/1.1 404 Not Found" anywhere in `s` (of `len` bytes): 404, else 0. */
+static int http_status_in(const char *s, size_t len) {
+    size_t i;
+    for (i = 0; i + 12 <= len; i++) {
+        if (memcmp(s + i, "HTTP/", 5) == 0) {
+            const char *sp = memchr(s + i, ' ', len - i);
+            if (sp && sp + 4 <= s + len && sp[1] >= '1' && sp[1] <= '5' && sp[2] >= '0' &&
+                sp[2] <= '9' && sp[3] >= '0' && sp[3] <= '9') {
+                return (sp[1] - '0') * 100 + (sp[2] - '0') * 10 + (sp[3] - '0');
+            }
+        }
+    }
+    return 0;
+}
+
+/* The last status line in the response headers the wrapper keeps (after
+ * redirects, the final response's). */
+static int http_status_of(php_stream *stream) {
+    zval *line;
+    int status = 0;
+    if (Z_TYPE(stream->wrapperdata) != IS_ARRAY) {
+        return 0;
+    }
+    ZEND_HASH_FOREACH_VAL(Z_ARRVAL(stream->wrapperdata), line) {
+        if (Z_TYPE_P(line) == IS_STRING && Z_STRLEN_P(line) >= 12 &&
+            strncmp(Z_STRVAL_P(line), "HTTP/", 5) == 0) {
+            status = http_status_in(Z_STRVAL_P(line), Z_STRLEN_P(line));
+        }
+    } ZEND_HASH_FOREACH_END();
+    return status;
+}
+
+/* The last error the wrapper logged for this open (shown by PHP as the
+ * "Failed to open stream" warning right after we return). */
+static const char *last_wrapper_error(php_stream_wrapper *wrapper) {
+    zend_llist *list;
+    char **msg;
+    if (!FG(wrapper_errors)) {
+        return NULL;
+    }
+    list = zend_hash_str_find_ptr(FG(wrapper_errors), (const char *)&wrapper, sizeof(wrapper));
+    if (!list) {
+        return NULL;
+    }
+    msg = (char **)zend_llist_get_last(list);
+    return msg ? *msg : NULL;
+}
+
+static php_stream *sonde_http_opener(php_stream_wrapper *wrapper, const char *path, const char *mode,
+                                     int options, zend_string **opened_path,
+                                     php_stream_context *context STREAMS_DC) {
+    size_t path_len = strlen(path);
+    uint64_t start = sonde_rs_stream_open(path, path_len);
+    php_stream *stream = orig_http_wrapper->wops->stream_opener(wrapper, path, mode, options, opened_path,
+                                                                 context STREAMS_REL_CC);
+    if (start) {
+        int status = 0;
+        const char *err = NULL;
+        size_t err_len = 0;
+        if (stream) {
+            status = http_status_of(stream);
+        } else {
+            err = last_wrapper_error(wrapper);
+            if (err) {
+                err_len = strlen(err);
+                while (err_len > 0 && (err[err_len - 1] == '\n' || err[err_len - 1] == '\r')) {
+                    err_len--;
+                }
+                status = http_status_in(err, err_len);
+            } else {
+                err = "failed to open";
+                err_len = strlen(err);
+            }
+        }
+        sonde_rs_stream_opened(start, stream, path, path_len, status, err, err_len);
+    }
+    return stream;
+}
+
+static int sonde_http_closer(php_stream_wrapper *wrapper, php_stream *stream) {
+    sonde_rs_stream_closed(stream);
+    return orig_http_wrapper->wops->stream_closer ? orig_http_wrapper->wops->stream_closer(wrapper, stream) : 0;
+}
+
+int sonde_shim_wrap_http_streams(void) {
+    HashTable *wrappers = php_stream_get_url_stream_wrappers_hash_global();
+    const char *names[] = {"http", "https"};
+    int i, wrapped = 0;
+    if (!wrappers) {
+        return 0;
+    }
+    for (i = 0; i < 2; i++) {
+        zval *zv = zend_hash_str_find(wrappers, names[i], strlen(names[i]));
+        php_stream_wrapper *w = zv ? (php_stream_wrapper *)Z_PTR_P(zv) : NULL;
+        if (!w || w == &sonde_http_wrapper || !w->wops || !w->wops->stream_opener) {
+            wrapped += w == &sonde_http_wrapper;
+            continue;
+        }
+        if (!orig_http_wrapper) {
+            orig_http_wrapper = w;
+            sonde_http_ops = *w->wops;
+            sonde_http_ops.stream_opener = sonde_http_opener;
+            sonde_http_ops.stream_closer = sonde_http_closer;
+            sonde_http_wrapper = *w;
+            sonde_http_wrapper.wops = &sonde_http_ops;
+        }
+        /* Only PHP's own http wrapper (https shares it); anything else
+         * registered under these names is left alone. */
+        if (w == orig_http_wrapper) {
+            Z_PTR_P(zv) = &sonde_http_wrapper;
+            wrapped++;
+        }
+    }
+    return wrapped;
+}
+
+void sonde_shim_unwrap_http_streams(void) {
+    HashTable *wrappers = php_stream_get_url_stream_wrappers_hash_global();
+    const char *names[] = {"http", "https"};
+    int i;
+    if (!wrappers || !orig_http_wrapper) {
+        return;
+    }
+    for (i = 0; i < 2; i++) {
+        zval *zv = zend_hash_str_find(wrappers, names[i], strlen(names[i]));
+        if (zv && Z_PTR_P(zv) == &sonde_http_wrapper) {
+            Z_PTR_P(zv) = (void *)orig_http_wrapper;
+        }
+    }
+}
+
+/* ---- calling an internal class's own methods, reading its properties ---- */
+
+/* The internal class `class_lc` (cached in *cache), NULL when not loaded. */
+static zend_class_entry *internal_class(const char *class_lc, zend_class_entry **cache) {
+    if (!*cache) {
+        zend_class_entry *ce = zend_hash_str_find_ptr(CG(class_table), class_lc, strlen(class_lc));
+        if (!ce || ce->type != ZEND_INTERNAL_CLASS) {
+            return NULL;
+        }
+        *cache = ce;
+    }
+    return *cache;
+}
+
+/* Calls the internal class's own method `method_lc` (never an override in a
+ * user subclass) on `obj` without arguments. Only when no exception is
+ * pending; one the call raises is cleared, so the app never sees it. */
+static int call_own_method(zend_object *obj, zend_class_entry *ce, const char *method_lc, zval *ret) {
+    zend_function *fn;
+    ZVAL_UNDEF(ret);
+    if (!obj || !ce || EG(exception) || !instanceof_function(obj->ce, ce)) {
+        return 0;
+    }
+    fn = zend_hash_str_find_ptr(&ce->function_table, method_lc, strlen(method_lc));
+    if (!fn) {
+        return 0;
+    }
+    zend_call_known_instance_method(fn, obj, ret, 0, NULL);
+    if (EG(exception)) {
+        zend_clear_exception();
+        zval_ptr_dtor(ret);
+        ZVAL_UNDEF(ret);
+        return 0;
+    }
+    return Z_TYPE_P(ret) != IS_UNDEF;
+}
+
+/* A property of `obj` as declared by the internal class `ce` (read with
+ * its scope, so private ones too; no user code runs). NULL when absent. */
+static zval *own_property(zend_object *obj, zend_class_entry *ce, const char *name, zval *rv) {
+    if (!obj || !ce || !instanceof_function(obj->ce, ce)) {
+        return NULL;
+    }
+    return zend_read_property(ce, obj, name, strlen(name), /* silent */ 1, rv);
+}
+
+/* ---- Memcached ---- */
+
+static zend_class_entry *memcached_ce;
+
+int sonde_shim_memcached_result(zend_object *obj, int64_t *code, char *msg, size_t msg_cap) {
+    zval ret;
+    zend_class_entry *ce = internal_class("memcached", &memcached_ce);
+    if (!call_own_method(obj, ce, "getresultcode", &ret)) {
+        return 0;
+    }
+    *code = Z_TYPE(ret) == IS_LONG ? (int64_t)Z_LVAL(ret) : 0;
+    zval_ptr_dtor(&ret);
+    copy_out(msg, msg_cap, "", 0);
+    if (msg_cap > 0 && call_own_method(obj, ce, "getresultmessage", &ret)) {
+        if (Z_TYPE(ret) == IS_STRING) {
+            copy_out(msg, msg_cap, Z_STRVAL(ret), Z_STRLEN(ret));
+        }
+        zval_ptr_dtor(&ret);
+    }
+    return 1;
+}
+
+int sonde_shim_memcached_server(zend_object *obj, char *host, size_t host_cap, int64_t *port, uint32_t *count) {
+    zval ret, *first, *h, *p;
+    int ok = 0;
+    if (!call_own_method(obj, internal_class("memcached", &memcached_ce), "getserverlist", &ret)) {
+        return 0;
+    }
+    if (Z_TYPE(ret) == IS_ARRAY && (first = zend_hash_index_find(Z_ARRVAL(ret), 0)) != NULL &&
+        Z_TYPE_P(first) == IS_ARRAY) {
+        *count = zend_hash_num_elements(Z_ARRVAL(ret));
+        h = zend_hash_str_find(Z_ARRVAL_P(first), "host", 4);
+        p = zend_hash_str_find(Z_ARRVAL_P(first), "port", 4);
+        if (h && Z_TYPE_P(h) == IS_STRING) {
+            copy_out(host, host_cap, Z_STRVAL_P(h), Z_STRLEN_P(h));
+            *port = (p && Z_TYPE_P(p) == IS_LONG) ? (int64_t)Z_LVAL_P(p) : 0;
+            ok = 1;
+        }
+    }
+    zval_ptr_dtor(&ret);
+    return ok;
+}
+
+/* ---- SoapClient ---- */
+
+static zend_class_entry *soapclient_ce, *soapfault_ce;
+
+int sonde_shim_soap_last_headers(zend_object *client, char *buf, size_t cap) {
+    zval rv, *v = own_property(client, internal_class("soapclient", &soapclient_ce),
+                               "__last_response_headers", &rv);
+    if (!v || Z_TYPE_P(v) != IS_STRING) {
+        return 0;
+    }
+    copy_out(buf, cap, Z_STRVAL_P(v), Z_STRLEN_P(v));
+    return 1;
+}
+
+int sonde_shim_soap_fault(zend_object *fault, char *code, size_t code_cap, char *msg, size_t msg_cap) {
+    zval rv1, rv2, *c, *m;
+    zend_class_entry *ce = internal_class("soapfault", &soapfault_ce);
+    c = own_property(fault, ce, "faultcode", &rv1);
+    m = own_property(fault, ce, "faultstring", &rv2);
+    if (!c && !m) {
+        return 0;
+    }
+    copy_out(code, code_cap, "", 0);
+    copy_out(msg, msg_cap, "", 0);
+    if (c && Z_TYPE_P(c) == IS_STRING) {
+        copy_out(code, code_cap, Z_STRVAL_P(c), Z_STRLEN_P(c));
+    }
+    if (m && Z_TYPE_P(m) == IS_STRING) {
+        copy_out(msg, msg_cap, Z_STRVAL_P(m), Z_STRLEN_P(m));
+    }
+    return 1;
+}
+
+zend_object *sonde_shim_soap_client_fault(zend_object *client) {
+    zval rv, *v = own_property(client, internal_class("soapclient", &soapclient_ce), "__soap_fault", &rv);
+    return (v && Z_TYPE_P(v) == IS_OBJECT) ? Z_OBJ_P(v) : NULL;
+}
+
+zend_object *sonde_shim_pending_exception(void) { return EG(exception); }
+
+/* ---- open database connections ---- */
+
+uint32_t sonde_shim_object_handle(zend_object *obj) { return obj ? obj->handle : 0; }
+
+int sonde_shim_object_alive(zend_object *obj, uint32_t handle) {
+    zend_object *bucket;
+    if (!obj || handle >= EG(objects_store).top) {
+        return 0;
+    }
+    bucket = EG(objects_store).object_buckets[handle];
+    return IS_OBJ_VALID(bucket) && bucket == obj && !(OBJ_FLAGS(obj) & IS_OBJ_FREE_CALLED);
+}
+
+int sonde_shim_pdo_connection(zend_object *dbh_obj, int *persistent) {
+    pdo_dbh_t *dbh;
+    if (!dbh_obj) {
+        return 0;
+    }
+    dbh = php_pdo_dbh_fetch_inner(dbh_obj);
+    if (!dbh || !dbh->driver || dbh->is_closed) {
+        return 0;
+    }
+    *persistent = dbh->is_persistent;
+    /* SQLite is a file, not a connection to a server. */
+    return strcmp(dbh->driver->driver_name, "sqlite") != 0;
+}
+
+int sonde_shim_mysqli_connected(zend_object *link) {
+    MY_MYSQL *m = (MY_MYSQL *)mysqli_resource(link);
+    return m && m->mysql ? 1 : 0;
+}
+
+static int le_ppdo = -1, le_pmysqli = -1, le_ppgsql = -1;
+
+uint32_t sonde_shim_persistent_db_connections(void) {
+    zend_resource *le;
+    uint32_t n = 0;
+    if (le_ppdo < 0) {
+        le_ppdo = zend_fetch_list_dtor_id("PDO persistent database");
+        le_pmysqli = zend_fetch_list_dtor_id("MySqli persistent connection");
+        le_ppgsql = zend_fetch_list_dtor_id("pgsql link persistent");
+    }
+    ZEND_HASH_FOREACH_PTR(&EG(persistent_list), le) {
+        if (!le || !le->ptr) {
+            continue;
+        }
+        if (le_ppdo > 0 && le->type == le_ppdo) {
+            pdo_dbh_t *dbh = le->ptr;
+            n += dbh->driver && strcmp(dbh->driver->driver_name, "sqlite") != 0;
+        } else if (le_pmysqli > 0 && le->type == le_pmysqli) {
+            /* Idle persistent links; those in use belong to live objects. */
+            n += (uint32_t)((mysqli_plist_entry *)le->ptr)->free_links.top;
+        } else if (le_ppgsql > 0 && le->type == le_ppgsql) {
+            n++;
+        }
+    } ZEND_HASH_FOREACH_END();
+    return n;
 }

@@ -17,6 +17,12 @@ const char *sonde_shim_build_id(void);
 int sonde_shim_register_ini(int module_number);
 void sonde_shim_unregister_ini(int module_number);
 
+/* An ini entry by name (NULL when not registered), and its current value
+ * as a string (NULL when unset) or an integer (as zend_ini_long). */
+void *sonde_shim_ini_entry(const char *name, size_t len);
+const char *sonde_shim_ini_entry_str(void *entry);
+int64_t sonde_shim_ini_entry_long(void *entry);
+
 /* sapi_module.name ("fpm-fcgi", "cli", ...). */
 const char *sonde_shim_sapi_name(void);
 
@@ -82,6 +88,8 @@ zend_object *sonde_shim_zval_obj(const zval *zv);            /* NULL unless an o
 /* The exception thrown by the call just made, if any: its class name and
  * message copied (truncated) into the buffers; returns 0 when none. */
 int sonde_shim_exception(char *class_buf, size_t class_cap, char *msg_buf, size_t msg_cap);
+/* Whether an exception is pending (cheap; no copy). */
+int sonde_shim_has_exception(void);
 
 /* The same for a given exception object. */
 int sonde_shim_object_exception(zend_object *ex, char *class_buf, size_t class_cap, char *msg_buf,
@@ -122,8 +130,43 @@ void sonde_shim_curl_forget_all(void);
 int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, const char *tracestate,
                            size_t ts_len);
 int sonde_shim_curl_info(zval *ch, char *url, size_t url_cap, int64_t *status, char *error,
-                         size_t error_cap);
+                         size_t error_cap, int want_error);
 /* CURLINFO_TOTAL_TIME of handle `ch` in seconds, -1 when unknown. */
 double sonde_shim_curl_total_time(zval *ch);
+
+/* Memcached: the result code of the object's last operation and its
+ * message (getResultCode/getResultMessage); the first of its servers and
+ * how many there are (getServerList). Called on the Memcached class's own
+ * methods, never when an exception is pending; return 0 when unknown. */
+int sonde_shim_memcached_result(zend_object *obj, int64_t *code, char *msg, size_t msg_cap);
+int sonde_shim_memcached_server(zend_object *obj, char *host, size_t host_cap, int64_t *port,
+                                uint32_t *count);
+
+/* SoapClient: the last response's HTTP headers (kept by PHP only with the
+ * client's `trace` option); the fault of its last call; a SoapFault's code
+ * and message. Properties read with SoapClient/SoapFault scope, no user
+ * code runs. */
+int sonde_shim_soap_last_headers(zend_object *client, char *buf, size_t cap);
+zend_object *sonde_shim_soap_client_fault(zend_object *client);
+int sonde_shim_soap_fault(zend_object *fault, char *code, size_t code_cap, char *msg, size_t msg_cap);
+/* EG(exception): the exception the call just made threw, or NULL. */
+zend_object *sonde_shim_pending_exception(void);
+
+/* Open database connections: an object's handle and whether it is still
+ * the live object with that handle; whether a PDO object is a connected,
+ * non-SQLite handle (and persistent); whether a mysqli link is connected;
+ * the persistent connections this process holds (PDO, mysqli idle, pgsql). */
+uint32_t sonde_shim_object_handle(zend_object *obj);
+int sonde_shim_object_alive(zend_object *obj, uint32_t handle);
+int sonde_shim_pdo_connection(zend_object *dbh_obj, int *persistent);
+int sonde_shim_mysqli_connected(zend_object *link);
+uint32_t sonde_shim_persistent_db_connections(void);
+
+/* PHP's http:// and https:// stream wrapper: replaced (in the global
+ * wrapper table, at start-up) by a copy whose opener and closer time remote
+ * streams, so reading local files never reaches the extension. Returns the
+ * number of names wrapped; unwrap restores the original. */
+int sonde_shim_wrap_http_streams(void);
+void sonde_shim_unwrap_http_streams(void);
 
 #endif

@@ -66,9 +66,15 @@ static INSTALLED: AtomicUsize = AtomicUsize::new(0);
 static HANDLE: AtomicI32 = AtomicI32::new(-1);
 /// True while a traced request runs; hooks record only then.
 static RECORDING: AtomicBool = AtomicBool::new(false);
-/// The recorder function, set by the module (it owns the request state).
+/// Switched by the module (it owns the request state).
 pub fn set_recording(on: bool) {
     RECORDING.store(on, Ordering::Relaxed);
+}
+
+/// Whether a traced request runs now.
+#[inline]
+pub fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
 }
 
 /// Installs every spec whose function exists now; already wrapped ones are

@@ -12,12 +12,14 @@
 //! state), `module` (the callbacks Zend calls), `hooks` (wrapping internal
 //! functions' handlers), `plugins/` (one file per instrumented library),
 //! `spans` (the per-request span buffer, PHP-free), `record` (building the
-//! `sonde.v1.RequestRecord`, PHP-free), `ring` and `ipc` (the two
-//! transports, PHP-free), `scoreboard` (the in-flight slot), `shm`
+//! `sonde.v1.RequestRecord`, PHP-free) with `pb` (protobuf wire writing), `ring` and `ipc` (the two
+//! transports, PHP-free), `scoreboard` (the in-flight slot), `connections` (open DB connections for it), `shm`
 //! (mapping the agent's shared files), `clock` (hook timestamps).
 
 pub mod clock;
+pub mod connections;
 pub mod ipc;
+pub mod pb;
 pub mod record;
 pub mod ring;
 pub mod scoreboard;

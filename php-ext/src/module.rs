@@ -13,8 +13,9 @@ use std::ptr::addr_of_mut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::connections::{Conn, Connections, Kind};
 use crate::ipc::{AgentSocket, Outcome};
-use crate::record::{Builder, Captured, Ids};
+use crate::record::{Builder, Captured, Ids, Spans, Traceparent};
 use crate::ring::{PushError, Ring};
 use crate::scoreboard::Board;
 use crate::spans::{SpanBuf, DEFAULT_MAX_SPANS};
@@ -57,6 +58,8 @@ struct State {
     ring: Ring,
     ring_path: Option<CString>,
     board_path: Option<CString>,
+    /// Database connections opened in this request, for the scoreboard.
+    conns: Connections,
 }
 
 impl Process {
@@ -98,20 +101,27 @@ struct Request {
     start: Instant,
     /// `clock::ticks()` at the start: spans are offsets from it.
     start_ticks: u64,
+    /// The outgoing `tracestate`, built on the first outgoing call.
+    tracestate: Option<String>,
+    /// `REQUEST_URI` as read at the start into the scratch space: its
+    /// length and whether it was cut. None for CLI or when the SAPI has none.
+    uri: Option<(usize, bool)>,
     start_unix_ns: i64,
     cpu_start: (u64, u64),
 }
 
 static STATE: Global<Option<State>> = Global(UnsafeCell::new(None));
 
-/// Reused buffers for SAPI values read at request end (allocated once, not
-/// zeroed per request).
+/// Reused buffers for SAPI values (allocated once, not zeroed per
+/// request): the request URI, read once at request start (for the
+/// scoreboard, then the record), and the values read at request end.
 static SCRATCH: Global<Vec<u8>> = Global(UnsafeCell::new(Vec::new()));
 
-/// The request-end scratch space. Only `request_end` uses it, once per call.
+/// The scratch space. `request_start` writes the URI part, `request_end`
+/// reads it and uses the rest; each takes it once per call.
 fn scratch() -> &'static mut [u8] {
-    // SAFETY: see `Global`; `request_end` is the only user and does not
-    // re-enter itself.
+    // SAFETY: see `Global`; `request_start` and `request_end` are its only
+    // users, never run at the same time and do not re-enter themselves.
     let v = unsafe { &mut *SCRATCH.0.get() };
     if v.len() < SCRATCH_BYTES {
         v.resize(SCRATCH_BYTES, 0);
@@ -252,19 +262,35 @@ pub(crate) fn ns_to_ticks(ns: f64) -> u64 {
 
 /// For an outgoing call of the current request (if traced): a new span
 /// id, remembered until the call ends (`SpanBuf::pop_pending`), and the
-/// `traceparent` and `tracestate` values that pass the trace on.
-pub(crate) fn outgoing() -> Option<(String, String)> {
+/// `traceparent` and `tracestate` values that pass the trace on (the
+/// latter the same for every call of the request, built once).
+pub(crate) fn outgoing() -> Option<(Traceparent, String)> {
     let st = state();
-    let (Some(req), Some(p), Some(buf)) = (&st.request, &mut st.process, &mut st.spans) else {
+    let (Some(req), Some(p), Some(buf)) = (&mut st.request, &mut st.process, &mut st.spans) else {
         return None;
     };
     let span = p.builder.span_id();
     buf.push_pending(span);
-    Some((
-        sonde_core::trace::traceparent(&req.ids.trace, &span),
-        sonde_core::trace::tracestate(&req.ids.record, &req.ids.tracestate),
-    ))
+    let ids = &req.ids;
+    let ts = req.tracestate.get_or_insert_with(|| {
+        if ids.tracestate.is_empty() {
+            // The common case, without formatting machinery.
+            let mut s = String::with_capacity(38);
+            s.push_str(sonde_core::trace::SONDE_KEY);
+            s.push('=');
+            for b in ids.record {
+                s.push(char::from(HEX[usize::from(b >> 4)]));
+                s.push(char::from(HEX[usize::from(b & 15)]));
+            }
+            s
+        } else {
+            sonde_core::trace::tracestate(&ids.record, &ids.tracestate)
+        }
+    });
+    Some((Traceparent::new(&ids.trace, &span), ts.clone()))
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The panic boundary, for hooks.
 pub(crate) fn in_boundary(f: impl FnOnce()) {
@@ -286,7 +312,13 @@ fn install_hooks() {
     for specs in plugins::ALL {
         hooks::install(specs);
     }
+    if plugins::http_stream::install() {
+        HTTP_STREAMS.store(true, Ordering::Relaxed);
+    }
 }
+
+/// Whether PHP's http stream wrapper is wrapped (`plugins::http_stream`).
+static HTTP_STREAMS: AtomicBool = AtomicBool::new(false);
 
 /// After every module's MINIT, before opcache preloads or JIT-compiles:
 /// wrap the functions of extensions that started after us.
@@ -316,6 +348,7 @@ unsafe extern "C" fn module_startup(_type: c_int, module_number: c_int) -> sys::
 unsafe extern "C" fn module_shutdown(_type: c_int, module_number: c_int) -> sys::zend_result {
     // SAFETY: called once by Zend during MSHUTDOWN with our module number.
     unsafe { sys::sonde_shim_unregister_ini(module_number) };
+    boundary(plugins::http_stream::uninstall);
     boundary(|| {
         if let Some(st) = state_if_any() {
             st.request = None;
@@ -372,14 +405,23 @@ fn request_start() {
         let ms = zend::ini_long(c"sonde.slow_sql_ms").max(0) as f64;
         buf.slow_ticks = (ms * 1e6 / per_tick) as u64;
     }
-    let mut tp_buf = [0u8; 128];
-    let traceparent = zend::sapi_env(c"HTTP_TRACEPARENT", &mut tp_buf).map(|(t, _)| t);
-    let mut ts_buf = [0u8; 512];
-    let tracestate = zend::sapi_env(c"HTTP_TRACESTATE", &mut ts_buf).map(|(t, _)| t);
+    // The incoming trace context and the URI (read once, for the
+    // scoreboard now and the record at the end) go to the scratch space.
+    let (uri_buf, rest) = scratch().split_at_mut(MAX_URI);
+    let (tp_buf, rest) = rest.split_at_mut(128);
+    let ts_buf = &mut rest[..512];
+    let traceparent = zend::sapi_env(c"HTTP_TRACEPARENT", tp_buf).map(|(t, _)| t);
+    let tracestate = zend::sapi_env(c"HTTP_TRACESTATE", ts_buf).map(|(t, _)| t);
     let ids = process.builder.start(traceparent, tracestate);
     let start = Instant::now();
     let start_ticks = crate::clock::ticks();
-    board_begin(st, pid, start, start_unix_ns, &ids);
+    let uri = if matches!(sapi, "cli" | "phpdbg" | "embed") {
+        None
+    } else {
+        zend::sapi_env(c"REQUEST_URI", uri_buf).map(|(u, cut)| (u.len(), cut))
+    };
+    let url = uri.map_or(&b""[..], |(n, _)| &uri_buf[..n]);
+    board_begin(st, pid, start, start_unix_ns, &ids, url);
     st.request = Some(Request {
         name: None,
         attributes: Vec::new(),
@@ -387,6 +429,8 @@ fn request_start() {
         ids,
         start,
         start_ticks,
+        tracestate: None,
+        uri,
         start_unix_ns,
         cpu_start: cpu_times(),
     });
@@ -395,7 +439,7 @@ fn request_start() {
 
 /// Marks this worker busy in the scoreboard (`sonde.scoreboard`, by default
 /// `scoreboard` beside the agent socket).
-fn board_begin(st: &mut State, pid: u32, now: Instant, start_unix_ns: i64, ids: &Ids) {
+fn board_begin(st: &mut State, pid: u32, now: Instant, start_unix_ns: i64, ids: &Ids, url: &[u8]) {
     let configured = zend::ini_str(c"sonde.scoreboard").filter(|p| !p.is_empty());
     let path: &CStr = match configured {
         Some(p) => p,
@@ -413,16 +457,73 @@ fn board_begin(st: &mut State, pid: u32, now: Instant, start_unix_ns: i64, ids: 
     if !st.board.attach(path, pid, now) {
         return;
     }
-    let mut uri_buf = [0u8; 512];
-    let url = zend::sapi_env(c"REQUEST_URI", &mut uri_buf).map_or(&b""[..], |(u, _)| u.as_bytes());
     let method = zend::request_method().map_or(&b""[..], |m| m.to_bytes());
     let app = zend::ini_str(c"sonde.app_name").map_or(&b""[..], |a| a.to_bytes());
-    st.board.begin(start_unix_ns, &ids.record, method, app, url);
+    let db = st.conns.published.unwrap_or(0);
+    st.board
+        .begin(start_unix_ns, &ids.record, method, app, url, db);
+}
+
+/// A database connection object was opened (`persistent`: it is counted
+/// through the process's persistent list instead).
+pub(crate) fn db_opened(obj: *mut sys::zend_object, kind: Kind, persistent: bool) {
+    let st = state();
+    if st.request.is_none() {
+        return;
+    }
+    if !persistent && !obj.is_null() {
+        st.conns.opened(Conn {
+            obj: obj as usize,
+            handle: zend::object_handle(obj),
+            kind,
+        });
+    }
+    publish_db_connections(st, false);
+}
+
+/// A database connection was closed explicitly (`obj`, or the default
+/// link of `kind`); closed mysqli links are noticed without this.
+pub(crate) fn db_closed(obj: Option<*mut sys::zend_object>, kind: Kind) {
+    let st = state();
+    if st.request.is_none() {
+        return;
+    }
+    st.conns.closed(obj.map(|o| o as usize), kind);
+    publish_db_connections(st, false);
+}
+
+/// A database connection may have closed (its object tells): count again.
+pub(crate) fn db_changed() {
+    let st = state();
+    if st.request.is_some() && st.conns.published.is_some() {
+        publish_db_connections(st, false);
+    }
+}
+
+/// Writes the worker's open database connections to its scoreboard slot
+/// when the count changed. At request end only persistent ones remain.
+fn publish_db_connections(st: &mut State, request_over: bool) {
+    let persistent = zend::persistent_db_connections();
+    let n = if request_over {
+        persistent
+    } else {
+        st.conns.count(persistent, |c| {
+            let obj = c.obj as *mut sys::zend_object;
+            zend::object_alive(obj, c.handle)
+                && (c.kind != Kind::Mysqli || zend::mysqli_connected(obj))
+        })
+    };
+    if let Some(n) = st.conns.changed(n) {
+        st.board.db_connections(n);
+    }
 }
 
 /// The current request now runs `text` (scoreboard `CURRENT_*` kind).
 pub(crate) fn running(kind: u32, text: &[u8]) {
     let st = state();
+    if st.board.slot().is_none() {
+        return;
+    }
     if let Some(now) = request_now_unix_ns(st) {
         st.board.current(kind, text, now);
     }
@@ -431,6 +532,9 @@ pub(crate) fn running(kind: u32, text: &[u8]) {
 /// Like `running`, for a statement prepared earlier in the request.
 pub(crate) fn running_prepared(kind: u32, key: usize) {
     let st = state();
+    if st.board.slot().is_none() {
+        return;
+    }
     let Some(now) = request_now_unix_ns(st) else {
         return;
     };
@@ -458,9 +562,18 @@ fn request_end() {
     let Some(req) = st.request.take() else {
         return;
     };
+    if st.conns.published.is_some() {
+        // This process has seen database connections: persistent ones may
+        // remain, the request's own objects are freed now.
+        publish_db_connections(st, true);
+    }
+    st.conns.clear();
     st.board.end();
     if req.ignore {
         return;
+    }
+    if let Some(buf) = &mut st.spans {
+        buf.close_streams(crate::clock::ticks());
     }
     let end = Instant::now();
     let wall_ns = end.duration_since(req.start).as_nanos() as u64;
@@ -488,12 +601,12 @@ fn request_end() {
     let qs_buf = &mut rest[..64];
     let mut truncated = 0u32;
     let uri_owned;
-    let uri: &str = match zend::sapi_env(c"REQUEST_URI", uri_buf) {
-        Some((u, cut)) if !cli => {
+    let uri: &str = match req.uri {
+        Some((n, cut)) => {
             truncated += cut as u32;
-            u
+            std::str::from_utf8(&uri_buf[..n]).unwrap_or("")
         }
-        _ => {
+        None => {
             // CLI and SAPIs without a REQUEST_URI: the script and its query.
             let base = zend::request_uri()
                 .or_else(zend::path_translated)
@@ -570,22 +683,15 @@ fn request_end() {
         extra_redact,
         truncated_texts: truncated,
         dropped_records: st.socket.dropped_since_sent,
+        name: req.name.as_deref(),
+        attributes: &req.attributes,
     };
-    let mut record = process.builder.record(&captured);
-    if let Some(name) = &req.name {
-        record.endpoint = name.clone();
-    }
-    record.attributes = req.attributes.iter().cloned().collect();
-    if let Some(buf) = &st.spans {
-        record.error = buf.request_error(record.status);
-        record.warnings = buf.warnings;
-        record.spans = buf.finish(process.calibration.ns_per_tick(), &mut process.statements);
-        if let Some(d) = &mut record.dropped {
-            d.spans = buf.dropped_spans;
-            d.truncated_texts += buf.truncated_texts;
-        }
-    }
-    let frame = process.builder.frame(record);
+    let spans = st.spans.as_mut().map(|buf| Spans {
+        buf,
+        ns_per_tick: process.calibration.ns_per_tick(),
+        cache: &mut process.statements,
+    });
+    let frame = process.builder.frame(&captured, spans);
     if frame.len() > sonde_core::frame::MAX_FRAME_BYTES {
         st.drops[3] += 1;
         st.socket.dropped_total += 1;
@@ -705,7 +811,10 @@ unsafe extern "C" fn module_info(_module: *mut sys::zend_module_entry) {
     let sent = CString::new(sent.to_string()).unwrap_or_default();
     let dropped = CString::new(dropped.to_string()).unwrap_or_default();
     let connected = if connected { c"yes" } else { c"no" };
-    let hooked = hooks::installed();
+    let mut hooked = hooks::installed();
+    if HTTP_STREAMS.load(Ordering::Relaxed) {
+        hooked.push("http:// and https:// stream wrapper".into());
+    }
     let hooked_count = CString::new(hooked.len().to_string()).unwrap_or_default();
     let hooked = CString::new(hooked.join(", ")).unwrap_or_default();
     // SAFETY: MINFO runs inside phpinfo() with output available; every

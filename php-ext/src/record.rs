@@ -1,14 +1,18 @@
 //! Building and framing the per-request `sonde.v1.RequestRecord`. PHP-free:
 //! the `module` side captures raw values from Zend and hands them here.
-//! Runs once per request at request end, never inside a hook.
+//! Runs once per request at request end, never inside a hook, and writes
+//! the protobuf bytes directly (`pb`): no message structs are built.
 
-use prost::Message;
+use std::borrow::Cow;
+
 use sonde_core::endpoint::EndpointNamer;
 use sonde_core::frame;
 use sonde_core::ids::IdGen;
 use sonde_core::redact;
 use sonde_core::trace::{parse_traceparent, sonde_parent};
-use sonde_proto::v1::{DropCounts, ExtMessage, RequestRecord, TraceContext};
+
+use crate::pb;
+use crate::spans::{SpanBuf, StatementCache};
 
 /// What the extension saw of one finished request.
 #[derive(Debug, Default)]
@@ -38,6 +42,11 @@ pub struct Captured<'a> {
     pub truncated_texts: u32,
     /// Records of this process dropped since the last one sent.
     pub dropped_records: u32,
+    /// The name the application gave the transaction
+    /// (`sonde_set_transaction_name()`), instead of the endpoint name.
+    pub name: Option<&'a str>,
+    /// Attributes the application added (`sonde_add_attribute()`).
+    pub attributes: &'a [(String, String)],
 }
 
 /// A request's ids, chosen when it starts (so hooks can pass the trace on
@@ -120,85 +129,154 @@ impl Builder {
         self.ids.id64()
     }
 
-    /// Builds the record for `c`.
-    pub fn record(&mut self, c: &Captured<'_>) -> RequestRecord {
-        let url = redact_url(c.uri, c.extra_redact);
+    /// Encodes the record of `c` — with the spans, error, warnings and
+    /// span drops of `spans` when given — as one frame in the reused
+    /// buffer: protobuf written straight from the captured values (see
+    /// `pb`), the bytes prost would write for the same `ExtMessage`.
+    pub fn frame(&mut self, c: &Captured<'_>, spans: Option<Spans<'_>>) -> &[u8] {
+        let fallback;
         let ids = match c.ids {
-            Some(ids) => ids.clone(),
-            None => self.start(None, None),
+            Some(ids) => ids,
+            None => {
+                fallback = self.start(None, None);
+                &fallback
+            }
         };
-        let trace = TraceContext {
-            trace_id: ids.trace.to_vec(),
-            span_id: ids.span.to_vec(),
-            parent_span_id: ids.parent_span.map(|p| p.to_vec()).unwrap_or_default(),
-            parent_record_id: ids.parent_record.map(|p| p.to_vec()).unwrap_or_default(),
-            tracestate: ids.tracestate.clone(),
-        };
-        RequestRecord {
-            id: ids.record.to_vec(),
-            app: if c.app.is_empty() {
-                "default".into()
-            } else {
-                c.app.into()
-            },
-            pid: c.pid,
-            start_unix_ns: c.start_unix_ns,
-            wall_ns: c.wall_ns,
-            method: c.method.into(),
-            endpoint: self.namer.name(c.uri),
-            url,
-            status: c.status,
-            cpu_user_ns: c.cpu_user_ns,
-            cpu_sys_ns: c.cpu_sys_ns,
-            peak_memory_bytes: c.peak_memory_bytes,
-            client_ip: c.client_ip.into(),
-            visitor_id: c.visitor_id.into(),
-            queue_ns: c.queue_ns,
-            trace: Some(trace),
-            dropped: Some(DropCounts {
-                spans: 0,
-                records: c.dropped_records,
-                truncated_texts: c.truncated_texts,
-            }),
-            sapi: c.sapi.into(),
-            php_version: c.php_version.into(),
-            ext_version: crate::VERSION.into(),
-            http_host: c.http_host.into(),
-            ..Default::default()
+        let mut out = std::mem::take(&mut self.buf);
+        frame::start(&mut out, frame::Kind::ExtMessage);
+        let rec = pb::begin(&mut out, 1);
+        pb::bytes(&mut out, 1, &ids.record);
+        pb::str(
+            &mut out,
+            2,
+            if c.app.is_empty() { "default" } else { c.app },
+        );
+        pb::uint(&mut out, 3, u64::from(c.pid));
+        pb::int64(&mut out, 4, c.start_unix_ns);
+        pb::uint(&mut out, 5, c.wall_ns);
+        pb::str(&mut out, 6, c.method);
+        pb::str(&mut out, 7, &redact_url(c.uri, c.extra_redact));
+        match c.name {
+            Some(name) => pb::str(&mut out, 8, name),
+            None => pb::str(&mut out, 8, &self.namer.name(c.uri)),
         }
-    }
-
-    /// Encodes `record` as one socket frame, in the reused buffer.
-    pub fn frame(&mut self, record: RequestRecord) -> &[u8] {
-        let msg = ExtMessage {
-            msg: Some(sonde_proto::v1::ext_message::Msg::Record(record)),
-        };
-        frame::start(&mut self.buf, frame::Kind::ExtMessage);
-        // Encoding into a Vec cannot fail: it grows as needed.
-        let _ = msg.encode(&mut self.buf);
+        pb::uint(&mut out, 9, u64::from(c.status));
+        pb::uint(&mut out, 10, c.queue_ns);
+        pb::uint(&mut out, 11, c.cpu_user_ns);
+        pb::uint(&mut out, 12, c.cpu_sys_ns);
+        pb::uint(&mut out, 13, c.peak_memory_bytes);
+        pb::str(&mut out, 14, c.client_ip);
+        pb::str(&mut out, 15, c.visitor_id);
+        let t = pb::begin(&mut out, 16);
+        pb::bytes(&mut out, 1, &ids.trace);
+        pb::bytes(&mut out, 2, &ids.span);
+        pb::bytes(&mut out, 3, ids.parent_span.as_ref().map_or(&[][..], |p| p));
+        pb::bytes(
+            &mut out,
+            4,
+            ids.parent_record.as_ref().map_or(&[][..], |p| p),
+        );
+        pb::str(&mut out, 5, &ids.tracestate);
+        pb::end(&mut out, t);
+        let (mut dropped_spans, mut truncated, mut warnings) = (0, c.truncated_texts, 0);
+        if let Some(s) = spans {
+            s.buf.encode_spans(&mut out, s.ns_per_tick, s.cache);
+            s.buf.encode_error(&mut out, c.status);
+            dropped_spans = s.buf.dropped_spans;
+            truncated += s.buf.truncated_texts;
+            warnings = s.buf.warnings;
+        }
+        let d = pb::begin(&mut out, 19);
+        pb::uint(&mut out, 1, u64::from(dropped_spans));
+        pb::uint(&mut out, 2, u64::from(c.dropped_records));
+        pb::uint(&mut out, 3, u64::from(truncated));
+        pb::end(&mut out, d);
+        pb::str(&mut out, 20, c.sapi);
+        pb::str(&mut out, 21, c.php_version);
+        pb::str(&mut out, 22, crate::VERSION);
+        pb::str(&mut out, 24, c.http_host);
+        for (k, v) in c.attributes {
+            let a = pb::begin(&mut out, 25);
+            pb::str(&mut out, 1, k);
+            pb::str(&mut out, 2, v);
+            pb::end(&mut out, a);
+        }
+        pb::uint(&mut out, 26, u64::from(warnings));
+        pb::end(&mut out, rec);
+        self.buf = out;
         &self.buf
     }
 }
 
-fn redact_url(uri: &str, extra: &str) -> String {
-    let extra: Vec<&str> = extra
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    let redacted = if extra.is_empty() {
+/// The `traceparent` of an outgoing call, `00-<trace>-<span>-01`, built
+/// without allocating.
+pub struct Traceparent([u8; 55]);
+
+impl Traceparent {
+    pub fn new(trace: &[u8; 16], span: &[u8; 8]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [b'-'; 55];
+        t[..2].copy_from_slice(b"00");
+        for (i, b) in trace.iter().chain(span).enumerate() {
+            // 32 hex digits of the trace, a dash, 16 of the span.
+            let at = 3 + 2 * i + usize::from(i >= 16);
+            t[at] = HEX[usize::from(b >> 4)];
+            t[at + 1] = HEX[usize::from(b & 15)];
+        }
+        t[53..].copy_from_slice(b"01");
+        Traceparent(t)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // ASCII by construction.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// The span buffer of a request, and what its encoding needs.
+#[derive(Debug)]
+pub struct Spans<'a> {
+    pub buf: &'a mut SpanBuf,
+    /// Ticks to nanoseconds for this process.
+    pub ns_per_tick: f64,
+    pub cache: &'a mut StatementCache,
+}
+
+/// `uri` with sensitive query values redacted (borrowed when none is).
+fn redact_url<'a>(uri: &'a str, extra: &str) -> Cow<'a, str> {
+    if !uri.contains('?') {
+        return Cow::Borrowed(uri);
+    }
+    let redacted = if extra.trim().is_empty() {
         redact::redact_query(uri, redact::DEFAULT_SENSITIVE)
     } else {
         let mut names: Vec<&str> = redact::DEFAULT_SENSITIVE.to_vec();
-        names.extend(extra);
+        names.extend(extra.split(',').map(str::trim).filter(|s| !s.is_empty()));
         redact::redact_query(uri, &names)
     };
-    redacted.unwrap_or_else(|| uri.to_string())
+    match redacted {
+        Some(r) => Cow::Owned(r),
+        None => Cow::Borrowed(uri),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spans::RawSpan;
+    use prost::Message;
+    use sonde_proto::v1::{ext_message::Msg, ExtMessage, RequestRecord, SpanKind};
+
+    /// Builds a frame and decodes it as the agent does.
+    fn record(b: &mut Builder, c: &Captured<'_>, spans: Option<Spans<'_>>) -> RequestRecord {
+        let bytes = b.frame(c, spans).to_vec();
+        let (kind, payload) = frame::decode(&bytes).unwrap();
+        assert_eq!(kind, frame::Kind::ExtMessage);
+        match ExtMessage::decode(payload).unwrap().msg {
+            Some(Msg::Record(r)) => r,
+            other => panic!("not a record: {other:?}"),
+        }
+    }
 
     #[test]
     fn builds_a_decodable_frame() {
@@ -222,29 +300,154 @@ mod tests {
             ids: Some(&ids),
             ..c
         };
-        let rec = b.record(&c);
-        let id = rec.id.clone();
-        let bytes = b.frame(rec).to_vec();
-        let (kind, payload) = frame::decode(&bytes).unwrap();
-        assert_eq!(kind, frame::Kind::ExtMessage);
-        let msg = ExtMessage::decode(payload).unwrap();
-        let Some(sonde_proto::v1::ext_message::Msg::Record(r)) = msg.msg else {
-            panic!("not a record")
-        };
-        assert_eq!(r.id, id);
-        assert_eq!(r.id.len(), 16);
+        let r = record(&mut b, &c, None);
+        assert_eq!(r.id, ids.record);
         assert_eq!(r.app, "shop");
         assert_eq!(r.method, "GET");
         assert_eq!(r.url, "/photos/17?lang=[redacted]&token=[redacted]");
         assert_eq!(r.endpoint, "/photos/{num}");
         assert_eq!(r.status, 200);
         assert_eq!(r.wall_ns, 51_000_000);
+        assert_eq!(r.ext_version, crate::VERSION);
         let t = r.trace.unwrap();
         assert_eq!(t.trace_id[0], 0x4b);
         assert_eq!(t.parent_span_id.len(), 8);
         assert_eq!(t.span_id.len(), 8);
         assert_eq!(t.parent_record_id, vec![0xcd; 16]);
         assert_eq!(t.tracestate, format!("x=1,sonde={}", "cd".repeat(16)));
+        assert!(r.dropped.is_some());
+    }
+
+    /// The hand-written encoding is the one prost writes for the same
+    /// record: decode ours, encode it again with prost, compare bytes.
+    #[test]
+    fn same_bytes_as_prost_with_every_kind_of_span() {
+        let mut b = Builder::new([7, 8]);
+        let mut buf = SpanBuf::new(100);
+        let mut cache = StatementCache::default();
+        let push_sql = |buf: &mut SpanBuf, text: &str, start: u64, rows: i64| {
+            let t = buf.text(text.as_bytes());
+            let db = buf.db(1, || {
+                Some((&b"pgsql"[..], &b"host=db port=5433 dbname=app"[..]))
+            });
+            buf.push(RawSpan {
+                kind: SpanKind::Sql as i32,
+                library: "pgsql",
+                start_ns: start,
+                duration_ns: 1_000,
+                text: t,
+                db,
+                rows,
+                calls: 1,
+                ..Default::default()
+            })
+        };
+        let s = push_sql(
+            &mut buf,
+            "SELECT * FROM t WHERE id = $1 AND n = 'x'",
+            500,
+            3,
+        );
+        buf.open_result(9, s);
+        buf.fetch(9, "pgsql", 2_000, 2_500, 1);
+        buf.fetch(9, "pgsql", 2_600, 2_700, 1);
+        // Pushed after a span that started later: encoded in start order.
+        push_sql(&mut buf, &format!("SELECT '{}'", "é".repeat(200)), 100, -1);
+        let slow = push_sql(&mut buf, "UPDATE t SET a = 1", 3_000, 0).unwrap();
+        buf.set_location(slow, b"/app/x.php", 12);
+        buf.cache("redis", 4_000, 30, b"hGetAll", u16::MAX, b"");
+        buf.external(
+            "soap",
+            5_000,
+            70_000,
+            b"http://h/svc?wsdl",
+            b"urn:svc#add",
+            500,
+            b"SoapFault: Server: boom",
+            [1; 8],
+        );
+        buf.exception(6_000, b"RuntimeException", b"failed \xff");
+        buf.php_error(2, b"", 0, b"a warning");
+        let attributes = vec![("tier".to_string(), "gold".to_string())];
+        let c = Captured {
+            app: "shop",
+            pid: 7,
+            start_unix_ns: 1_700_000_000_000_000_000,
+            wall_ns: 9_000_000,
+            method: "POST",
+            uri: "/cart?password=x",
+            status: 503,
+            cpu_user_ns: 5,
+            cpu_sys_ns: 6,
+            peak_memory_bytes: 2 << 20,
+            client_ip: "10.0.0.1",
+            visitor_id: "c1234",
+            queue_ns: 77,
+            http_host: "shop.example",
+            sapi: "fpm-fcgi",
+            php_version: "8.2.36",
+            truncated_texts: 1,
+            dropped_records: 2,
+            name: Some("checkout"),
+            attributes: &attributes,
+            ..Default::default()
+        };
+        let spans = Spans {
+            buf: &mut buf,
+            ns_per_tick: 0.5,
+            cache: &mut cache,
+        };
+        let ours = b.frame(&c, Some(spans)).to_vec();
+        let (_, payload) = frame::decode(&ours).unwrap();
+        let msg = ExtMessage::decode(payload).unwrap();
+        assert_eq!(msg.encode_to_vec(), payload, "prost writes the same bytes");
+        let Some(Msg::Record(r)) = msg.msg else {
+            panic!("not a record")
+        };
+        assert_eq!(r.endpoint, "checkout");
+        assert_eq!(r.url, "/cart?password=[redacted]");
+        assert_eq!(r.warnings, 1);
+        let kinds: Vec<i32> = r.spans.iter().map(|s| s.kind).collect();
+        use SpanKind::*;
+        assert_eq!(
+            kinds,
+            [Sql, Sql, Fetch, Sql, Cache, External, Error].map(|k| k as i32)
+        );
+        assert_eq!(r.spans[0].statement, "SELECT ?");
+        assert_eq!(r.spans[0].rows, -1);
+        assert_eq!(
+            r.spans[1].statement,
+            "SELECT * FROM t WHERE id = ? AND n = ?"
+        );
+        assert_eq!(r.spans[1].db, "postgresql://db:5433/app");
+        assert_eq!((r.spans[2].calls, r.spans[2].rows), (2, 2));
+        assert_eq!(r.spans[2].start_ns, 1_000);
+        assert_eq!(
+            (r.spans[3].file.as_str(), r.spans[3].line),
+            ("/app/x.php", 12)
+        );
+        assert_eq!(r.spans[4].operation, "HGETALL");
+        assert_eq!(r.spans[5].url, "http://h/svc");
+        assert_eq!(r.spans[5].status, 500);
+        assert_eq!(r.spans[5].operation, "urn:svc#add");
+        assert_eq!(
+            r.spans[6].exception.as_ref().unwrap().message,
+            "failed \u{fffd}"
+        );
+        let e = r.error.unwrap();
+        assert_eq!((e.class.as_str(), e.fatal), ("RuntimeException", false));
+        let d = r.dropped.unwrap();
+        assert_eq!((d.records, d.truncated_texts), (2, 1));
+        assert_eq!(r.attributes.get("tier").map(String::as_str), Some("gold"));
+    }
+
+    #[test]
+    fn traceparent_without_allocating() {
+        let (trace, span) = ([0x4b; 16], [0xf0, 1, 2, 3, 4, 5, 6, 0xff]);
+        assert_eq!(
+            Traceparent::new(&trace, &span).as_str(),
+            sonde_core::trace::traceparent(&trace, &span)
+        );
     }
 
     #[test]
@@ -254,11 +457,11 @@ mod tests {
             uri: "/index.php?id=9&r=site/login",
             ..Default::default()
         };
-        assert_eq!(b.record(&c).endpoint, "/index.php");
+        assert_eq!(record(&mut b, &c, None).endpoint, "/index.php");
         b.set_endpoint_params(" r ");
-        assert_eq!(b.record(&c).endpoint, "/index.php?r=site/login");
+        assert_eq!(record(&mut b, &c, None).endpoint, "/index.php?r=site/login");
         b.set_endpoint_params("");
-        assert_eq!(b.record(&c).endpoint, "/index.php");
+        assert_eq!(record(&mut b, &c, None).endpoint, "/index.php");
     }
 
     #[test]
@@ -268,8 +471,8 @@ mod tests {
             uri: "/",
             ..Default::default()
         };
-        let r1 = b.record(&c);
-        let r2 = b.record(&c);
+        let r1 = record(&mut b, &c, None);
+        let r2 = record(&mut b, &c, None);
         assert_ne!(r1.id, r2.id);
         assert_eq!(r1.app, "default");
         let t1 = r1.trace.unwrap();

@@ -127,7 +127,7 @@ impl Board {
         seq.store(s.wrapping_add(2), Ordering::Release);
     }
 
-    /// A request starts.
+    /// A request starts; the worker holds `db_connections` open.
     pub fn begin(
         &mut self,
         start_unix_ns: i64,
@@ -135,8 +135,11 @@ impl Board {
         method: &[u8],
         app: &[u8],
         url: &[u8],
+        db_connections: u32,
     ) {
         self.write(|b| {
+            b[sb::S_DB_CONNECTIONS..sb::S_DB_CONNECTIONS + 4]
+                .copy_from_slice(&db_connections.to_le_bytes());
             b[sb::S_STATE..sb::S_STATE + 4].copy_from_slice(&sb::STATE_BUSY.to_le_bytes());
             b[sb::S_START_NS..sb::S_START_NS + 8].copy_from_slice(&start_unix_ns.to_le_bytes());
             b[sb::S_REQUEST_ID..sb::S_REQUEST_ID + 16].copy_from_slice(request_id);
@@ -158,6 +161,13 @@ impl Board {
             b[sb::S_CURRENT_START_NS..sb::S_CURRENT_START_NS + 8]
                 .copy_from_slice(&now_unix_ns.to_le_bytes());
             sb::put_text(b, sb::S_CURRENT, sb::CURRENT_CAP, text);
+        });
+    }
+
+    /// The worker now holds `n` open database connections.
+    pub fn db_connections(&mut self, n: u32) {
+        self.write(|b| {
+            b[sb::S_DB_CONNECTIONS..sb::S_DB_CONNECTIONS + 4].copy_from_slice(&n.to_le_bytes());
         });
     }
 
@@ -226,9 +236,12 @@ mod tests {
         assert!(b.attach(&c, 10, now));
         let slot = b.slot().unwrap();
         assert_eq!(slot, 10 % 4);
-        b.begin(123, &[7; 16], b"GET", b"shop", b"/a?b=1");
+        b.begin(123, &[7; 16], b"GET", b"shop", b"/a?b=1", 2);
         let s = read_slot(&p, slot).unwrap();
         assert!(s.busy);
+        assert_eq!(s.db_connections, 2);
+        b.db_connections(3);
+        assert_eq!(read_slot(&p, slot).unwrap().db_connections, 3);
         assert_eq!(
             (s.pid, s.start_unix_ns, s.url.as_str()),
             (10, 123, "/a?b=1")
@@ -269,6 +282,6 @@ mod tests {
         assert!(!b.attach(&c, 5, now));
         assert!(b.retry_at.unwrap() > now);
         assert!(!b.attach(&c, 5, now));
-        b.begin(1, &[0; 16], b"", b"", b""); // no slot: nothing happens
+        b.begin(1, &[0; 16], b"", b"", b"", 0); // no slot: nothing happens
     }
 }

@@ -6,8 +6,13 @@
 //! counted. Turning raw spans into `sonde.v1.Span`s (normalising SQL,
 //! naming DB instances) happens once, at request end.
 
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use sonde_core::{dsn, sql};
-use sonde_proto::v1::{ErrorInfo, Span, SpanKind};
+use sonde_proto::v1::SpanKind;
+
+use crate::pb;
 
 /// Default cap on spans per request.
 pub const DEFAULT_MAX_SPANS: usize = 2000;
@@ -48,6 +53,8 @@ pub struct RawSpan {
     pub status: u32,
     /// External: the span id passed to the callee.
     pub span_id: [u8; 8],
+    /// External: the operation (SOAP action, HTTP method).
+    pub op: Text,
     /// Slow SQL: the PHP file and line that issued it.
     pub file: Text,
     pub line: u32,
@@ -101,7 +108,21 @@ pub struct SpanBuf {
     multi: [(usize, u64, [u8; 8]); MULTI],
     /// SQL calls at least this long (ticks) record the PHP file and line.
     pub slow_ticks: u64,
+    /// Span indices in start order (request end; allocated once).
+    order: Vec<u32>,
+    /// Remote streams open now: (stream, its span, start ticks).
+    streams: [(usize, usize, u64); STREAMS],
+    /// An external span whose outcome the enclosing call decides (a SOAP
+    /// request's fault is known only when `__soapCall` returns): its index
+    /// and whether its status is known for sure.
+    pub pending_outcome: Option<(usize, bool)>,
+    /// A mark a plugin keeps between its before and after hooks (SOAP:
+    /// the hash of the client's last response headers).
+    pub pending_mark: u64,
 }
+
+/// Remote streams (http wrapper) tracked open at once per request.
+const STREAMS: usize = 16;
 
 /// curl_multi transfers tracked at once per request.
 const MULTI: usize = 64;
@@ -126,6 +147,10 @@ impl SpanBuf {
             pending_len: 0,
             multi: [(0, 0, [0; 8]); MULTI],
             slow_ticks: u64::MAX,
+            order: Vec::with_capacity(max_spans),
+            streams: [(0, 0, 0); STREAMS],
+            pending_outcome: None,
+            pending_mark: 0,
         }
     }
 
@@ -145,6 +170,38 @@ impl SpanBuf {
         self.warnings = 0;
         self.pending_len = 0;
         self.multi = [(0, 0, [0; 8]); MULTI];
+        self.streams = [(0, 0, 0); STREAMS];
+        self.pending_outcome = None;
+        self.pending_mark = 0;
+    }
+
+    /// Remote stream `key` opened as span `idx` at `start` (ticks): its
+    /// span lasts until it is closed.
+    pub fn stream_opened(&mut self, key: usize, idx: usize, start: u64) {
+        if let Some(slot) = self.streams.iter_mut().find(|s| s.0 == 0 || s.0 == key) {
+            *slot = (key, idx, start);
+        }
+    }
+
+    /// Remote stream `key` closed at `end` (ticks).
+    pub fn stream_closed(&mut self, key: usize, end: u64) {
+        let Some(slot) = self.streams.iter_mut().find(|s| s.0 == key && key != 0) else {
+            return;
+        };
+        let (_, idx, start) = std::mem::take(slot);
+        if let Some(s) = self.spans.get_mut(idx) {
+            s.duration_ns = end.saturating_sub(start);
+        }
+    }
+
+    /// The request ends at `end` (ticks): streams still open end with it.
+    pub fn close_streams(&mut self, end: u64) {
+        for i in 0..STREAMS {
+            let key = self.streams[i].0;
+            if key != 0 {
+                self.stream_closed(key, end);
+            }
+        }
     }
 
     /// A curl_multi transfer on handle `key` starts (added to the multi).
@@ -213,7 +270,8 @@ impl SpanBuf {
         });
     }
 
-    /// Records an outgoing call to `url` (query removed here).
+    /// Records an outgoing call to `url` (query removed here) doing `op`
+    /// (SOAP action, HTTP method; may be empty). Returns the span's index.
     #[allow(clippy::too_many_arguments)]
     pub fn external(
         &mut self,
@@ -221,20 +279,18 @@ impl SpanBuf {
         start_ns: u64,
         duration_ns: u64,
         url: &[u8],
+        op: &[u8],
         status: u32,
         error: &[u8],
         span_id: [u8; 8],
-    ) {
+    ) -> Option<usize> {
         let cut = url
             .iter()
             .position(|b| *b == b'?' || *b == b'#')
             .unwrap_or(url.len());
         let text = self.text(&url[..cut]);
-        let error = if error.is_empty() {
-            Text::default()
-        } else {
-            self.text(error)
-        };
+        let op = self.text_or_none(op);
+        let error = self.text_or_none(error);
         self.push(RawSpan {
             kind: SpanKind::External as i32,
             library,
@@ -246,8 +302,34 @@ impl SpanBuf {
             error,
             status,
             span_id,
+            op,
             ..Default::default()
-        });
+        })
+    }
+
+    /// Sets the outcome of external span `idx` (known only later, e.g. a
+    /// SOAP fault parsed after the HTTP exchange).
+    pub fn set_outcome(&mut self, idx: usize, status: u32, error: &[u8]) {
+        let error = self.text_or_none(error);
+        if let Some(s) = self.spans.get_mut(idx) {
+            s.status = status;
+            if error.len > 0 {
+                s.error = error;
+            }
+        }
+    }
+
+    /// Status and whether an error is set, of external span `idx`.
+    pub fn outcome(&self, idx: usize) -> Option<(u32, bool)> {
+        self.spans.get(idx).map(|s| (s.status, s.error.len > 0))
+    }
+
+    fn text_or_none(&mut self, bytes: &[u8]) -> Text {
+        if bytes.is_empty() {
+            Text::default()
+        } else {
+            self.text(bytes)
+        }
     }
 
     /// An exception was thrown (caught or not): an error span, and the
@@ -321,32 +403,6 @@ impl SpanBuf {
         }
     }
 
-    /// The request's error: a fatal error or uncaught exception; else, for
-    /// a response of 500 or more, the last exception thrown (frameworks
-    /// catch it and answer 500 themselves).
-    pub fn request_error(&self, status: u32) -> Option<ErrorInfo> {
-        let e = match (self.error, self.last_exception) {
-            (Some(e), _) => e,
-            (None, Some((class, message))) if status >= 500 => ReqError {
-                class,
-                message,
-                ..Default::default()
-            },
-            _ => return None,
-        };
-        Some(ErrorInfo {
-            class: self.string(e.class),
-            message: self.string(e.message),
-            file: self.string(e.file),
-            line: e.line,
-            fatal: e.fatal,
-        })
-    }
-
-    fn string(&self, t: Text) -> String {
-        String::from_utf8_lossy(self.get(t)).into_owned()
-    }
-
     pub fn len(&self) -> usize {
         self.spans.len()
     }
@@ -404,6 +460,11 @@ impl SpanBuf {
         let dsn = self.text(dsn);
         self.dbs.push(Db { key, driver, dsn });
         (self.dbs.len() - 1) as u16
+    }
+
+    /// The index of DB connection `key` if this request has seen it.
+    pub fn db_known(&self, key: usize) -> Option<u16> {
+        self.dbs.iter().position(|d| d.key == key).map(|i| i as u16)
     }
 
     /// Remembers the text and connection of a prepared statement `key`
@@ -533,112 +594,295 @@ impl SpanBuf {
         }
     }
 
-    /// The spans as protobuf, SQL normalised, in start order (a span is
-    /// pushed when its call returns, so nested work — an exception thrown
-    /// inside a query — would otherwise come first).
+    /// Writes the spans as `RequestRecord.spans` (field 17) into `out`: SQL
+    /// normalised, instances named, in start order (a span is pushed when
+    /// its call returns, so nested work — an exception thrown inside a
+    /// query — would otherwise come first). Straight into the frame: no
+    /// message structs, no per-span allocation; a statement or instance
+    /// seen before in this process costs a hash and a lookup.
     ///
     /// Span times were recorded in `clock::ticks()`; `ns_per_tick` turns
     /// them into nanoseconds.
-    pub fn finish(&self, ns_per_tick: f64, cache: &mut StatementCache) -> Vec<Span> {
-        let ns = |ticks: u64| (ticks as f64 * ns_per_tick) as u64;
+    pub fn encode_spans(
+        &mut self,
+        out: &mut Vec<u8>,
+        ns_per_tick: f64,
+        cache: &mut StatementCache,
+    ) {
+        // Ticks to ns in 32.32 fixed point: a multiply, no float conversions.
+        let per = (ns_per_tick.max(0.0) * 4_294_967_296.0) as u64;
+        let ns = |ticks: u64| ((u128::from(ticks) * u128::from(per)) >> 32) as u64;
         // Instance names, once per connection entry.
-        let instances: Vec<(bool, String)> = self
-            .dbs
-            .iter()
-            .map(|d| cache.instance(self.get(d.driver), self.get(d.dsn)))
-            .collect();
-        let mut out = Vec::with_capacity(self.spans.len());
-        for s in &self.spans {
-            let (pg, instance) = match instances.get(s.db as usize) {
-                Some((pg, inst)) => (*pg, inst.clone()),
-                None => (false, String::new()),
-            };
-            let dialect = if pg {
-                sql::Dialect::Postgres
-            } else {
-                sql::Dialect::MySql
-            };
-            if s.kind == SpanKind::Error as i32 {
-                out.push(Span {
-                    kind: s.kind,
-                    start_ns: ns(s.start_ns),
-                    library: s.library.to_string(),
-                    exception: Some(ErrorInfo {
-                        class: self.string(s.text),
-                        message: self.string(s.error),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                });
-                continue;
-            }
-            if s.kind == SpanKind::Cache as i32 {
-                out.push(Span {
-                    kind: s.kind,
-                    start_ns: ns(s.start_ns),
-                    duration_ns: ns(s.duration_ns),
-                    operation: self.string(s.text).to_ascii_uppercase(),
-                    db: instance,
-                    error: self.string(s.error),
-                    library: s.library.to_string(),
-                    calls: 1,
-                    ..Default::default()
-                });
-                continue;
-            }
-            if s.kind == SpanKind::External as i32 {
-                out.push(Span {
-                    kind: s.kind,
-                    start_ns: ns(s.start_ns),
-                    duration_ns: ns(s.duration_ns),
-                    url: self.string(s.text),
-                    status: s.status,
-                    error: self.string(s.error),
-                    library: s.library.to_string(),
-                    span_id: if s.span_id == [0; 8] {
-                        Vec::new()
-                    } else {
-                        s.span_id.to_vec()
-                    },
-                    calls: 1,
-                    ..Default::default()
-                });
-                continue;
-            }
-            let statement = if matches!(s.kind, k if k == SpanKind::Sql as i32 || k == SpanKind::Fetch as i32)
-            {
-                cache.normalize(self.get(s.text), dialect)
-            } else {
-                String::new()
-            };
-            out.push(Span {
-                kind: s.kind,
-                start_ns: ns(s.start_ns),
-                duration_ns: ns(s.duration_ns),
-                statement,
-                db: instance,
-                rows: s.rows,
-                calls: s.calls,
-                file: self.string(s.file),
-                line: s.line,
-                error: String::from_utf8_lossy(self.get(s.error)).into_owned(),
-                library: s.library.to_string(),
-                ..Default::default()
-            });
+        let mut keys = [0u64; DBS];
+        if cache.instances.len() + self.dbs.len() > STATEMENT_CACHE {
+            cache.instances.clear();
         }
-        out.sort_by_key(|s| s.start_ns);
-        out
+        for (k, d) in keys.iter_mut().zip(&self.dbs) {
+            *k = cache.instance(self.get(d.driver), self.get(d.dsn));
+        }
+        let StatementCache {
+            statements,
+            instances,
+        } = cache;
+        let mut names: [(bool, &str); DBS] = [(false, ""); DBS];
+        for (n, k) in names.iter_mut().zip(&keys[..self.dbs.len()]) {
+            if let Some((pg, name)) = instances.get(k) {
+                *n = (*pg, name);
+            }
+        }
+        // Start order: usually the push order already.
+        let sorted = self
+            .spans
+            .windows(2)
+            .all(|w| w[0].start_ns <= w[1].start_ns);
+        self.order.clear();
+        self.order.extend(0..self.spans.len() as u32);
+        if !sorted {
+            let spans = &self.spans;
+            self.order
+                .sort_unstable_by_key(|i| (spans[*i as usize].start_ns, *i));
+        }
+        for &i in &self.order {
+            let s = &self.spans[i as usize];
+            let (pg, instance) = names.get(s.db as usize).copied().unwrap_or((false, ""));
+            let m = pb::begin(out, 17);
+            pb::uint(out, 1, s.kind as u64);
+            pb::uint(out, 2, ns(s.start_ns));
+            if s.kind == SpanKind::Error as i32 {
+                pb::str(out, 12, s.library);
+                let e = pb::begin(out, 13);
+                pb::string(out, 1, self.get(s.text));
+                pb::string(out, 2, self.get(s.error));
+                pb::end(out, e);
+                pb::end(out, m);
+                continue;
+            }
+            pb::uint(out, 3, ns(s.duration_ns));
+            if s.kind == SpanKind::Cache as i32 {
+                pb::str(out, 5, instance);
+                pb::string(out, 9, self.get(s.error));
+                pb::uint(out, 10, 1);
+                // The command, upper case (ASCII, so still UTF-8).
+                let at = out.len();
+                pb::string(out, 11, self.get(s.text));
+                out[at..].make_ascii_uppercase();
+                pb::str(out, 12, s.library);
+            } else if s.kind == SpanKind::External as i32 {
+                pb::string(out, 7, self.get(s.text));
+                pb::uint(out, 8, u64::from(s.status));
+                pb::string(out, 9, self.get(s.error));
+                pb::uint(out, 10, 1);
+                pb::string(out, 11, self.get(s.op));
+                pb::str(out, 12, s.library);
+                if s.span_id != [0; 8] {
+                    pb::bytes(out, 14, &s.span_id);
+                }
+            } else {
+                if s.kind == SpanKind::Sql as i32 || s.kind == SpanKind::Fetch as i32 {
+                    let dialect = if pg {
+                        sql::Dialect::Postgres
+                    } else {
+                        sql::Dialect::MySql
+                    };
+                    let st = normalized(statements, self.get(s.text), dialect);
+                    pb::str(out, 4, &st);
+                }
+                pb::str(out, 5, instance);
+                pb::int64(out, 6, s.rows);
+                pb::string(out, 9, self.get(s.error));
+                pb::uint(out, 10, u64::from(s.calls));
+                pb::str(out, 12, s.library);
+                pb::string(out, 15, self.get(s.file));
+                pb::uint(out, 16, u64::from(s.line));
+            }
+            pb::end(out, m);
+        }
+    }
+
+    /// Writes the request's error (`RequestRecord.error`, field 18), if
+    /// any: a fatal error or uncaught exception; else, for a response of
+    /// 500 or more, the last exception thrown (frameworks catch it and
+    /// answer 500 themselves).
+    pub fn encode_error(&self, out: &mut Vec<u8>, status: u32) {
+        let e = match (self.error, self.last_exception) {
+            (Some(e), _) => e,
+            (None, Some((class, message))) if status >= 500 => ReqError {
+                class,
+                message,
+                ..Default::default()
+            },
+            _ => return,
+        };
+        let m = pb::begin(out, 18);
+        pb::string(out, 1, self.get(e.class));
+        pb::string(out, 2, self.get(e.message));
+        pb::string(out, 3, self.get(e.file));
+        pb::uint(out, 4, u64::from(e.line));
+        pb::boolean(out, 5, e.fatal);
+        pb::end(out, m);
     }
 }
 
-/// Normalised statements by the hash of their raw text, per process: the
-/// same (prepared) statement is normalised once, not once per execution.
+/// The normalised text of `raw`, from the cache or normalised now. A text
+/// not seen before that differs from a known one only in its numbers (an
+/// id inlined into the SQL: `WHERE id = 17`, then `= 233`) is found by its
+/// literal-blind hash, so it is not normalised again.
+fn normalized(cache: &mut Statements, raw: &[u8], dialect: sql::Dialect) -> Rc<str> {
+    let pg = dialect == sql::Dialect::Postgres;
+    let key = (text_hash(raw), raw.len() as u32, pg);
+    if let Some(t) = cache.exact.get(&key) {
+        return t.clone();
+    }
+    if cache.exact.len() >= STATEMENT_CACHE {
+        cache.exact.clear();
+    }
+    let blind = (literal_blind_hash(raw), pg);
+    if cache.blind.len() >= STATEMENT_CACHE && !cache.blind.contains_key(&blind) {
+        cache.blind.clear();
+    }
+    let text = cache
+        .blind
+        .entry(blind)
+        .or_insert_with(|| {
+            Rc::from(sql::normalize(
+                &String::from_utf8_lossy(raw),
+                dialect,
+                MAX_STATEMENT,
+            ))
+        })
+        .clone();
+    cache.exact.insert(key, text.clone());
+    text
+}
+
+/// A hash of a statement's text that leaves out its numeric literals:
+/// digit runs that do not continue an identifier (`t1` keeps its 1),
+/// outside double-quoted and backquoted identifiers. Two texts with the
+/// same literal-blind hash differ only in numbers the normaliser turns into
+/// `?` anyway (in literals, strings or comments), so they normalise alike.
+/// (A digit run followed by a letter other than an exponent, hex or binary
+/// marker starts a MySQL identifier like `1abc`: its digits count.)
+pub fn literal_blind_hash(raw: &[u8]) -> u64 {
+    // The text with skipped digit runs replaced by one 0 byte (or kept, as
+    // above), hashed 256 bytes at a time.
+    let mut out = [0u8; 256];
+    let mut n = 0;
+    let mut h = 0u64;
+    let (mut run_start, mut in_run, mut prev_ident, mut esc) = (0, false, false, false);
+    let mut quote = 0u8;
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if n >= out.len() - 2 {
+            h = text_hash(&out[..n]) ^ h.rotate_left(17);
+            n = 0;
+        }
+        if quote == b'"' || quote == b'`' {
+            out[n] = b;
+            n += 1;
+            if esc {
+                esc = false;
+            } else if b == b'\\' {
+                esc = true;
+            } else if b == quote {
+                quote = 0;
+            }
+            prev_ident = false;
+            i += 1;
+            continue;
+        }
+        let digit = b.is_ascii_digit();
+        if digit && (in_run || !prev_ident) {
+            if !in_run {
+                in_run = true;
+                run_start = i;
+            }
+            i += 1;
+            continue;
+        }
+        if in_run {
+            in_run = false;
+            let ident_start = b.is_ascii_alphabetic() || b == b'_' || b == b'$';
+            if ident_start && !matches!(b, b'e' | b'E' | b'x' | b'X' | b'b' | b'B') {
+                // `1abc`: the digits are part of an identifier.
+                for &d in &raw[run_start..i] {
+                    if n >= out.len() - 2 {
+                        h = text_hash(&out[..n]) ^ h.rotate_left(17);
+                        n = 0;
+                    }
+                    out[n] = d;
+                    n += 1;
+                }
+            }
+            out[n] = 0;
+            n += 1;
+        }
+        out[n] = b;
+        n += 1;
+        if quote == b'\'' {
+            if esc {
+                esc = false;
+            } else if b == b'\\' {
+                esc = true;
+            } else if b == b'\'' {
+                quote = 0;
+            }
+        } else if matches!(b, b'\'' | b'"' | b'`') {
+            quote = b;
+        }
+        prev_ident = digit || b.is_ascii_alphabetic() || b == b'_' || b == b'$' || b >= 0x80;
+        i += 1;
+    }
+    if in_run {
+        out[n] = 0;
+        n += 1;
+    }
+    text_hash(&out[..n]) ^ h.rotate_left(17)
+}
+
+/// A fast 64-bit hash of a text, eight bytes a step (folded multiply), for
+/// the per-process caches. Not the statement hash the collector shows
+/// (`sonde_core::sql::hash`); only ever compared within one process.
+pub fn text_hash(b: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    #[inline]
+    fn fold(a: u64, b: u64) -> u64 {
+        let p = u128::from(a) * u128::from(b);
+        (p as u64) ^ ((p >> 64) as u64)
+    }
+    let mut h = (b.len() as u64) ^ 0x243f_6a88_85a3_08d3;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = fold(h ^ u64::from_le_bytes(w), K);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = fold(h ^ u64::from_le_bytes(w), K);
+    }
+    fold(h ^ (h >> 29), K)
+}
+
+/// Normalised statements and instance names, per process: the same
+/// (prepared) statement is normalised once, not once per execution.
 /// Bounded; emptied when full.
 #[derive(Debug, Default)]
 pub struct StatementCache {
-    map: std::collections::HashMap<(u64, usize, bool), String, KeyIsHash>,
-    /// Instance names by (driver, DSN) hash.
-    instances: std::collections::HashMap<u64, (bool, String), KeyIsHash>,
+    statements: Statements,
+    /// (is PostgreSQL, instance name) by (driver, DSN) hash.
+    instances: HashMap<u64, (bool, Box<str>), KeyIsHash>,
+}
+
+/// Normalised statements by raw text and by literal-blind text.
+#[derive(Debug, Default)]
+struct Statements {
+    /// By (hash, length, is PostgreSQL) of the raw text.
+    exact: HashMap<(u64, u32, bool), Rc<str>, KeyIsHash>,
+    /// By (literal-blind hash, is PostgreSQL).
+    blind: HashMap<(u64, bool), Rc<str>, KeyIsHash>,
 }
 
 /// The keys are already hashes: hashing them again (SipHash) is waste.
@@ -668,6 +912,9 @@ impl std::hash::Hasher for PassThrough {
     fn write_u64(&mut self, v: u64) {
         self.0 = self.0.rotate_left(5) ^ v;
     }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = self.0.rotate_left(5) ^ v as u64;
+    }
     fn write_usize(&mut self, v: usize) {
         self.0 = self.0.rotate_left(5) ^ v as u64;
     }
@@ -676,43 +923,21 @@ impl std::hash::Hasher for PassThrough {
     }
 }
 
-/// Entries kept before the cache starts over.
+/// Entries kept before a cache starts over.
 const STATEMENT_CACHE: usize = 1024;
 
 impl StatementCache {
-    /// (is PostgreSQL, instance name) for a connection, once per process.
-    fn instance(&mut self, driver: &[u8], dsn: &[u8]) -> (bool, String) {
-        let key = sql::hash_bytes(driver) ^ sql::hash_bytes(dsn).rotate_left(1);
-        if let Some(v) = self.instances.get(&key) {
-            return v.clone();
-        }
-        let d = String::from_utf8_lossy(driver);
-        let v = (
-            d == "pgsql",
-            dsn::pdo_instance(&d, &String::from_utf8_lossy(dsn)),
-        );
-        if self.instances.len() >= STATEMENT_CACHE {
-            self.instances.clear();
-        }
-        self.instances.insert(key, v.clone());
-        v
-    }
-
-    fn normalize(&mut self, raw: &[u8], dialect: sql::Dialect) -> String {
-        let key = (
-            sql::hash_bytes(raw),
-            raw.len(),
-            dialect == sql::Dialect::Postgres,
-        );
-        if let Some(s) = self.map.get(&key) {
-            return s.clone();
-        }
-        let s = sql::normalize(&String::from_utf8_lossy(raw), dialect, MAX_STATEMENT);
-        if self.map.len() >= STATEMENT_CACHE {
-            self.map.clear();
-        }
-        self.map.insert(key, s.clone());
-        s
+    /// Makes sure the instance of (driver, DSN) is named; returns its key.
+    fn instance(&mut self, driver: &[u8], dsn: &[u8]) -> u64 {
+        let key = text_hash(driver) ^ text_hash(dsn).rotate_left(1);
+        self.instances.entry(key).or_insert_with(|| {
+            let d = String::from_utf8_lossy(driver);
+            (
+                d == "pgsql",
+                dsn::pdo_instance(&d, &String::from_utf8_lossy(dsn)).into_boxed_str(),
+            )
+        });
+        key
     }
 }
 
@@ -732,6 +957,22 @@ fn error_type_name(kind: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
+    use sonde_proto::v1::{ErrorInfo, RequestRecord, Span};
+
+    /// The spans as the agent decodes them.
+    fn finish(b: &mut SpanBuf, cache: &mut StatementCache) -> Vec<Span> {
+        let mut out = Vec::new();
+        b.encode_spans(&mut out, 1.0, cache);
+        RequestRecord::decode(&out[..]).unwrap().spans
+    }
+
+    /// The request error as the agent decodes it.
+    fn request_error(b: &SpanBuf, status: u32) -> Option<ErrorInfo> {
+        let mut out = Vec::new();
+        b.encode_error(&mut out, status);
+        RequestRecord::decode(&out[..]).unwrap().error
+    }
 
     fn sql_span(buf: &mut SpanBuf, text: &str, start: u64) -> Option<usize> {
         let text = buf.text(text.as_bytes());
@@ -752,6 +993,63 @@ mod tests {
         })
     }
 
+    /// Texts with the same literal-blind hash normalise alike; ids
+    /// inlined into the SQL share one.
+    #[test]
+    fn literal_blind_hash_only_merges_what_normalises_alike() {
+        let texts = [
+            "UPDATE t SET likes = likes + 1 WHERE id = 17",
+            "UPDATE t SET likes = likes + 1 WHERE id = 233",
+            "UPDATE t SET likes = likes + 2 WHERE id = 5",
+            "SELECT * FROM t1 WHERE a = 1.5",
+            "SELECT * FROM t2 WHERE a = 2.25",
+            "SELECT * FROM t1 WHERE a = 'x 5' -- note 7",
+            "SELECT * FROM t1 WHERE a = 'x 6' -- note 8",
+            "SELECT `col 1` FROM t",
+            "SELECT `col 2` FROM t",
+            "SELECT \"col 1\" FROM t WHERE b = 'it\\'s \" 4'",
+            "SELECT \"col 2\" FROM t WHERE b = 'it\\'s \" 4'",
+            "SELECT * FROM 1abc",
+            "SELECT * FROM 2abc",
+            "SELECT 1e5, 0x1F",
+            "SELECT 2e5, 0x1F",
+            "SELECT $1::int + 3",
+            "SELECT $2::int + 3",
+            "INSERT INTO t VALUES (1, 2), (3, 4)",
+            "INSERT INTO t VALUES (5, 6), (7, 8)",
+        ];
+        let mut merged = 0;
+        for (i, a) in texts.iter().enumerate() {
+            for b in &texts[i + 1..] {
+                if literal_blind_hash(a.as_bytes()) != literal_blind_hash(b.as_bytes()) {
+                    continue;
+                }
+                merged += 1;
+                for d in [sql::Dialect::MySql, sql::Dialect::Postgres] {
+                    assert_eq!(
+                        sql::normalize(a, d, MAX_STATEMENT),
+                        sql::normalize(b, d, MAX_STATEMENT),
+                        "{a} / {b}"
+                    );
+                }
+            }
+        }
+        assert!(merged >= 6, "{merged}");
+        let h = |t: &str| literal_blind_hash(t.as_bytes());
+        assert_eq!(h(texts[0]), h(texts[1]));
+        assert_ne!(h(texts[3]), h(texts[4]), "t1 and t2 are other tables");
+        assert_ne!(h(texts[7]), h(texts[8]), "quoted identifiers keep digits");
+        assert_ne!(h(texts[9]), h(texts[10]));
+        assert_ne!(h(texts[11]), h(texts[12]), "1abc is an identifier");
+        assert_ne!(h(texts[15]), h(texts[16]), "placeholders keep their number");
+        // Through the cache: the second text is found by its blind hash.
+        let mut c = Statements::default();
+        let n1 = normalized(&mut c, texts[0].as_bytes(), sql::Dialect::MySql);
+        let n2 = normalized(&mut c, texts[1].as_bytes(), sql::Dialect::MySql);
+        assert_eq!(n1, n2);
+        assert_eq!((c.exact.len(), c.blind.len()), (2, 1));
+    }
+
     #[test]
     fn fetches_aggregate_per_result_set() {
         let mut b = SpanBuf::new(100);
@@ -765,7 +1063,7 @@ mod tests {
         let s2 = sql_span(&mut b, "SELECT * FROM t WHERE id = 2", 300);
         b.open_result(0xAA, s2);
         b.fetch(0xAA, "pdo", 400, 450, 1000);
-        let spans = b.finish(1.0, &mut StatementCache::default());
+        let spans = finish(&mut b, &mut StatementCache::default());
         assert_eq!(spans.len(), 4);
         assert_eq!(spans[1].kind, SpanKind::Fetch as i32);
         assert_eq!(spans[1].calls, 6);
@@ -784,10 +1082,10 @@ mod tests {
         b.php_error(2, b"/app/x.php", 3, b"Undefined variable $y");
         assert_eq!(b.warnings, 1);
         assert!(
-            b.request_error(200).is_none(),
+            request_error(&b, 200).is_none(),
             "a caught exception on a 200 is no failure"
         );
-        let e = b.request_error(500).unwrap();
+        let e = request_error(&b, 500).unwrap();
         assert_eq!(
             (e.class.as_str(), e.message.as_str(), e.fatal),
             ("RuntimeException", "demo failure", false)
@@ -798,14 +1096,14 @@ mod tests {
             42,
             b"Uncaught RuntimeException: demo failure in /app/index.php:42\nStack trace:\n#0 {main}",
         );
-        let e = b.request_error(500).unwrap();
+        let e = request_error(&b, 500).unwrap();
         assert_eq!(e.class, "RuntimeException");
         assert_eq!(e.message, "demo failure");
         assert_eq!(
             (e.file.as_str(), e.line, e.fatal),
             ("/app/index.php", 42, true)
         );
-        let spans = b.finish(1.0, &mut StatementCache::default());
+        let spans = finish(&mut b, &mut StatementCache::default());
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].kind, SpanKind::Error as i32);
         assert_eq!(
@@ -823,11 +1121,11 @@ mod tests {
             7,
             b"Allowed memory size of 1 bytes exhausted\nmore",
         );
-        let e = b.request_error(500).unwrap();
+        let e = request_error(&b, 500).unwrap();
         assert_eq!(e.class, "E_ERROR");
         assert_eq!(e.message, "Allowed memory size of 1 bytes exhausted");
         b.clear();
-        assert!(b.request_error(500).is_none());
+        assert!(request_error(&b, 500).is_none());
     }
 
     #[test]

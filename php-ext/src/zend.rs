@@ -2,28 +2,63 @@
 //! documented wrapper over one binding; callers get Rust types and never
 //! hold pointers into Zend memory past the current callback.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::sys;
 
 /// `zend_ini_long(name)`: 0 when unset.
-pub fn ini_long(name: &CStr) -> i64 {
-    // SAFETY: `name` is a NUL-terminated string and its length excludes the
-    // NUL, as zend_ini_long expects; called from a Zend callback on the
-    // request thread, when the ini table exists.
-    unsafe { sys::zend_ini_long(name.as_ptr(), name.to_bytes().len(), 0) as i64 }
+pub fn ini_long(name: &'static CStr) -> i64 {
+    let entry = ini_entry(name);
+    if entry.is_null() {
+        return 0;
+    }
+    // SAFETY: `entry` is a registered ini entry, alive for the process.
+    unsafe { sys::sonde_shim_ini_entry_long(entry) }
 }
 
 /// `zend_ini_string_ex(name)`: the current value, `None` when the entry does
 /// not exist.
-pub fn ini_str(name: &CStr) -> Option<&'static CStr> {
-    let mut exists = false;
-    // SAFETY: as for ini_long; `exists` is a valid out pointer. The returned
-    // string is owned by the ini entry and lives until it is changed, which
-    // cannot happen during the callback that reads it (callers copy it).
-    let p =
-        unsafe { sys::zend_ini_string_ex(name.as_ptr(), name.to_bytes().len(), 0, &mut exists) };
-    cstr(p)
+pub fn ini_str(name: &'static CStr) -> Option<&'static CStr> {
+    let entry = ini_entry(name);
+    if entry.is_null() {
+        return None;
+    }
+    // SAFETY: as for ini_long. The returned string is owned by the ini
+    // entry and lives until it is changed, which cannot happen during the
+    // callback that reads it (callers copy it).
+    cstr(unsafe { sys::sonde_shim_ini_entry_str(entry) })
+}
+
+/// Ini entries looked up by name once per process, then read directly:
+/// a lookup in the ini table costs a hash of the name each time, and a
+/// request reads a dozen settings. The entries live as long as the
+/// process (values change in place per request or pool; the entry does
+/// not move).
+fn ini_entry(name: &'static CStr) -> *mut c_void {
+    const N: usize = 24;
+    static NAMES: [AtomicPtr<c_char>; N] = [const { AtomicPtr::new(std::ptr::null_mut()) }; N];
+    static ENTRIES: [AtomicPtr<c_void>; N] = [const { AtomicPtr::new(std::ptr::null_mut()) }; N];
+    let want = name.as_ptr().cast_mut();
+    for i in 0..N {
+        let n = NAMES[i].load(Ordering::Relaxed);
+        if n == want {
+            return ENTRIES[i].load(Ordering::Relaxed);
+        }
+        if n.is_null() {
+            // SAFETY: `name` is NUL-terminated; called from a Zend callback
+            // on the request thread, when the ini table exists.
+            let e = unsafe { sys::sonde_shim_ini_entry(name.as_ptr(), name.to_bytes().len()) };
+            if !e.is_null() {
+                ENTRIES[i].store(e.cast(), Ordering::Relaxed);
+                NAMES[i].store(want, Ordering::Relaxed);
+            }
+            return e.cast();
+        }
+    }
+    // More names than slots (never with the settings we have): look up.
+    // SAFETY: as above.
+    unsafe { sys::sonde_shim_ini_entry(name.as_ptr(), name.to_bytes().len()).cast() }
 }
 
 /// The SAPI's name (`fpm-fcgi`, `cli`, …).
@@ -168,6 +203,13 @@ pub fn ret_count(call: &Call) -> u32 {
 pub fn ret_obj(call: &Call) -> *mut sys::zend_object {
     // SAFETY: as ret_type.
     unsafe { sys::sonde_shim_zval_obj(call.return_value) }
+}
+
+/// Whether an exception is pending (the call just made threw).
+#[inline]
+pub fn has_exception() -> bool {
+    // SAFETY: reads EG(exception), valid during a request.
+    unsafe { sys::sonde_shim_has_exception() != 0 }
 }
 
 /// The pending exception's class and message, copied into the buffers.
@@ -400,11 +442,13 @@ pub fn curl_inject(ch: *mut sys::zval, traceparent: &str, tracestate: &str) -> b
     }
 }
 
-/// curl: the effective URL, HTTP status and error text of handle `ch`.
+/// curl: the effective URL, HTTP status and (when `want_error`) error text
+/// of handle `ch`.
 pub fn curl_info<'b>(
     ch: *mut sys::zval,
     url: &'b mut [u8; 2048],
     err: &'b mut [u8; 256],
+    want_error: bool,
 ) -> Option<(&'b [u8], u32, &'b [u8])> {
     let mut status = 0i64;
     // SAFETY: buffers valid for their lengths; `ch` from the live frame.
@@ -416,6 +460,7 @@ pub fn curl_info<'b>(
             &mut status,
             err.as_mut_ptr().cast(),
             err.len(),
+            c_int::from(want_error),
         )
     };
     if ok == 0 {
@@ -461,4 +506,124 @@ pub fn executed_location() -> (&'static [u8], u32) {
         };
         (file, sys::zend_get_executed_lineno())
     }
+}
+
+// ---- open database connections ---------------------------------------------
+
+/// The object's handle (its slot in the object store).
+pub fn object_handle(obj: *mut sys::zend_object) -> u32 {
+    // SAFETY: `obj` is a live object handed to a hooked call.
+    unsafe { sys::sonde_shim_object_handle(obj) }
+}
+
+/// Whether `obj` is still the live object in slot `handle` (it may have
+/// been freed since; then the slot is free or holds another object).
+pub fn object_alive(obj: *mut sys::zend_object, handle: u32) -> bool {
+    // SAFETY: the shim only compares `obj` with the object store's slot and
+    // dereferences it when they are the same live object.
+    unsafe { sys::sonde_shim_object_alive(obj, handle) != 0 }
+}
+
+/// Whether a PDO object is connected to a database server (not SQLite),
+/// and whether persistently.
+pub fn pdo_connection(obj: *mut sys::zend_object) -> Option<bool> {
+    let mut persistent = 0;
+    // SAFETY: `obj` is the `$this` of a PDO method (our hooks are only on
+    // that class); the shim checks the handle is initialised.
+    let ok = unsafe { sys::sonde_shim_pdo_connection(obj, &mut persistent) };
+    (ok != 0).then_some(persistent != 0)
+}
+
+/// Whether a mysqli link object holds an open connection.
+pub fn mysqli_connected(obj: *mut sys::zend_object) -> bool {
+    // SAFETY: `obj` is a live mysqli object (checked alive by the caller or
+    // handed to a hooked mysqli call); the shim checks its resource.
+    unsafe { sys::sonde_shim_mysqli_connected(obj) != 0 }
+}
+
+/// Persistent database connections the process holds (PDO, pgsql, idle
+/// mysqli links).
+pub fn persistent_db_connections() -> u32 {
+    // SAFETY: walks EG(persistent_list), valid for the process.
+    unsafe { sys::sonde_shim_persistent_db_connections() }
+}
+
+// ---- Memcached and SoapClient ----------------------------------------------
+
+/// Memcached: the result code of the object's last operation and its
+/// message (copied into `msg`).
+pub fn memcached_result(obj: *mut sys::zend_object, msg: &mut [u8; 256]) -> Option<(i64, &[u8])> {
+    let mut code = 0i64;
+    // SAFETY: `obj` is the `$this` of a Memcached method; the shim calls the
+    // class's own getResultCode/getResultMessage and clears any exception.
+    let ok = unsafe {
+        sys::sonde_shim_memcached_result(obj, &mut code, msg.as_mut_ptr().cast(), msg.len())
+    };
+    (ok != 0).then(|| (code, until_nul(msg)))
+}
+
+/// Memcached: the first server (host copied into `host`), its port, and
+/// the number of servers.
+pub fn memcached_server(
+    obj: *mut sys::zend_object,
+    host: &mut [u8; 256],
+) -> Option<(&[u8], u64, u32)> {
+    let (mut port, mut count) = (0i64, 0u32);
+    // SAFETY: as memcached_result (getServerList).
+    let ok = unsafe {
+        sys::sonde_shim_memcached_server(
+            obj,
+            host.as_mut_ptr().cast(),
+            host.len(),
+            &mut port,
+            &mut count,
+        )
+    };
+    (ok != 0).then(|| (until_nul(host), port.max(0) as u64, count))
+}
+
+/// SoapClient: the last response's headers, when the client keeps them
+/// (its `trace` option).
+pub fn soap_last_headers(client: *mut sys::zend_object, buf: &mut [u8; 512]) -> Option<&[u8]> {
+    // SAFETY: `client` is the `$this` of a SoapClient method; the shim reads
+    // a declared property with the class's scope.
+    let ok =
+        unsafe { sys::sonde_shim_soap_last_headers(client, buf.as_mut_ptr().cast(), buf.len()) };
+    (ok != 0).then(|| until_nul(buf))
+}
+
+/// SoapClient: the SoapFault its last call left (`__soap_fault`), or null.
+pub fn soap_client_fault(client: *mut sys::zend_object) -> *mut sys::zend_object {
+    // SAFETY: as soap_last_headers.
+    unsafe { sys::sonde_shim_soap_client_fault(client) }
+}
+
+/// A SoapFault's code and message, when `fault` is one.
+pub fn soap_fault<'b>(
+    fault: *mut sys::zend_object,
+    code: &'b mut [u8; 128],
+    msg: &'b mut [u8; 512],
+) -> Option<(&'b [u8], &'b [u8])> {
+    // SAFETY: the shim checks `fault` is a SoapFault before reading its
+    // declared properties.
+    let ok = unsafe {
+        sys::sonde_shim_soap_fault(
+            fault,
+            code.as_mut_ptr().cast(),
+            code.len(),
+            msg.as_mut_ptr().cast(),
+            msg.len(),
+        )
+    };
+    (ok != 0).then(|| (until_nul(code), until_nul(msg)))
+}
+
+/// The exception the call just made threw, or null.
+pub fn pending_exception() -> *mut sys::zend_object {
+    // SAFETY: reads EG(exception), valid during a request.
+    unsafe { sys::sonde_shim_pending_exception() }
+}
+
+fn until_nul(b: &[u8]) -> &[u8] {
+    &b[..b.iter().position(|c| *c == 0).unwrap_or(b.len())]
 }

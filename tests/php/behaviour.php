@@ -85,6 +85,14 @@ show('curl refused errno', curl_errno($bad));
 show('fgc local', strlen(file_get_contents(__FILE__)) > 0);
 show('fopen local', is_resource(fopen(__FILE__, 'r')));
 show('fgc refused', @file_get_contents('http://127.0.0.1:1/'));
+show('fgc http', @file_get_contents(getenv('SONDE_SOAP_URL')));
+show('fgc http 404', @file_get_contents(dirname(getenv('SONDE_SOAP_URL')) . '/no_such_page.php'));
+$fh = fopen(getenv('SONDE_SOAP_URL'), 'r', false, stream_context_create(['http' => ['ignore_errors' => true]]));
+show('fopen http meta', array_intersect_key(stream_get_meta_data($fh), ['wrapper_type' => 1, 'stream_type' => 1, 'mode' => 1]));
+show('fopen http headers', is_array(stream_get_meta_data($fh)['wrapper_data']));
+fclose($fh);
+show('stream wrappers', in_array('https', stream_get_wrappers(), true) && in_array('http', stream_get_wrappers(), true));
+show('http_response_header', isset($http_response_header) ? count($http_response_header) > 0 : 'unset');
 
 // Redis.
 $r = new Redis();
@@ -94,6 +102,67 @@ show('redis set', $r->set($k, 'v'));
 show('redis get', $r->get($k));
 show('redis missing', $r->get("$k:none"));
 show('redis del', $r->del($k));
+
+// Memcached (the test's server on SONDE_MEMCACHED_PORT): hits, misses,
+// failures, result codes read by the app itself, persistent ids.
+$mc = new Memcached('sonde-behaviour');
+if (!$mc->getServerList()) {
+    $mc->addServer('127.0.0.1', (int)getenv('SONDE_MEMCACHED_PORT'));
+}
+$mk = 'sonde:behaviour:' . getmypid();
+show('memcached set', $mc->set($mk, ['a' => 1]));
+show('memcached get', $mc->get($mk));
+show('memcached code', $mc->getResultCode());
+show('memcached miss', $mc->get("$mk:none"));
+show('memcached miss code', $mc->getResultCode());
+show('memcached miss message', $mc->getResultMessage());
+show('memcached add existing', $mc->add($mk, 'x'));
+show('memcached add code', $mc->getResultCode());
+show('memcached increment non-numeric', $mc->increment($mk));
+show('memcached increment code', $mc->getResultCode());
+show('memcached setMulti', $mc->setMulti(["$mk:1" => 1, "$mk:2" => 2]));
+show('memcached getMulti', array_values($mc->getMulti(["$mk:1", "$mk:2", "$mk:3"])));
+show('memcached increment', $mc->increment("$mk:1", 5));
+show('memcached deleteMulti', array_values($mc->deleteMulti(["$mk:1", "$mk:2"])));
+show('memcached delete', $mc->delete($mk));
+show('memcached servers', count($mc->getServerList()));
+$dead = new Memcached();
+$dead->addServer('127.0.0.1', 1);
+show('memcached dead get', $dead->get($mk));
+show('memcached dead code', $dead->getResultCode());
+attempt('memcached no constructor', fn () => (new ReflectionClass(Memcached::class))->newInstanceWithoutConstructor()->get('x'));
+
+// SoapClient against the test's SOAP service (SONDE_SOAP_URL): answers,
+// faults thrown and returned, traced headers, named arguments, a subclass
+// overriding __doRequest, a refused connection.
+$soapUrl = getenv('SONDE_SOAP_URL');
+$sc = new SoapClient(null, ['location' => $soapUrl, 'uri' => 'urn:sonde', 'trace' => true]);
+show('soap add', $sc->add(2, 3));
+show('soap __soapCall', $sc->__soapCall('add', [4, 5]));
+show('soap last response has envelope', str_contains((string)$sc->__getLastResponse(), 'Envelope'));
+show('soap last headers status', strtok((string)$sc->__getLastResponseHeaders(), "\r\n"));
+attempt('soap fault', fn () => $sc->fail());
+$quiet = new SoapClient(null, ['location' => $soapUrl, 'uri' => 'urn:sonde', 'exceptions' => false]);
+$qf = $quiet->fail();
+show('soap returned fault', [get_class($qf), $qf->faultcode, $qf->faultstring]);
+show('soap __soap_fault', isset($quiet->__soap_fault) ? get_class($quiet->__soap_fault) : null);
+class SondeLoggingClient extends SoapClient
+{
+    public array $seen = [];
+
+    public function __doRequest(string $request, string $location, string $action, int $version, bool $oneWay = false): ?string
+    {
+        $this->seen[] = $action;
+        return parent::__doRequest($request, $location, $action, $version, $oneWay);
+    }
+}
+$lc = new SondeLoggingClient(null, ['location' => $soapUrl, 'uri' => 'urn:sonde']);
+show('soap subclass', $lc->add(a: 7, b: 8));
+show('soap subclass saw', $lc->seen);
+$refused = new SoapClient(null, ['location' => 'http://127.0.0.1:1/soap', 'uri' => 'urn:sonde']);
+attempt('soap refused', fn () => $refused->add(1, 2));
+$refusedQuiet = new SoapClient(null, ['location' => 'http://127.0.0.1:1/soap', 'uri' => 'urn:sonde', 'exceptions' => false]);
+show('soap refused quiet', get_class($refusedQuiet->add(1, 2)));
 
 // Exceptions through user code, caught and uncaught in a nested function.
 function thrower(): never

@@ -386,12 +386,12 @@ fn php_http_streams_are_external_spans() {
     let r = stack.web("GET", "/t/stream.php", &[], "").unwrap();
     assert_eq!(
         r.body,
-        "callee said: x-app=- traceparent=no\nlocal ok\nbool(false)\n",
+        "callee said: x-app=- traceparent=no\nlocal ok\nbool(false)\nbool(false)\nfopen ok\n",
         "{}",
         stack.logs()
     );
     let d = detail_of(&stack, from, "/t/stream.php");
-    let ext: Vec<(&str, &str)> = d["spans"]
+    let ext: Vec<(&str, i64, &str, &str)> = d["spans"]
         .as_array()
         .unwrap()
         .iter()
@@ -399,19 +399,179 @@ fn php_http_streams_are_external_spans() {
         .map(|s| {
             (
                 s["url"].as_str().unwrap(),
+                s["status"].as_i64().unwrap_or(-1),
                 s["error"].as_str().unwrap_or(""),
+                s["library"].as_str().unwrap_or(""),
             )
         })
         .collect();
-    let callee = format!("http://127.0.0.1:{}/t/callee.php", stack.web_port);
+    let base = format!("http://127.0.0.1:{}/t", stack.web_port);
+    let (callee, missing) = (
+        format!("{base}/callee.php"),
+        format!("{base}/no_such_page.php"),
+    );
+    let lib = "http-stream";
     assert_eq!(
         ext,
         vec![
-            (callee.as_str(), ""),
-            ("http://127.0.0.1:1/closed", "failed (returned false)")
+            (callee.as_str(), 200, "", lib),
+            ("http://127.0.0.1:1/closed", 0, "Connection refused", lib),
+            (
+                missing.as_str(),
+                404,
+                "HTTP request failed! HTTP/1.1 404 Not Found",
+                lib
+            ),
+            (callee.as_str(), 200, "", lib),
         ],
-        "a local file is not an external call: {d:#}"
+        "local files are not external calls: {d:#}"
     );
+}
+
+/// A memcached server on a free loopback port for one test (stopped when
+/// dropped).
+fn start_memcached(stack: &Stack) -> (sonde_e2e::Proc, u16) {
+    let port = sonde_e2e::free_port();
+    let mut cmd = std::process::Command::new("memcached");
+    cmd.args([
+        "-l",
+        "127.0.0.1",
+        "-U",
+        "0",
+        "-u",
+        "root",
+        "-p",
+        &port.to_string(),
+    ]);
+    let p = sonde_e2e::Proc::start("memcached", cmd, stack.path("memcached.log"))
+        .expect("start memcached (scripts/install-deps.sh installs it)");
+    wait_for("memcached", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .unwrap();
+    (p, port)
+}
+
+#[test]
+fn memcached_commands_are_cache_spans() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let (_memcached, port) = start_memcached(&stack);
+    let from = now_ms() - 1_000;
+    let r = stack
+        .web("GET", &format!("/t/memcached.php?port={port}"), &[], "")
+        .unwrap();
+    assert_eq!(
+        r.body,
+        "v1 bool(false)\nbool(false)\nbool(false)\nbool(true)\nbool(false)\n",
+        "{}",
+        stack.logs()
+    );
+    let d = detail_of(&stack, from, "/t/memcached.php");
+    let ops: Vec<(&str, &str, &str, bool, &str)> = d["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["kind"].as_str().unwrap(),
+                s["operation"].as_str().unwrap_or(""),
+                s["db"].as_str().unwrap_or(""),
+                s.get("error").is_some(),
+                s["library"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let db = format!("memcached://127.0.0.1:{port}");
+    let dead = "memcached://127.0.0.1:1";
+    let c = |op, db, err| ("cache", op, db, err, "memcached");
+    assert_eq!(
+        ops,
+        vec![
+            c("SET", db.as_str(), false),
+            c("GET", db.as_str(), false),
+            // A miss and an add of an existing key answer; they do not fail.
+            c("GET", db.as_str(), false),
+            c("ADD", db.as_str(), false),
+            c("INCREMENT", db.as_str(), true),
+            c("DELETE", db.as_str(), false),
+            c("GET", dead, true),
+        ],
+        "{d:#}"
+    );
+    let spans = d["spans"].as_array().unwrap();
+    assert!(
+        spans[6]["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_uppercase()
+            .contains("CONNECT"),
+        "{:#}",
+        spans[6]
+    );
+}
+
+#[test]
+fn soap_calls_are_external_spans() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let r = stack.web("GET", "/t/soap.php", &[], "").unwrap();
+    assert_eq!(
+        r.body,
+        "5\nfault: the service failed\nreturned SoapFault: Not Found\nfault: HTTP\n",
+        "{}",
+        stack.logs()
+    );
+    let d = detail_of(&stack, from, "/t/soap.php");
+    let ext: Vec<(&str, &str, i64, &str, &str)> = d["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "external")
+        .map(|s| {
+            (
+                s["url"].as_str().unwrap(),
+                s["operation"].as_str().unwrap_or(""),
+                s["status"].as_i64().unwrap_or(-1),
+                s["error"].as_str().unwrap_or(""),
+                s["library"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let base = format!("http://127.0.0.1:{}/t", stack.web_port);
+    let (service, missing) = (
+        format!("{base}/soap_server.php"),
+        format!("{base}/no_such_soap.php"),
+    );
+    assert_eq!(
+        ext,
+        vec![
+            (service.as_str(), "urn:sonde#add", 200, "", "soap"),
+            (
+                service.as_str(),
+                "urn:sonde#fail",
+                500,
+                "SOAP-ENV:Server: the service failed",
+                "soap"
+            ),
+            // Traced client: the status read from the response headers.
+            (
+                missing.as_str(),
+                "urn:sonde#add",
+                404,
+                "HTTP: Not Found",
+                "soap"
+            ),
+            (
+                "http://127.0.0.1:1/soap",
+                "urn:sonde#add",
+                0,
+                "HTTP: Could not connect to host",
+                "soap"
+            ),
+        ],
+        "{d:#}"
+    );
+    assert_eq!(d["external_count"], 4);
 }
 
 /// The extension issue's acceptance page, every library at once: one

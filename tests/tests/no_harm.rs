@@ -86,8 +86,41 @@ fn without_an_agent_pages_render_identically_and_nothing_is_logged() {
 #[test]
 fn hooked_functions_behave_identically() {
     let script = sonde_e2e::repo_root().join("tests/php/behaviour.php");
+    // The script's memcached server and SOAP service (PHP's built-in web
+    // server, without the extension), on free loopback ports.
+    let dir = tempfile::tempdir().unwrap();
+    let mc_port = sonde_e2e::free_port();
+    let mut mc = std::process::Command::new("memcached");
+    mc.args([
+        "-l",
+        "127.0.0.1",
+        "-U",
+        "0",
+        "-u",
+        "root",
+        "-p",
+        &mc_port.to_string(),
+    ]);
+    let _memcached = sonde_e2e::Proc::start("memcached", mc, dir.path().join("memcached.log"))
+        .expect("start memcached (scripts/install-deps.sh installs it)");
+    let soap_port = sonde_e2e::free_port();
+    let mut soap = std::process::Command::new("php");
+    soap.arg("-S")
+        .arg(format!("127.0.0.1:{soap_port}"))
+        .arg("-t")
+        .arg(sonde_e2e::repo_root().join("tests/php"));
+    let _soap = sonde_e2e::Proc::start("php -S", soap, dir.path().join("soap.log")).unwrap();
+    for port in [mc_port, soap_port] {
+        sonde_e2e::wait_for("a test server", std::time::Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .unwrap();
+    }
+    let soap_url = format!("http://127.0.0.1:{soap_port}/soap_server.php");
     let run = |with: bool| {
         let mut cmd = std::process::Command::new("php");
+        cmd.env("SONDE_MEMCACHED_PORT", mc_port.to_string())
+            .env("SONDE_SOAP_URL", &soap_url);
         if with {
             let so = sonde_e2e::artifact("libsonde_php.so").unwrap();
             cmd.arg("-d")
@@ -117,7 +150,7 @@ fn hooked_functions_behave_identically() {
     let (out_without, err_without) = run(false);
     let (out_with, err_with) = run(true);
     assert!(out_without.ends_with("done\n"), "{out_without}");
-    assert!(out_without.lines().count() > 60, "{out_without}");
+    assert!(out_without.lines().count() > 100, "{out_without}");
     assert_eq!(out_with, out_without);
     assert_eq!(err_with, err_without);
     // The script really went through the hooks.
@@ -131,10 +164,18 @@ fn hooked_functions_behave_identically() {
     let ri = String::from_utf8_lossy(&ri.stdout);
     for f in [
         "pdo::query",
+        "pdo::__construct",
         "mysqli::query",
+        "mysqli::real_connect",
         "pg_query",
+        "pg_close",
         "curl_exec",
         "redis::get",
+        "memcached::get",
+        "memcached::increment",
+        "soapclient::__dorequest",
+        "soapclient::__soapcall",
+        "http:// and https:// stream wrapper",
     ] {
         assert!(ri.contains(f), "{f} not hooked: {ri}");
     }

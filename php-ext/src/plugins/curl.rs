@@ -64,7 +64,7 @@ fn before_exec(call: &Call) {
     let ch = zend::arg_zval(call, 1);
     if let Some((traceparent, tracestate)) = outgoing() {
         if propagate {
-            zend::curl_inject(ch, &traceparent, &tracestate);
+            zend::curl_inject(ch, traceparent.as_str(), &tracestate);
         }
     }
 }
@@ -72,11 +72,11 @@ fn before_exec(call: &Call) {
 fn exec(call: &Call) {
     let mut url = [0u8; 2048];
     let mut err = [0u8; 256];
-    let info = zend::curl_info(zend::arg_zval(call, 1), &mut url, &mut err);
+    let failed = zend::ret_type(call) == sys::IS_FALSE;
+    let info = zend::curl_info(zend::arg_zval(call, 1), &mut url, &mut err, failed);
     with_spans(|buf, req_start| {
         let span = buf.pop_pending();
         let (url, status, err) = info.unwrap_or((&[], 0, &[]));
-        let failed = zend::ret_type(call) == sys::IS_FALSE;
         let err: &[u8] = if failed && err.is_empty() {
             b"failed (returned false)"
         } else {
@@ -87,6 +87,7 @@ fn exec(call: &Call) {
             call.start.saturating_sub(req_start),
             call.end.saturating_sub(call.start),
             url,
+            b"",
             status,
             if failed { err } else { &[] },
             span,
@@ -99,7 +100,7 @@ fn before_multi_add(call: &Call) {
     let ch = zend::arg_zval(call, 2);
     if let Some((traceparent, tracestate)) = outgoing() {
         if propagate {
-            zend::curl_inject(ch, &traceparent, &tracestate);
+            zend::curl_inject(ch, traceparent.as_str(), &tracestate);
         }
     }
 }
@@ -117,7 +118,7 @@ fn multi_removed(call: &Call) {
     let ch = zend::arg_obj(call, 2) as usize;
     let mut url = [0u8; 2048];
     let mut err = [0u8; 256];
-    let info = zend::curl_info(chz, &mut url, &mut err);
+    let info = zend::curl_info(chz, &mut url, &mut err, true);
     let total = zend::curl_total_time(chz);
     let total_ticks = total.map(|t| crate::module::ns_to_ticks(t * 1e9));
     with_spans(|buf, req_start| {
@@ -131,6 +132,7 @@ fn multi_removed(call: &Call) {
             start.saturating_sub(req_start),
             duration,
             url,
+            b"",
             status,
             err,
             span,

@@ -1,12 +1,15 @@
-//! Instrumented libraries: one file each, plus its line in `ALL`. Shared
-//! recording helpers live here.
+//! Instrumented libraries: one file each, plus its line in `ALL` (or, for
+//! `http_stream`, which wraps a stream wrapper rather than functions, its
+//! `install` call in the module). Shared recording helpers live here.
 
 pub mod curl;
 pub mod http_stream;
+pub mod memcached;
 pub mod mysqli;
 pub mod pdo;
 pub mod pgsql;
 pub mod redis;
+pub mod soap;
 
 use sonde_proto::v1::SpanKind;
 
@@ -21,9 +24,10 @@ pub const ALL: &[&[HookSpec]] = &[
     mysqli::HOOKS,
     pgsql::HOOKS,
     curl::HOOKS,
-    http_stream::HOOKS,
     redis::HOOKS,
     redis::COMMANDS,
+    memcached::HOOKS,
+    soap::HOOKS,
 ];
 
 /// Where a SQL span's text and connection come from.
@@ -44,9 +48,7 @@ pub(crate) fn sql_span(
     rows: i64,
     failed: bool,
 ) -> Option<usize> {
-    let mut class = [0u8; 128];
-    let mut msg = [0u8; 512];
-    let exception = zend::exception(&mut class, &mut msg);
+    let threw = zend::has_exception();
     let mut idx = None;
     let mut slow = false;
     with_spans(|buf, req_start| {
@@ -59,7 +61,7 @@ pub(crate) fn sql_span(
                 .prepared_text(key)
                 .unwrap_or((Text::default(), u16::MAX)),
         };
-        let error = error_text(buf, exception, failed);
+        let error = error_text(buf, threw, failed);
         let duration = call.end.saturating_sub(call.start);
         slow = duration >= buf.slow_ticks;
         idx = buf.push(RawSpan {
@@ -98,19 +100,22 @@ pub(crate) fn dsn_into<'b>(buf: &'b mut [u8], host: &[u8], port: u64, db: &[u8])
     &buf[..n]
 }
 
-fn error_text(
-    buf: &mut crate::spans::SpanBuf,
-    exception: Option<(&str, &str)>,
-    failed: bool,
-) -> Text {
-    match exception {
-        Some((c, m)) => {
+/// The error of a call: "Class: message" of the exception it threw, or
+/// that it returned false, or none.
+fn error_text(buf: &mut crate::spans::SpanBuf, threw: bool, failed: bool) -> Text {
+    if threw {
+        let mut class = [0u8; 128];
+        let mut msg = [0u8; 512];
+        if let Some((c, m)) = zend::exception(&mut class, &mut msg) {
             let mut e = [0u8; 700];
             let n = write_error(&mut e, c, m);
-            buf.text(&e[..n])
+            return buf.text(&e[..n]);
         }
-        None if failed => buf.text(b"failed (returned false)"),
-        None => Text::default(),
+    }
+    if failed {
+        buf.text(b"failed (returned false)")
+    } else {
+        Text::default()
     }
 }
 

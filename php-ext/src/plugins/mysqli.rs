@@ -2,9 +2,11 @@
 //! `multi_query`, `execute_query` as SQL spans; `prepare` remembers the
 //! text, `mysqli_stmt::execute` is the span; result and statement fetches
 //! aggregate into one fetch span per result set. The instance comes from
-//! mysqlnd's connection (host, port, selected database).
+//! mysqlnd's connection (host, port, selected database). Links that
+//! connect count in the worker's open database connections.
 
 use super::{dsn_into, fetch, sql_span, Statement};
+use crate::connections::Kind;
 use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
@@ -30,6 +32,16 @@ const STMT: Option<&std::ffi::CStr> = Some(c"mysqli_stmt");
 const RES: Option<&std::ffi::CStr> = Some(c"mysqli_result");
 
 pub const HOOKS: &[HookSpec] = &[
+    // Connections (counted for the scoreboard) and closes.
+    spec!(M, c"__construct", |c| connected(zend::this(c))),
+    spec!(M, c"connect", |c| connected(zend::this(c))),
+    spec!(M, c"real_connect", |c| connected(zend::this(c))),
+    spec!(None, c"mysqli_connect", |c| connected(zend::ret_obj(c))),
+    spec!(None, c"mysqli_real_connect", |c| connected(zend::arg_obj(
+        c, 1
+    ))),
+    spec!(M, c"close", closed),
+    spec!(None, c"mysqli_close", closed),
     // Object style: the link (statement, result) is $this, the SQL argument 1.
     spec!(M, c"query", query_this, Some(running_this)),
     spec!(M, c"real_query", query_this, Some(running_this)),
@@ -76,6 +88,20 @@ pub const HOOKS: &[HookSpec] = &[
         zend::arg_obj(c, 1)
     )),
 ];
+
+/// A link that may have connected: counted while it stays open (a
+/// persistent `p:` link too: in use, it is not in the persistent list's
+/// idle links).
+fn connected(link: *mut sys::zend_object) {
+    if zend::mysqli_connected(link) {
+        crate::module::db_opened(link, Kind::Mysqli, false);
+    }
+}
+
+/// The closed link no longer counts (its object shows it closed).
+fn closed(_: &Call) {
+    crate::module::db_changed();
+}
 
 fn query_this(c: &Call) {
     query(c, Link::This)

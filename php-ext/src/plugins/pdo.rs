@@ -1,17 +1,26 @@
 //! PDO: `PDO::exec`, `PDO::query`, `PDOStatement::execute` as SQL spans
 //! (statement text, rows, DB instance, error), and the `PDOStatement`
-//! fetch methods aggregated into one fetch span per result set.
+//! fetch methods aggregated into one fetch span per result set. Each
+//! connection opened (`new PDO`, not SQLite) counts in the worker's open
+//! database connections.
 //!
 //! Fetch time is PHP-side time: with buffered results (pdo_mysql's
 //! default) the rows arrived during execute, so fetch spans measure turning
 //! them into PHP values.
 
 use super::{sql_span, Statement};
+use crate::connections::Kind;
 use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
 
 pub const HOOKS: &[HookSpec] = &[
+    HookSpec {
+        class: Some(c"pdo"),
+        function: c"__construct",
+        record: connected,
+        before: None,
+    },
     HookSpec {
         class: Some(c"pdo"),
         function: c"exec",
@@ -57,6 +66,18 @@ pub const HOOKS: &[HookSpec] = &[
 ];
 
 const LIBRARY: &str = "pdo";
+
+/// `new PDO(...)`: a connection opened (counted for the scoreboard; a
+/// persistent one through the process's persistent list).
+fn connected(call: &Call) {
+    let dbh = zend::this(call);
+    if zend::has_exception() {
+        return; // the connection failed
+    }
+    if let Some(persistent) = zend::pdo_connection(dbh) {
+        crate::module::db_opened(dbh, Kind::Pdo, persistent);
+    }
+}
 
 fn exec(call: &Call) {
     let dbh = zend::this(call);

@@ -4,9 +4,11 @@
 //! the connection string seen by `pg_connect`/`pg_pconnect` in the same
 //! request; a connection opened in an earlier request (persistent) shows
 //! no instance. Row counts come from the fetch spans (the result internals
-//! are not in PHP's installed headers).
+//! are not in PHP's installed headers). Connections count in the worker's
+//! open database connections until `pg_close` or their object is freed.
 
 use super::{fetch, sql_span, Statement};
+use crate::connections::Kind;
 use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
@@ -30,8 +32,9 @@ macro_rules! spec {
 }
 
 pub const HOOKS: &[HookSpec] = &[
-    spec!(c"pg_connect", connect),
-    spec!(c"pg_pconnect", connect),
+    spec!(c"pg_connect", |c| connect(c, false)),
+    spec!(c"pg_pconnect", |c| connect(c, true)),
+    spec!(c"pg_close", close),
     spec!(c"pg_query", |c| query(c, 2), Some(|c| running(c, 2))),
     spec!(c"pg_exec", |c| query(c, 2), Some(|c| running(c, 2))),
     spec!(c"pg_query_params", |c| query(c, 3), Some(|c| running(c, 3))),
@@ -45,18 +48,25 @@ pub const HOOKS: &[HookSpec] = &[
     spec!(c"pg_fetch_all", fetch_all),
 ];
 
-fn connect(call: &Call) {
+fn connect(call: &Call, persistent: bool) {
     let conn = zend::ret_obj(call);
-    let Some(connstr) = zend::arg_str(call, 1) else {
-        return;
-    };
     if conn.is_null() {
         return;
     }
+    crate::module::db_opened(conn, Kind::Pgsql, persistent);
+    let Some(connstr) = zend::arg_str(call, 1) else {
+        return;
+    };
     with_spans(|buf, _| {
         buf.db(conn as usize, || Some((&b"pgsql"[..], connstr)));
         buf.db(DEFAULT_CONN, || Some((&b"pgsql"[..], connstr)));
     });
+}
+
+/// `pg_close($link)`, or of the default (last opened) link.
+fn close(call: &Call) {
+    let link = zend::arg_obj(call, 1);
+    crate::module::db_closed((!link.is_null()).then_some(link), Kind::Pgsql);
 }
 
 /// (connection key, argument offset): with `full_args` arguments the first
@@ -87,7 +97,7 @@ fn query(call: &Call, full_args: u32) {
 
 /// A prepared statement is named per connection.
 fn statement_key(conn: usize, name: &[u8]) -> usize {
-    (sonde_core::sql::hash(&String::from_utf8_lossy(name)) as usize) ^ conn.rotate_left(17) | 1
+    (crate::spans::text_hash(name) as usize) ^ conn.rotate_left(17) | 1
 }
 
 fn prepare(call: &Call) {

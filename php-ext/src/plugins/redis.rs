@@ -141,9 +141,15 @@ fn connect(call: &Call) {
 fn command(call: &Call) {
     let obj = zend::this(call) as usize;
     let name = zend::function_name(call);
-    let mut class = [0u8; 128];
-    let mut msg = [0u8; 512];
-    let exception = zend::exception(&mut class, &mut msg);
+    // Zeroed only when needed: most commands do not throw.
+    let (mut class, mut msg);
+    let exception = if zend::has_exception() {
+        class = [0u8; 128];
+        msg = [0u8; 512];
+        zend::exception(&mut class, &mut msg)
+    } else {
+        None
+    };
     with_spans(|buf, req_start| {
         let db = buf.db(obj, || None);
         let err: &[u8] = match exception {
