@@ -25,6 +25,7 @@ pub struct LiveTable {
     /// Requests running now as read from the scoreboard (replaced whole
     /// every scan).
     board: Mutex<Vec<InflightRequest>>,
+    db_connections: std::sync::atomic::AtomicU32,
 }
 
 impl LiveTable {
@@ -77,6 +78,18 @@ impl LiveTable {
     }
 
     /// Every request with its elapsed time at `now_unix_ns`, oldest first.
+    /// Database connections the PHP workers hold, as of the last
+    /// scoreboard scan.
+    pub fn set_db_connections(&self, n: u32) {
+        self.db_connections
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn db_connections(&self) -> u32 {
+        self.db_connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The process ids of the PHP workers in a request now.
     pub fn busy_pids(&self) -> std::collections::HashSet<u32> {
         let map = self.lock();

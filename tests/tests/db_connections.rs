@@ -3,7 +3,8 @@
 //! it. While a page holds a PDO-MySQL, a mysqli and a pgsql connection its
 //! slot says 3 (an SQLite handle, a connection freed, one closed and one
 //! that failed do not count); afterwards 0, or 3 when the connections were
-//! persistent (they stay open in the worker).
+//! persistent (they stay open in the worker). The agent sums the slots
+//! into its host sample, which reaches the collector.
 
 use std::time::Duration;
 
@@ -57,7 +58,11 @@ fn held(stack: &Stack, query: &str) -> (u32, u32) {
 
 #[test]
 fn workers_publish_their_open_database_connections() {
-    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let stack = Stack::start(&StackOptions {
+        agent_extra: "host_metrics_interval_secs = 1".into(),
+        ..StackOptions::default()
+    })
+    .expect("start the stack");
     // Warm every worker once so all four hold a slot.
     for _ in 0..8 {
         http::request(stack.web_port, "GET", "/health", &[], "").unwrap();
@@ -84,4 +89,25 @@ fn workers_publish_their_open_database_connections() {
     after.unwrap_or_else(|e| panic!("{e}: {:#?}", slots(&stack)));
     let total: u32 = slots(&stack).iter().map(|s| s.db_connections).sum();
     assert_eq!(total, 3, "{:#?}", slots(&stack));
+
+    // The agent's host sample sums the slots; the collector shows it.
+    let mut last = serde_json::Value::Null;
+    let shown = wait_for(
+        "db_connections 3 at the collector",
+        Duration::from_secs(20),
+        || {
+            let from = sonde_e2e::now_ms() - 10_000;
+            last = stack
+                .api(&format!("/api/v1/hosts/series?from={from}"))
+                .map(|v| {
+                    v["hosts"][0]["points"]
+                        .as_array()
+                        .and_then(|p| p.last().cloned())
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default();
+            last["db_connections"] == 3
+        },
+    );
+    shown.unwrap_or_else(|e| panic!("{e}: {last}\n{}", stack.logs()));
 }

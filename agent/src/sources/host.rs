@@ -243,8 +243,10 @@ pub async fn run(src: HostSource, mut shutdown: Shutdown) {
             }
         }
         let busy = live.busy_pids();
+        let db_connections = live.db_connections();
         let taken = tokio::task::spawn_blocking(move || {
-            let m = sampler.sample(&busy, &status);
+            let mut m = sampler.sample(&busy, &status);
+            m.db_connections = db_connections;
             (sampler, m)
         })
         .await;

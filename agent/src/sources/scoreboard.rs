@@ -47,6 +47,9 @@ pub struct Scoreboard {
 /// What one scan found.
 #[derive(Debug, Default)]
 pub struct Scan {
+    /// Database connections the live workers hold (each worker's count
+    /// from its slot, summed).
+    pub db_connections: u32,
     /// Requests running now.
     pub running: Vec<InflightRequest>,
     /// Requests whose worker died before finishing them.
@@ -111,6 +114,8 @@ impl Scoreboard {
                 self.free(i, slot.pid)?;
                 continue;
             }
+            // Held between requests too (persistent connections).
+            scan.db_connections += slot.db_connections;
             if !slot.busy {
                 scan.idle += 1;
                 continue;
@@ -257,6 +262,7 @@ pub async fn run(
             queue.push(Record::from_message(&orphan_record(slot, now, &hostname)));
         }
         debug!(busy = scan.busy, idle = scan.idle, "scoreboard");
+        live.set_db_connections(scan.db_connections);
         live.set_board(scan.running);
     }
 }
