@@ -30,6 +30,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use tracing::{error, info, warn};
 
+use crate::buffer::durable::Watermark;
 use crate::buffer::queue;
 use crate::buffer::spool::Spool;
 use crate::cloud::lifecycle::Lifecycle;
@@ -185,18 +186,26 @@ async fn run(
     // Workers can send from here on; records wait in the queue.
     // The shared-memory record ring beside the socket: workers prefer it
     // (no syscall per request; records wait there while the agent is busy
-    // or restarting). Without it they use the socket.
-    match RingFile::open(
+    // or restarting, and until the sink has made them durable). Without it
+    // they use the socket.
+    let mark = Arc::new(Watermark::default());
+    let ring_task = match RingFile::open(
         &config.ring_path(),
         sonde_core::ring::DEFAULT_CAPACITY,
         &config.socket_group,
         config.socket_mode.0,
     ) {
-        Ok(ring) => {
-            tokio::spawn(ring::run(ring, ctx.clone(), shutdown.clone()));
+        Ok(ring) => Some(tokio::spawn(ring::run(
+            ring,
+            ctx.clone(),
+            mark.clone(),
+            shutdown.clone(),
+        ))),
+        Err(error) => {
+            warn!(%error, "no record ring; the extension will use the socket");
+            None
         }
-        Err(error) => warn!(%error, "no record ring; the extension will use the socket"),
-    }
+    };
     let source_task = tokio::spawn(source.run(ctx, shutdown.clone()));
     if let Some(board) = board {
         tokio::spawn(scoreboard::run(
@@ -257,6 +266,7 @@ async fn run(
         queue_rx,
         host_rx,
         spool,
+        mark.clone(),
         settings_rx,
     );
     tokio::spawn(
@@ -286,6 +296,12 @@ async fn run(
         r = &mut sink_task => r.context("collector sink")?,
     }
     source_task.await.context("extension socket")?;
+    // What the sink made durable while stopping is not read again.
+    if let Some(task) = ring_task {
+        if let Ok(Some(stopped)) = task.await {
+            stopped.release(&mark);
+        }
+    }
     log_task.abort();
     counters.log("sonde-agent stopped");
     Ok(())

@@ -52,6 +52,10 @@ pub struct EncodedBatch {
     /// 0 until the outbox gives it one.
     pub batch_id: u64,
     pub replay: bool,
+    /// The ring offset just past its last record read from the ring (0:
+    /// none, or read back from the spool): once the batch is durable, the
+    /// ring may free up to here (`buffer::durable`).
+    pub ring_end: u64,
 }
 
 impl EncodedBatch {
@@ -119,6 +123,8 @@ pub struct Batcher {
     /// The open batch's encoded records.
     open: BytesMut,
     open_records: u32,
+    /// The open batch's largest `Record::ring_end`.
+    open_ring_end: u64,
     open_host: Vec<HostMetrics>,
     /// `open` plus what the host samples will add.
     open_bytes: usize,
@@ -135,6 +141,7 @@ impl Batcher {
             limits,
             open: BytesMut::new(),
             open_records: 0,
+            open_ring_end: 0,
             open_host: Vec::new(),
             open_bytes: 0,
             opened_at: None,
@@ -167,6 +174,7 @@ impl Batcher {
         }
         record.put_field(RECORDS, &mut self.open);
         self.open_records += 1;
+        self.open_ring_end = self.open_ring_end.max(record.ring_end());
         self.open_bytes += size;
         if self.open_records as usize >= self.limits.max_records
             || self.open_bytes >= self.limits.max_bytes
@@ -222,6 +230,7 @@ impl Batcher {
                 host_samples,
                 batch_id: 0,
                 replay: false,
+                ring_end: std::mem::take(&mut self.open_ring_end),
             });
         }
         self.open_bytes = 0;
@@ -347,6 +356,21 @@ mod tests {
         let batch = b.pop_sealed().unwrap();
         assert_eq!(batch.records, 0);
         assert_eq!(batch.decode().host_metrics, [sample(2)]);
+    }
+
+    #[test]
+    fn a_batch_carries_the_end_of_its_last_ring_record() {
+        let now = Instant::now();
+        let mut b = Batcher::new(limits(3, 1 << 20));
+        for (n, end) in [(1, 100), (2, 0), (3, 250), (4, 300), (5, 0)] {
+            b.push(&rec(n, 1).with_ring_end(end), now);
+        }
+        assert_eq!(b.pop_sealed().unwrap().ring_end, 250);
+        b.seal();
+        assert_eq!(b.pop_sealed().unwrap().ring_end, 300);
+        b.push(&rec(6, 1), now);
+        b.seal();
+        assert_eq!(b.pop_sealed().unwrap().ring_end, 0, "no ring record");
     }
 
     #[test]

@@ -21,12 +21,31 @@ pub struct Record {
     body: Bytes,
     /// Encoded fields appended to `body` (empty: none).
     suffix: Bytes,
+    /// For a record read from the ring, the ring offset just past it (0:
+    /// from elsewhere): the ring frees its space once the record is durable
+    /// (`buffer::durable`).
+    ring_end: u64,
 }
 
 impl Record {
     /// `body` as received, followed by `suffix` (encoded fields).
     pub fn new(body: Bytes, suffix: Bytes) -> Record {
-        Record { body, suffix }
+        Record {
+            body,
+            suffix,
+            ring_end: 0,
+        }
+    }
+
+    /// The record, read from the ring up to `offset`.
+    pub fn with_ring_end(mut self, offset: u64) -> Record {
+        self.ring_end = offset;
+        self
+    }
+
+    /// The ring offset just past it; 0 when it did not come from the ring.
+    pub fn ring_end(&self) -> u64 {
+        self.ring_end
     }
 
     /// A record the agent makes itself (a worker that died mid-request).

@@ -7,6 +7,9 @@
 //! spool in order, reconnection with backoff, and the shutdown sequence
 //! (flush, wait for acks, spool the rest, Deregister). It never drops an
 //! unacknowledged batch on a connection error: it spools and resends it.
+//! It tells the record ring how far what it read is durable (acknowledged,
+//! spooled or counted as dropped: `buffer::durable`), and spools the
+//! batches awaiting acknowledgement when the ring asks.
 //! Batches travel as the bytes the batcher encoded (`StreamCodec`), zstd-
 //! compressed (gzip for a collector that does not take zstd).
 
@@ -37,6 +40,7 @@ use crate::config::TlsConfig;
 use tracing::{debug, error, info, warn};
 
 use crate::buffer::batch::{Batcher, EncodedBatch, Limits};
+use crate::buffer::durable::{Tracker, Watermark};
 use crate::buffer::outbox::Outbox;
 use crate::buffer::queue::QueueReceiver;
 use crate::buffer::record::Record;
@@ -460,6 +464,9 @@ pub struct GrpcSink {
     batcher: Batcher,
     outbox: Outbox,
     spool: Spool,
+    /// How far the records read from the ring are durable.
+    durable: Tracker,
+    mark: Arc<Watermark>,
     spool_full_log: RateLimit,
     spool_error_log: RateLimit,
     /// New settings from a configuration reload (SIGHUP).
@@ -491,6 +498,7 @@ impl GrpcSink {
         queue: QueueReceiver,
         host: Option<mpsc::Receiver<HostMetrics>>,
         spool: Spool,
+        mark: Arc<Watermark>,
         reload: watch::Receiver<Settings>,
     ) -> GrpcSink {
         let auth = Auth::bearer(&settings.token);
@@ -512,6 +520,8 @@ impl GrpcSink {
             // Batch ids grow across restarts: they start at the clock in µs.
             outbox: Outbox::new(MAX_UNACKED_BATCHES, unix_micros()),
             spool,
+            durable: Tracker::new(mark.clone()),
+            mark,
             spool_full_log: RateLimit::new(SPOOL_LOG_PERIOD),
             spool_error_log: RateLimit::new(SPOOL_LOG_PERIOD),
             reload,
@@ -628,6 +638,7 @@ impl GrpcSink {
         let mut sync = tokio::time::interval(SPOOL_SYNC_EVERY);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mark = self.mark.clone();
         loop {
             self.route_sealed(Route::Spool);
             let deadline = self.batcher.deadline().map(Instant::from_std);
@@ -641,6 +652,7 @@ impl GrpcSink {
                 },
                 out = &mut fut => return Waited::Done(out),
                 _ = sync.tick() => self.sync_spool(),
+                _ = mark.wanted() => self.make_durable(),
                 _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
                     self.batcher.seal();
                 }
@@ -679,6 +691,8 @@ impl GrpcSink {
     fn route_sealed(&mut self, route: Route) {
         while let Some(batch) = self.batcher.pop_sealed() {
             if route == Route::Stream && !self.spool.has_unread() && self.outbox.has_room() {
+                // Held in memory only: durable once acknowledged.
+                self.durable.sealed(batch.ring_end, false);
                 self.outbox.push(batch);
             } else {
                 // Older batches held only in memory go first, so the spool
@@ -686,7 +700,9 @@ impl GrpcSink {
                 self.spill_direct();
                 let mut batch = batch;
                 batch.batch_id = self.outbox.next_id();
+                // Spooled, or lost and counted.
                 self.spool_new(&batch);
+                self.durable.sealed(batch.ring_end, true);
             }
         }
     }
@@ -747,6 +763,7 @@ impl GrpcSink {
                         }
                     }
                     e.spool = a.position;
+                    self.durable.settle(e.batch.ring_end);
                     spooled.push((u64::from(e.batch.records), e.batch.encoded_len(), a));
                 }
                 Err(error) => {
@@ -767,6 +784,20 @@ impl GrpcSink {
             counters.drop_records(DropReason::SpoolFull, a.dropped_records);
         }
         self.update_gauges();
+    }
+
+    /// The ring asks for durability (too much of it was read but is held
+    /// only here): the batches awaiting acknowledgement go to the spool now
+    /// rather than at the acknowledgement timeout.
+    fn make_durable(&mut self) {
+        if self.outbox.has_direct() {
+            debug!(
+                batches = self.outbox.direct_mut().count(),
+                ring_batches_waiting = self.durable.len(),
+                "the record ring is filling up: spooling the batches awaiting acknowledgement"
+            );
+            self.spill_direct();
+        }
     }
 
     /// The stream is gone: every batch in the window is either in the spool
@@ -839,6 +870,7 @@ impl GrpcSink {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mark = self.mark.clone();
         loop {
             self.route_sealed(Route::Stream);
             self.refill();
@@ -881,6 +913,7 @@ impl GrpcSink {
                     let _ = c.tx.try_send(Outgoing::message(agent_message::Msg::Live(snapshot)));
                 }
                 _ = sync.tick() => self.sync_spool(),
+                _ = mark.wanted() => self.make_durable(),
                 permit = c.tx.reserve(), if self.outbox.has_unsent() => {
                     let permit = permit.map_err(|_| SinkError::Closed)?;
                     self.send_next(permit);
@@ -976,6 +1009,7 @@ impl GrpcSink {
                 };
                 add(&counters.records_acked, u64::from(e.batch.records));
                 add(&counters.batches_acked, 1);
+                self.durable.settle(e.batch.ring_end);
                 debug!(
                     batch_id = ack.batch_id,
                     stored = ack.stored,
@@ -996,6 +1030,7 @@ impl GrpcSink {
                 let records = u64::from(e.batch.records);
                 add(&counters.batches_rejected, 1);
                 counters.drop_records(DropReason::Rejected, records);
+                self.durable.settle(e.batch.ring_end);
                 warn!(batch_id = rej.batch_id, records, reason = %rej.reason,
                     "the collector rejected a batch; its records are dropped");
                 if let Some(at) = e.spool {
@@ -1049,6 +1084,8 @@ impl GrpcSink {
         for e in self.outbox.drain() {
             if e.spool.is_none() {
                 lost += u64::from(e.batch.records);
+                // Counted as dropped: the next agent must not read them again.
+                self.durable.settle(e.batch.ring_end);
             }
         }
         if lost > 0 {

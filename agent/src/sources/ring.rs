@@ -3,13 +3,19 @@
 //! with plain `pread`/`pwrite` (no shared-memory access from Rust) — in
 //! chunks of up to 1 MiB, each read into one buffer that the records then
 //! share (no allocation per record) — hands the frames to the same checker
-//! as the socket, and frees the space. It polls: every 20 ms while records
+//! as the socket, each with the ring offset just past it, and frees the
+//! space once every record read before it is durable (the sink's
+//! `buffer::durable::Watermark`: acknowledged, spooled, or counted as
+//! dropped), so that after a `kill -9` the next agent reads again whatever
+//! the dead one held only in memory. It polls: every 20 ms while records
 //! come, backing off to 100 ms while the ring stays empty, at once again
 //! while a chunk comes back full. Records wait in the ring while the agent
 //! is stalled or restarting — and while the record queue is nearly full
 //! (the sink is behind): the ring, not the queue, absorbs a burst, and only
-//! a full ring drops (counted by the workers). An existing valid ring file
-//! is kept across restarts.
+//! a full ring drops (counted by the workers). It must never free what is
+//! not durable; when too much of the ring waits on the sink it asks the
+//! sink to spool what it holds. An existing valid ring file is kept across
+//! restarts.
 
 use std::fs::File;
 use std::io;
@@ -24,6 +30,7 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use super::socket::Context;
+use crate::buffer::durable::Watermark;
 use crate::ratelimit::RateLimit;
 use crate::shutdown::Shutdown;
 
@@ -39,9 +46,11 @@ const CHUNK: u64 = 1 << 20;
 /// that died mid-write: it is skipped (or, without a length, the ring
 /// restarts at `head`).
 const STUCK_AFTER: Duration = Duration::from_secs(5);
-/// How long read frames stay in the ring before their space is freed: long
-/// enough for a batch to be sent and acknowledged or spooled.
-const RELEASE_LAG: Duration = Duration::from_secs(3);
+/// When more than this share of the ring (1/PRESSURE_SHARE) has been read
+/// but is not durable yet, the sink is asked to spool what it holds rather
+/// than wait for acknowledgements (a slow collector would otherwise let
+/// the ring fill; a full ring drops new records).
+const PRESSURE_SHARE: u64 = 4;
 /// The connection id given to ring frames (socket connections count up
 /// from 1).
 const RING_CONN: u64 = u64::MAX;
@@ -71,8 +80,8 @@ pub struct RingFile {
 pub struct Reader {
     /// Bytes read so far (at least the persisted tail).
     read: u64,
-    /// (read position, when) after each drain, oldest first.
-    checkpoints: std::collections::VecDeque<(u64, Instant)>,
+    /// Bytes freed so far: the persisted tail.
+    freed: u64,
     /// An entry that stays uncommitted: where, since when.
     stuck: Option<(u64, Instant)>,
 }
@@ -145,23 +154,21 @@ impl RingFile {
         let tail = self.word(r::H_TAIL)?;
         Ok(Reader {
             read: tail,
-            checkpoints: std::collections::VecDeque::new(),
+            freed: tail,
             stuck: None,
         })
     }
 
     /// Hands every committed frame after the reader's position to `f`, as
-    /// a slice of the chunk it was read in, up to `max_bytes` (at least one
-    /// chunk). The space is freed (and the persisted tail advanced) only
-    /// `RELEASE_LAG` later: frames this agent had read but not yet made
-    /// durable when it was killed are read again by the next one, and the
-    /// collector, which stores each record id once, drops the repeats.
+    /// a slice of the chunk it was read in with the ring offset just past
+    /// it, up to `max_bytes` (at least one chunk). Frees nothing: see
+    /// `release`.
     pub fn drain(
         &self,
         buf: &mut BytesMut,
         reader: &mut Reader,
         max_bytes: u64,
-        mut f: impl FnMut(Bytes),
+        mut f: impl FnMut(Bytes, u64),
     ) -> io::Result<Drained> {
         let mut out = Drained::default();
         let head = self.word(r::H_HEAD)?;
@@ -190,7 +197,11 @@ impl RingFile {
                 match state {
                     r::STATE_COMMITTED | r::STATE_PADDING if pos + size <= buf.len() => {
                         if state == r::STATE_COMMITTED {
-                            f(chunk.slice(pos + r::ENTRY_HEADER..pos + r::ENTRY_HEADER + len));
+                            let end = reader.read + (pos + size) as u64;
+                            f(
+                                chunk.slice(pos + r::ENTRY_HEADER..pos + r::ENTRY_HEADER + len),
+                                end,
+                            );
                             out.frames += 1;
                         }
                         pos += size;
@@ -226,35 +237,30 @@ impl RingFile {
             }
             reader.read += pos as u64;
         }
-        self.release(reader, Instant::now())?;
         Ok(out)
     }
 
-    /// Frees what was read at least `RELEASE_LAG` ago — or, when the ring is
-    /// getting full, everything read — and persists the tail.
-    fn release(&self, reader: &mut Reader, now: Instant) -> io::Result<()> {
-        if reader.checkpoints.back().is_none_or(|c| c.0 != reader.read) {
-            reader.checkpoints.push_back((reader.read, now));
-        }
-        let tail = self.word(r::H_TAIL)?;
-        let mut upto = tail;
-        while let Some(&(pos, at)) = reader.checkpoints.front() {
-            if now.duration_since(at) < RELEASE_LAG {
-                break;
-            }
-            upto = pos;
-            reader.checkpoints.pop_front();
-        }
-        if reader.read - upto.max(tail) > self.cap / 2 {
-            upto = reader.read;
-            reader.checkpoints.clear();
-        }
-        if upto > tail {
-            self.free(tail, upto - tail)?;
+    /// Frees what was read up to `durable` — the offset up to which every
+    /// record read is durable — and persists the tail. Frames read but not
+    /// yet durable stay: if this agent is killed, the next one reads them
+    /// again, and the collector, which stores each record id once, drops
+    /// the repeats. Frames that were not records (malformed) are freed
+    /// with the next durable record after them.
+    pub fn release(&self, reader: &mut Reader, durable: u64) -> io::Result<()> {
+        let upto = durable.min(reader.read);
+        if upto > reader.freed {
+            self.free(reader.freed, upto - reader.freed)?;
             self.file
                 .write_all_at(&upto.to_le_bytes(), r::H_TAIL as u64)?;
+            reader.freed = upto;
         }
         Ok(())
+    }
+
+    /// Whether so much of the ring has been read but is not durable yet
+    /// that the sink should spool what it holds.
+    fn pressed(&self, reader: &Reader) -> bool {
+        reader.read - reader.freed > self.cap / PRESSURE_SHARE
     }
 
     /// Zeroes `len` consumed bytes at `tail` so entry headers read empty
@@ -276,8 +282,33 @@ impl RingFile {
     }
 }
 
-/// Drains the ring into `ctx` until shutdown, then once more.
-pub async fn run(ring: RingFile, ctx: Arc<Context>, shutdown: Shutdown) {
+/// The ring as the source left it at shutdown: the last frames it read may
+/// not be durable yet.
+#[derive(Debug)]
+pub struct Stopped {
+    ring: RingFile,
+    reader: Reader,
+}
+
+impl Stopped {
+    /// Frees what the sink made durable while it stopped, so that the next
+    /// agent does not read it again.
+    pub fn release(mut self, mark: &Watermark) {
+        if let Err(error) = self.ring.release(&mut self.reader, mark.durable()) {
+            warn!(%error, path = %self.ring.path().display(), "cannot free ring space");
+        }
+    }
+}
+
+/// Drains the ring into `ctx` until shutdown, then once more; frees what
+/// `mark` says is durable as it goes. Returns the ring for a last release
+/// once the sink has finished.
+pub async fn run(
+    ring: RingFile,
+    ctx: Arc<Context>,
+    mark: Arc<Watermark>,
+    shutdown: Shutdown,
+) -> Option<Stopped> {
     let task = tokio::task::spawn_blocking(move || {
         let mut buf = BytesMut::new();
         let mut warned = false;
@@ -287,14 +318,22 @@ pub async fn run(ring: RingFile, ctx: Arc<Context>, shutdown: Shutdown) {
             Ok(r) => r,
             Err(error) => {
                 warn!(%error, path = %ring.path().display(), "cannot read the record ring");
-                return;
+                return None;
+            }
+        };
+        let release = |reader: &mut Reader| {
+            if let Err(error) = ring.release(reader, mark.durable()) {
+                debug!(%error, "cannot free ring space");
+            }
+            if ring.pressed(reader) {
+                mark.want_durable();
             }
         };
         loop {
             let stopping = shutdown.is_triggered();
             // At shutdown, everything; else a few chunks (then the release
-            // of old space and a look at `head` again), and no more than
-            // the queue takes.
+            // of durable space and a look at `head` again), and no more
+            // than the queue takes.
             let (room_records, room_bytes) = ctx.queue.room();
             let room_bytes = room_bytes as u64;
             if !stopping
@@ -307,9 +346,7 @@ pub async fn run(ring: RingFile, ctx: Arc<Context>, shutdown: Shutdown) {
                          records wait in the ring"
                     );
                 }
-                if let Err(error) = ring.release(&mut reader, Instant::now()) {
-                    debug!(%error, "cannot free ring space");
-                }
+                release(&mut reader);
                 std::thread::sleep(ACTIVE_WAIT);
                 continue;
             }
@@ -318,9 +355,11 @@ pub async fn run(ring: RingFile, ctx: Arc<Context>, shutdown: Shutdown) {
             } else {
                 (4 * CHUNK).min(room_bytes / 2)
             };
-            match ring.drain(&mut buf, &mut reader, max, |frame| {
-                ctx.handle_shared(&frame, RING_CONN)
-            }) {
+            let drained = ring.drain(&mut buf, &mut reader, max, |frame, end| {
+                ctx.handle_shared(&frame, end, RING_CONN)
+            });
+            release(&mut reader);
+            match drained {
                 Ok(d) => {
                     if d.skipped > 0 {
                         warn!(
@@ -348,8 +387,12 @@ pub async fn run(ring: RingFile, ctx: Arc<Context>, shutdown: Shutdown) {
                 }
             }
         }
+        // `ctx` goes here: the record queue closes once the socket's
+        // connections are done too.
+        drop(ctx);
+        Some(Stopped { ring, reader })
     });
-    let _ = task.await;
+    task.await.ok().flatten()
 }
 
 #[cfg(test)]
@@ -406,6 +449,7 @@ mod tests {
         let (_dir, _path, ring, f) = new_ring(4096);
         let mut reader = ring.reader().unwrap();
         let (mut sent, mut got, mut buf) = (Vec::new(), Vec::new(), BytesMut::new());
+        let mut durable = 0;
         for i in 0..300u32 {
             let frame: Vec<u8> = (0..(i * 53 % 700) as usize)
                 .map(|k| (k as u32 ^ i) as u8)
@@ -414,14 +458,54 @@ mod tests {
                 sent.push(frame);
             }
             if i % 4 == 0 {
-                ring.drain(&mut buf, &mut reader, u64::MAX, |fr| got.push(fr.to_vec()))
-                    .unwrap();
+                // What was read in the drain before is durable now.
+                ring.release(&mut reader, durable).unwrap();
+                ring.drain(&mut buf, &mut reader, u64::MAX, |fr, end| {
+                    assert!(end > durable, "offsets grow");
+                    durable = end;
+                    got.push(fr.to_vec())
+                })
+                .unwrap();
             }
         }
-        ring.drain(&mut buf, &mut reader, u64::MAX, |fr| got.push(fr.to_vec()))
-            .unwrap();
+        ring.drain(&mut buf, &mut reader, u64::MAX, |fr, _| {
+            got.push(fr.to_vec())
+        })
+        .unwrap();
         assert!(sent.len() > 100, "the ring went round many times");
         assert_eq!(got, sent);
+    }
+
+    #[test]
+    fn space_is_freed_only_up_to_the_durable_offset() {
+        let (_dir, _path, ring, f) = new_ring(4096);
+        let mut reader = ring.reader().unwrap();
+        let (mut ends, mut buf) = (Vec::new(), BytesMut::new());
+        let mut n = 0;
+        while produce(&f, &[7; 500], true) {
+            n += 1;
+        }
+        ring.drain(&mut buf, &mut reader, u64::MAX, |_, end| ends.push(end))
+            .unwrap();
+        assert_eq!(ends.len(), n);
+        // Read, nothing durable: the ring stays full.
+        ring.release(&mut reader, 0).unwrap();
+        assert!(!produce(&f, &[8; 500], true), "nothing freed");
+        assert!(ring.pressed(&reader), "the sink is asked to spool");
+        // The first two durable: room for one more frame (the producer
+        // needs room before the tail, so one at most).
+        ring.release(&mut reader, ends[1]).unwrap();
+        assert!(produce(&f, &[8; 500], true));
+        // A durable offset beyond what was read frees only what was read.
+        ring.release(&mut reader, u64::MAX).unwrap();
+        assert_eq!(reader.freed, reader.read);
+        assert!(!ring.pressed(&reader));
+        let mut got = Vec::new();
+        ring.drain(&mut buf, &mut reader, u64::MAX, |fr, _| {
+            got.push(fr.to_vec())
+        })
+        .unwrap();
+        assert_eq!(got, [vec![8; 500]]);
     }
 
     #[test]
@@ -431,32 +515,35 @@ mod tests {
         for fr in &frames[..6] {
             assert!(produce(&f, fr, true));
         }
-        let (mut buf, mut got) = (BytesMut::new(), Vec::new());
+        let (mut buf, mut got, mut ends) = (BytesMut::new(), Vec::new(), Vec::new());
         let mut reader = ring.reader().unwrap();
-        ring.drain(&mut buf, &mut reader, u64::MAX, |fr| got.push(fr.to_vec()))
-            .unwrap();
-        assert_eq!(got, frames[..6]);
-        // Released once they are old enough.
-        ring.release(&mut reader, Instant::now() + RELEASE_LAG)
+        let mut take = |fr: Bytes, end| {
+            got.push(fr.to_vec());
+            ends.push(end);
+        };
+        ring.drain(&mut buf, &mut reader, u64::MAX, &mut take)
             .unwrap();
         for fr in &frames[6..] {
             assert!(produce(&f, fr, true));
         }
-        ring.drain(&mut buf, &mut reader, u64::MAX, |fr| got.push(fr.to_vec()))
+        ring.drain(&mut buf, &mut reader, u64::MAX, &mut take)
             .unwrap();
         assert_eq!(got, frames);
+        // The first four are durable (say acknowledged), the rest only in
+        // this agent's memory.
+        ring.release(&mut reader, ends[3]).unwrap();
         // The agent is killed now: a new one (same file) reads again the
-        // frames not yet released, and only those.
+        // frames not yet durable, and only those.
         drop(ring);
         let ring = RingFile::open(&path, 1 << 20, "", 0o660).unwrap();
         assert_eq!(ring.cap, 1 << 16, "an existing ring is kept");
         let mut again = Vec::new();
         let mut reader = ring.reader().unwrap();
-        ring.drain(&mut buf, &mut reader, u64::MAX, |fr| {
+        ring.drain(&mut buf, &mut reader, u64::MAX, |fr, _| {
             again.push(fr.to_vec())
         })
         .unwrap();
-        assert_eq!(again, frames[6..]);
+        assert_eq!(again, frames[4..]);
     }
 
     #[test]
@@ -491,14 +578,14 @@ mod tests {
         let (mut buf, mut got) = (BytesMut::new(), Vec::new());
         let mut reader = ring.reader().unwrap();
         let d = ring
-            .drain(&mut buf, &mut reader, 1, |fr| got.push(fr))
+            .drain(&mut buf, &mut reader, 1, |fr, _| got.push(fr))
             .unwrap();
         assert!(d.more, "one chunk, then it stops");
         assert_eq!(d.frames as u64, CHUNK / 1008);
         // The frames of a chunk share its buffer.
         assert_eq!(got[1].as_ptr() as usize - got[0].as_ptr() as usize, 1008);
         let d = ring
-            .drain(&mut buf, &mut reader, 1, |fr| got.push(fr))
+            .drain(&mut buf, &mut reader, 1, |fr, _| got.push(fr))
             .unwrap();
         assert!(!d.more);
         assert_eq!(got.len(), 1500);
@@ -514,14 +601,18 @@ mod tests {
         let (mut buf, mut got) = (BytesMut::new(), Vec::new());
         let mut reader = ring.reader().unwrap();
         let d = ring
-            .drain(&mut buf, &mut reader, u64::MAX, |fr| got.push(fr.to_vec()))
+            .drain(&mut buf, &mut reader, u64::MAX, |fr, _| {
+                got.push(fr.to_vec())
+            })
             .unwrap();
         assert_eq!(d.frames, 1, "stops at the entry still being written");
         let (at, _) = reader.stuck.unwrap();
         // Pretend it has been stuck for long: it is skipped.
         reader.stuck = Some((at, Instant::now() - STUCK_AFTER));
         let d = ring
-            .drain(&mut buf, &mut reader, u64::MAX, |fr| got.push(fr.to_vec()))
+            .drain(&mut buf, &mut reader, u64::MAX, |fr, _| {
+                got.push(fr.to_vec())
+            })
             .unwrap();
         assert_eq!((d.frames, d.skipped), (1, 1));
         assert_eq!(got, vec![b"first".to_vec(), b"third".to_vec()]);

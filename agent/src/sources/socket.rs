@@ -332,26 +332,28 @@ impl Context {
     /// Handles one socket message from connection `conn` (a record is
     /// copied out of `msg`).
     pub fn handle(&self, msg: &[u8], truncated: bool, conn: u64, peer_pid: Option<i32>) {
-        self.handle_in(msg, None, truncated, conn, peer_pid);
+        self.handle_in(msg, None, 0, truncated, conn, peer_pid);
     }
 
-    /// Handles one message held in shared bytes (the ring): a record is
-    /// kept as a slice of them, not copied.
-    pub fn handle_shared(&self, msg: &Bytes, conn: u64) {
-        self.handle_in(msg, Some(msg), false, conn, None);
+    /// Handles one message held in shared bytes (the ring, which holds it
+    /// up to offset `ring_end`): a record is kept as a slice of them, not
+    /// copied.
+    pub fn handle_shared(&self, msg: &Bytes, ring_end: u64, conn: u64) {
+        self.handle_in(msg, Some(msg), ring_end, false, conn, None);
     }
 
     fn handle_in(
         &self,
         msg: &[u8],
         owner: Option<&Bytes>,
+        ring_end: u64,
         truncated: bool,
         conn: u64,
         peer_pid: Option<i32>,
     ) {
         add(&self.counters.messages_received, 1);
         add(&self.counters.bytes_received, msg.len() as u64);
-        if let Err(error) = self.try_handle(msg, owner, truncated, conn) {
+        if let Err(error) = self.try_handle(msg, owner, ring_end, truncated, conn) {
             add(&self.counters.records_malformed, 1);
             if let Some(silenced) = self.malformed_log.check(Instant::now()) {
                 warn!(%error, peer_pid, bytes = msg.len(), since_last_warning = silenced + 1,
@@ -364,6 +366,7 @@ impl Context {
         &self,
         msg: &[u8],
         owner: Option<&Bytes>,
+        ring_end: u64,
         truncated: bool,
         conn: u64,
     ) -> Result<(), MessageError> {
@@ -383,7 +386,7 @@ impl Context {
                     (RecordBytes::One(b), None) => Bytes::copy_from_slice(b),
                     (RecordBytes::Merged(v), _) => v.into(),
                 };
-                self.record(body, id, &fields);
+                self.record(body, id, &fields, ring_end);
                 Ok(())
             }
             // Rare (the socket only): decoded whole.
@@ -401,7 +404,7 @@ impl Context {
         }
     }
 
-    fn record(&self, body: Bytes, id: &[u8], f: &RecordFields<'_>) {
+    fn record(&self, body: Bytes, id: &[u8], f: &RecordFields<'_>, ring_end: u64) {
         add(&self.counters.records_received, 1);
         if let Some(n) = f.dropped_records {
             add(&self.counters.ext_records_dropped, u64::from(n));
@@ -412,7 +415,8 @@ impl Context {
         };
         self.note_seen(f);
         self.live.finish(id);
-        self.queue.push(Record::new(body, suffix));
+        self.queue
+            .push(Record::new(body, suffix).with_ring_end(ring_end));
     }
 
     /// Tells `seen` about the record's app and versions, unless this
@@ -661,7 +665,7 @@ mod tests {
             if next() % 2 == 0 {
                 ctx.handle(&f, false, 1, None);
             } else {
-                ctx.handle_shared(&Bytes::from(f.clone()), 1);
+                ctx.handle_shared(&Bytes::from(f.clone()), 0, 1);
             }
             let took = get(&counters.records_received) - before;
             assert_eq!(took, u64::from(want_record.is_some()), "{f:x?}");
