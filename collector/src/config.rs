@@ -12,6 +12,10 @@ use serde::Deserialize;
 use sonde_core::pem::PemKind;
 use thiserror::Error;
 
+use crate::storage::rollup::SlowThresholds;
+use crate::storage::sqlite::StoreOptions;
+use crate::storage::{EndpointNaming, Retention};
+
 /// The whole `collector.toml`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -145,21 +149,172 @@ pub struct StorageConfig {
     /// Directory of the embedded database (created if absent).
     pub path: PathBuf,
     /// A transaction taking at least this long, milliseconds, is a "bad
-    /// response" in the endpoint rollups. Applied as data arrives: a change
-    /// does not restate data already stored.
+    /// response" in the endpoint rollups, and is always kept when a huge
+    /// scatter is sampled. Applied as data arrives: a change does not
+    /// restate data already stored.
     pub slow_ms: u64,
     /// Per-application slow thresholds, milliseconds, overriding `slow_ms`:
     /// `slow_ms_by_app = { shop = 1000 }`.
     pub slow_ms_by_app: HashMap<String, u64>,
+    /// Days the span detail of each transaction (`/transactions/{id}`) is
+    /// kept, by whole UTC days: a day goes once all of it is older. At most
+    /// `transactions_retention_days`.
+    pub spans_retention_days: u32,
+    /// Days transaction summaries (`/transactions`, the X-View) are kept,
+    /// by whole UTC days. Records arriving for a day already dropped are
+    /// acknowledged and not stored.
+    pub transactions_retention_days: u32,
+    /// Days the per-second rollups (peak TPS in reports, TPS alert
+    /// baselines) are kept.
+    pub second_rollups_retention_days: u32,
+    /// Days the per-minute rollups (endpoints, SQL, external calls, hosts)
+    /// are kept; older ranges are answered from the hour rollups.
+    pub minute_rollups_retention_days: u32,
+    /// Days the per-hour rollups and hourly visitor counts are kept.
+    pub hour_rollups_retention_days: u32,
+    /// Days host-metrics samples (`/hosts/series`) are kept.
+    pub host_metrics_retention_days: u32,
+    /// The disk guard: the database may hold at most this many bytes; past
+    /// it the oldest raw data (a day's span detail, then its transactions)
+    /// is dropped, never the newest day. 0: no cap.
+    pub max_disk_bytes: u64,
+    /// The disk guard: keep at least this many bytes free on the file
+    /// system of `path` (free pages inside the database count as free),
+    /// dropping the oldest raw data otherwise. 0: no floor.
+    pub min_free_disk_bytes: u64,
+    /// Seconds between retention runs and disk checks (retention also runs
+    /// at start). At least 1.
+    pub retention_interval_secs: u64,
+    /// Endpoint naming rules, tried in order on each arriving record's URL
+    /// (path and query) before the default naming (the extension's name,
+    /// else identifier-like path segments grouped):
+    /// `endpoint_rules = [{ match = '^/index\.php\?(?:.*&)?r=([^&]*)', name = "/index.php?r=$1" }]`.
+    /// A change applies to records arriving after it.
+    pub endpoint_rules: Vec<EndpointRuleConfig>,
+}
+
+/// One `[storage] endpoint_rules` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRuleConfig {
+    /// A regular expression (Rust `regex` syntax) searched in the URL.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// The endpoint name when it matches; `$1`, `${name}` are the
+    /// expression's captures.
+    pub name: String,
+    /// Only for this application (`sonde.app_name`); all when absent.
+    #[serde(default)]
+    pub app: Option<String>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
+        let r = Retention::default();
         StorageConfig {
             path: PathBuf::from("/var/lib/sonde/collector"),
             slow_ms: 3000,
             slow_ms_by_app: HashMap::new(),
+            spans_retention_days: r.spans_days,
+            transactions_retention_days: r.transactions_days,
+            second_rollups_retention_days: r.second_rollup_days,
+            minute_rollups_retention_days: r.minute_rollup_days,
+            hour_rollups_retention_days: r.hour_rollup_days,
+            host_metrics_retention_days: r.host_metrics_days,
+            max_disk_bytes: r.max_disk_bytes,
+            min_free_disk_bytes: r.min_free_disk_bytes,
+            retention_interval_secs: r.interval_secs,
+            endpoint_rules: Vec::new(),
         }
+    }
+}
+
+impl StorageConfig {
+    /// The compiled endpoint rules; on a bad one, its key and the reason.
+    pub fn naming(&self) -> Result<EndpointNaming, (String, String)> {
+        let rules: Vec<_> = self
+            .endpoint_rules
+            .iter()
+            .map(|r| (r.pattern.clone(), r.name.clone(), r.app.clone()))
+            .collect();
+        EndpointNaming::new(&rules).map_err(|(i, e)| {
+            (
+                format!("storage.endpoint_rules[{i}].match"),
+                e.lines().collect::<Vec<_>>().join(" "),
+            )
+        })
+    }
+
+    /// What the store is opened with (the rules were checked at load).
+    pub fn store_options(&self) -> Result<StoreOptions, (String, String)> {
+        Ok(StoreOptions {
+            slow: SlowThresholds {
+                default_ms: self.slow_ms,
+                per_app: self.slow_ms_by_app.clone(),
+            },
+            naming: self.naming()?,
+            retention: Retention {
+                spans_days: self.spans_retention_days,
+                transactions_days: self.transactions_retention_days,
+                second_rollup_days: self.second_rollups_retention_days,
+                minute_rollup_days: self.minute_rollups_retention_days,
+                hour_rollup_days: self.hour_rollups_retention_days,
+                host_metrics_days: self.host_metrics_retention_days,
+                max_disk_bytes: self.max_disk_bytes,
+                min_free_disk_bytes: self.min_free_disk_bytes,
+                interval_secs: self.retention_interval_secs,
+            },
+            background: true,
+        })
+    }
+
+    /// What the types alone cannot check.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let key = |k: &str| format!("storage.{k}");
+        for (k, days) in [
+            ("spans_retention_days", self.spans_retention_days),
+            (
+                "transactions_retention_days",
+                self.transactions_retention_days,
+            ),
+            (
+                "second_rollups_retention_days",
+                self.second_rollups_retention_days,
+            ),
+            (
+                "minute_rollups_retention_days",
+                self.minute_rollups_retention_days,
+            ),
+            (
+                "hour_rollups_retention_days",
+                self.hour_rollups_retention_days,
+            ),
+            (
+                "host_metrics_retention_days",
+                self.host_metrics_retention_days,
+            ),
+        ] {
+            if days == 0 {
+                return Err((key(k), "must be at least 1".into()));
+            }
+        }
+        if self.spans_retention_days > self.transactions_retention_days {
+            return Err((
+                key("spans_retention_days"),
+                "must not exceed transactions_retention_days (span detail belongs to its transaction)"
+                    .into(),
+            ));
+        }
+        if self.retention_interval_secs == 0 {
+            return Err((key("retention_interval_secs"), "must be at least 1".into()));
+        }
+        if let Some(i) = self.endpoint_rules.iter().position(|r| r.name.is_empty()) {
+            return Err((
+                format!("storage.endpoint_rules[{i}].name"),
+                "must not be empty".into(),
+            ));
+        }
+        self.naming().map(|_| ())
     }
 }
 
@@ -258,6 +413,10 @@ impl Config {
         config
             .validate()
             .map_err(|(key, problem)| (format!("key `{key}`: "), problem.to_owned()))?;
+        config
+            .storage
+            .validate()
+            .map_err(|(key, problem)| (format!("key `{key}`: "), problem))?;
         config
             .validate_tls()
             .map_err(|(key, problem)| (format!("key `{key}`: "), problem))?;
@@ -466,6 +625,52 @@ mod tests {
         assert!(m.contains("key `storage.slow_ms`"), "{m}");
         let m = err("[storage]\nslow_ms_by_app = { shop = 0 }\n");
         assert!(m.contains("storage.slow_ms_by_app"), "{m}");
+    }
+
+    #[test]
+    fn storage_retention_and_rules() {
+        let c = Config::parse("").unwrap();
+        let o = c.storage.store_options().unwrap();
+        assert_eq!(o.retention, Retention::default());
+        assert!(o.naming.rules.is_empty());
+        let c = Config::parse(
+            r#"
+[storage]
+spans_retention_days = 2
+transactions_retention_days = 3
+minute_rollups_retention_days = 5
+max_disk_bytes = 1000000
+min_free_disk_bytes = 0
+endpoint_rules = [
+  { match = '^/index\.php\?(?:.*&)?r=([^&]*)', name = "/index.php?r=$1" },
+  { match = "^/shop/", name = "/shop", app = "shop" },
+]
+"#,
+        )
+        .unwrap();
+        let o = c.storage.store_options().unwrap();
+        assert_eq!(
+            (o.retention.spans_days, o.retention.transactions_days),
+            (2, 3)
+        );
+        assert_eq!(o.retention.minute_rollup_days, 5);
+        assert_eq!(
+            (o.retention.max_disk_bytes, o.retention.min_free_disk_bytes),
+            (1_000_000, 0)
+        );
+        assert_eq!(o.naming.rules.len(), 2);
+        assert_eq!(o.naming.rules[1].app.as_deref(), Some("shop"));
+        let m = err("[storage]\nspans_retention_days = 30\n");
+        assert!(m.contains("key `storage.spans_retention_days`"), "{m}");
+        let m = err("[storage]\nhour_rollups_retention_days = 0\n");
+        assert!(
+            m.contains("key `storage.hour_rollups_retention_days`"),
+            "{m}"
+        );
+        let m = err("[storage]\nendpoint_rules = [{ match = \"(\", name = \"x\" }]\n");
+        assert!(m.contains("key `storage.endpoint_rules[0].match`"), "{m}");
+        let m = err("[storage]\nendpoint_rules = [{ match = \"x\", nmae = \"x\" }]\n");
+        assert!(m.contains("unknown field `nmae`"), "{m}");
     }
 
     #[test]

@@ -30,7 +30,6 @@ use tracing::{error, info, warn};
 
 use crate::auth::Tokens;
 use crate::config::Config;
-use crate::storage::rollup::SlowThresholds;
 use crate::storage::sqlite::SqliteStore;
 use crate::storage::SharedStore;
 
@@ -105,12 +104,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let dir = config.storage.path.clone();
-    let slow = SlowThresholds {
-        default_ms: config.storage.slow_ms,
-        per_app: config.storage.slow_ms_by_app.clone(),
-    };
-    let slow_thresholds = slow.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open_with(&dir, slow))
+    // Checked when the config was loaded.
+    let options = config
+        .storage
+        .store_options()
+        .map_err(|(key, problem)| anyhow!("{key}: {problem}"))?;
+    let slow_thresholds = options.slow.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open_opts(&dir, options))
         .await?
         .with_context(|| {
             format!(

@@ -280,13 +280,14 @@ async fn agent_to_api() {
     assert_eq!(txs.len(), 2, "{body}");
     assert_eq!(list["truncated"], false);
     let first = &txs[0];
-    assert_eq!(first["id"], "01".repeat(16));
     assert_eq!(first["host"], "web-test", "host falls back to the agent's");
     assert_eq!(first["endpoint"], "/orders/{num}");
     assert_eq!(first["elapsed_ms"], 12.5);
     assert_eq!(first["error"], false);
     let end_ms = (now_ns - 2_000_000_000 + 12_500_000) / 1_000_000;
     assert_eq!(first["ts_ms"], end_ms);
+    // The API id: the end time, then the record id.
+    assert_eq!(first["id"], format!("{end_ms:012x}{}", "01".repeat(16)));
 
     // The rollups saw each record once, despite the replay.
     let path = format!("/api/v1/endpoints?from=0&to={}", end_ms + 60_000);

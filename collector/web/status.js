@@ -1,5 +1,6 @@
 // Application status: /api/v1/endpoints for a time range (sortable, CSV
-// export); click an endpoint for its SQL statements from /api/v1/sql.
+// export); click an endpoint for its SQL statements (/api/v1/sql) and its
+// external calls (/api/v1/externals).
 import { api, h, clear, fmtMs, fmtNum, fmtTime, table, downloadCsv, setHashParams, errorBox } from './lib.js';
 
 const RANGES = [['15m', 15 * 60e3], ['1h', 3600e3], ['6h', 6 * 3600e3], ['24h', 86400e3], ['7d', 7 * 86400e3]];
@@ -83,8 +84,8 @@ export function mount(el, ctx) {
     sqlBox.appendChild(h('h3', {}, `SQL of ${row.endpoint}`));
     try {
       const r = await api('/sql', { from, to, app: row.app, endpoint: row.endpoint });
-      if (!r.statements.length) { sqlBox.appendChild(h('p', { class: 'muted' }, 'No SQL statements for this endpoint in this range.')); return; }
-      sqlBox.appendChild(table([
+      if (!r.statements.length) sqlBox.appendChild(h('p', { class: 'muted' }, 'No SQL statements for this endpoint in this range.'));
+      else sqlBox.appendChild(table([
         { key: 'statement', label: 'Statement', fmt: (v) => h('span', { class: 'mono' }, v) },
         { key: 'calls', label: 'Calls', num: true, fmt: (v) => fmtNum(v) },
         { key: 'failures', label: 'Failures', num: true, fmt: (v) => fmtNum(v) },
@@ -92,7 +93,23 @@ export function mount(el, ctx) {
         { key: 'max_ms', label: 'Max', num: true, fmt: fmtMs },
         { key: 'total_ms', label: 'Total', num: true, fmt: fmtMs },
       ], r.statements, { sortKey: 'total_ms' }));
-      sqlBox.appendChild(h('p', { class: 'muted small' }, 'External calls per endpoint are not in the API yet; open a transaction from X-View to see its external calls.'));
+    } catch (e) { sqlBox.appendChild(errorBox(e)); }
+    sqlBox.appendChild(h('h3', {}, `External calls of ${row.endpoint}`));
+    try {
+      const r = await api('/externals', { from, to, app: row.app, endpoint: row.endpoint });
+      if (!r.externals.length) {
+        sqlBox.appendChild(h('p', { class: 'muted', id: 'status-ext-empty' }, 'No external calls for this endpoint in this range.'));
+      } else {
+        sqlBox.appendChild(h('div', { id: 'status-ext' }, table([
+          { key: 'url', label: 'URL', fmt: (v) => h('span', { class: 'mono' }, v) },
+          { key: 'calls', label: 'Calls', num: true, fmt: (v) => fmtNum(v) },
+          { key: 'failures', label: 'Failures', num: true, fmt: (v) => fmtNum(v) },
+          { key: 'avg_ms', label: 'Avg', num: true, fmt: fmtMs },
+          { key: 'p90_ms', label: 'p90', num: true, fmt: fmtMs },
+          { key: 'max_ms', label: 'Max', num: true, fmt: fmtMs },
+          { key: 'total_ms', label: 'Total', num: true, fmt: fmtMs },
+        ], r.externals, { sortKey: 'total_ms' })));
+      }
     } catch (e) { sqlBox.appendChild(errorBox(e)); }
     sqlBox.scrollIntoView({ behavior: 'smooth', block: 'nearest' });
   }

@@ -111,6 +111,11 @@ try {
   await page.waitForSelector('#status-sql tbody tr', { timeout: 10000 });
   found.status_sql = await page.$$eval('#status-sql tbody tr', (rows) => rows.length);
   await page.screenshot({ path: join(shots, 'status.png'), fullPage: true });
+  // An endpoint's external calls, from /api/v1/externals.
+  await page.click('#status-table tr[data-endpoint="/t/caller.php"]');
+  await page.waitForSelector('#status-ext tbody tr', { timeout: 10000 });
+  found.status_externals = await page.$$eval('#status-ext tbody tr', (rows) => rows.map((r) => r.children[0].textContent));
+  await page.screenshot({ path: join(shots, 'status-externals.png'), fullPage: true });
   // CSV export: a cell a spreadsheet would run as a formula is neutralised
   // (a leading quote), the rest kept.
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('#status-csv')]);

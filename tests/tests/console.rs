@@ -126,13 +126,18 @@ fn console_in_headless_chromium() {
         )
         .expect("request naming its transaction");
     assert_eq!(formula.status, 200, "{}", formula.body);
+    // An endpoint with external calls (one answered, one refused).
+    let caller = stack
+        .web("GET", "/t/caller.php", &[], "")
+        .expect("the calling page");
+    assert_eq!(caller.status, 200, "{}", caller.body);
     wait_for(
         "the known traffic in the API",
         Duration::from_secs(20),
         || {
             api(&stack, "/api/v1/transactions?app=fanapp")["transactions"]
                 .as_array()
-                .is_some_and(|t| t.len() >= 34)
+                .is_some_and(|t| t.len() >= 36)
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
@@ -263,6 +268,17 @@ fn console_in_headless_chromium() {
     assert!(found["report_rows"].as_u64().unwrap() >= 2, "{found}");
     assert_eq!(found["read_only_post"], 403);
     assert_eq!(found["csv_formula_neutralised"], true, "{found}");
+    let ext = found["status_externals"]
+        .as_array()
+        .expect("external calls listed");
+    assert!(
+        ext.iter()
+            .any(|u| u.as_str().unwrap_or("").contains("/t/callee.php"))
+            && ext
+                .iter()
+                .any(|u| u.as_str().unwrap_or("").contains("127.0.0.1:1")),
+        "the caller's two external calls: {found}"
+    );
     assert!(
         found["custom_range_endpoints"].as_u64().unwrap_or(0) >= 2,
         "{found}"

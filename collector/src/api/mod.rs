@@ -137,6 +137,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/active", get(agents::active))
         .route("/endpoints", get(rollups::endpoints))
         .route("/sql", get(rollups::sql))
+        .route("/externals", get(rollups::externals))
         .route("/series", get(rollups::series))
         .route("/reports/daily", get(reports::daily))
         .route("/hosts/series", get(hosts::series))
@@ -210,9 +211,14 @@ async fn require_token(
     next.run(request).await
 }
 
-/// `GET /api/v1/stats`: the collector's own counters.
+/// `GET /api/v1/stats`: the collector's own counters, and the storage's
+/// (sizes, retention) when the backend keeps them.
 async fn stats(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(stats_value(&state))
+    let mut v = stats_value(&state);
+    if let Ok(storage) = crate::storage::run_blocking(&state.store, |s| s.storage_stats()).await {
+        v["storage"] = json!(storage);
+    }
+    Json(v)
 }
 
 /// The collector's own counters (also behind `/metrics`).

@@ -82,14 +82,44 @@ fn make(rng: &mut Rng, id: u32, end_ms: i64) -> RequestRecord {
             ..Default::default()
         });
     }
-    if rng.below(3) == 0 {
+    for _ in 0..rng.below(3) {
+        let (url, key) = EXTERNALS[rng.below(EXTERNALS.len() as u64) as usize];
+        let id = rng.below(1000);
         r.spans.push(Span {
             kind: SpanKind::External as i32,
             duration_ns: rng.below(200_000_000),
+            url: url.replace("{n}", &id.to_string()),
+            status: [200, 200, 404, 502, 0][rng.below(5) as usize],
+            error: if rng.below(10) == 0 {
+                "timed out".into()
+            } else {
+                String::new()
+            },
             ..Default::default()
         });
+        let _ = key;
     }
     r
+}
+
+/// External URLs called (`{n}` an id) and the name their calls roll up to.
+const EXTERNALS: [(&str, &str); 3] = [
+    (
+        "https://api.pay.example/v1/charges/{n}?key=[redacted]",
+        "https://api.pay.example/v1/charges/{num}",
+    ),
+    (
+        "http://search:9200/items/_search",
+        "http://search:9200/items/_search",
+    ),
+    (
+        "https://cdn.example/img/{n}.png",
+        "https://cdn.example/img/{n}.png",
+    ),
+];
+
+fn external_key(url: &str) -> String {
+    crate::storage::rollup::external_key(&sonde_core::endpoint::EndpointNamer::default(), url)
 }
 
 /// Records over the report day, the day before and the week before, plus a
@@ -194,6 +224,13 @@ async fn check_endpoints(
             let total: u64 = rs.iter().map(|r| ns_of(r, kind)).sum();
             close(&row[field], total as f64 / 1e6 / n, 1e-9, field);
         }
+        let count = |kind: SpanKind| -> usize {
+            rs.iter()
+                .map(|r| r.spans.iter().filter(|s| s.kind() == kind).count())
+                .sum()
+        };
+        assert_eq!(row["sql_calls"], count(SpanKind::Sql), "{what}");
+        assert_eq!(row["external_calls"], count(SpanKind::External), "{what}");
         let mut sorted: Vec<u64> = rs.iter().map(|r| r.wall_ns).collect();
         sorted.sort_unstable();
         for (field, q) in [
@@ -202,6 +239,55 @@ async fn check_endpoints(
             ("p95_ms", 0.95),
             ("p99_ms", 0.99),
         ] {
+            close(&row[field], nearest_rank(&sorted, q), 0.01, field);
+        }
+    }
+}
+
+/// `/api/v1/externals` against the records' external spans.
+async fn check_externals(
+    s: &super::ApiState,
+    recs: &[RequestRecord],
+    from: i64,
+    to: i64,
+    endpoint: Option<&str>,
+) {
+    let mut want: BTreeMap<String, Vec<&Span>> = BTreeMap::new();
+    for r in recs
+        .iter()
+        .filter(|r| in_range(r, from, to, None) && endpoint.is_none_or(|e| e == r.endpoint))
+    {
+        for sp in r.spans.iter().filter(|s| s.kind() == SpanKind::External) {
+            want.entry(external_key(&sp.url)).or_default().push(sp);
+        }
+    }
+    let ep_q = endpoint.map_or(String::new(), |e| format!("&endpoint={e}"));
+    let (status, body) = get(
+        s,
+        &format!("/api/v1/externals?from={from}&to={to}{ep_q}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rows = body["externals"].as_array().unwrap();
+    assert_eq!(rows.len(), want.len(), "{body}");
+    assert!(!want.is_empty());
+    for row in rows {
+        let url = row["url"].as_str().unwrap();
+        let spans = &want[url];
+        assert_eq!(row["calls"], spans.len(), "{url}");
+        let failures = spans
+            .iter()
+            .filter(|s| s.status >= 400 || !s.error.is_empty())
+            .count();
+        assert_eq!(row["failures"], failures, "{url}");
+        let sum: u64 = spans.iter().map(|s| s.duration_ns).sum();
+        close(&row["total_ms"], sum as f64 / 1e6, 1e-9, "total_ms");
+        let max = spans.iter().map(|s| s.duration_ns).max().unwrap();
+        close(&row["max_ms"], max as f64 / 1e6, 1e-12, "max_ms");
+        let mut sorted: Vec<u64> = spans.iter().map(|s| s.duration_ns).collect();
+        sorted.sort_unstable();
+        for (field, q) in [("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)] {
             close(&row[field], nearest_rank(&sorted, q), 0.01, field);
         }
     }
@@ -264,11 +350,20 @@ async fn rollups_agree_with_the_records() {
     let (_, body) = get(&s, "/api/v1/sql?from=0&to=1&endpoint=/nowhere", None).await;
     assert_eq!(body["statements"], serde_json::json!([]));
 
+    // External calls per normalised URL: all endpoints, then one.
+    check_externals(&s, &recs, from, to, None).await;
+    check_externals(&s, &recs, DAY0 - 8 * DAY, DAY0 + DAY, Some("/search")).await;
+    let (_, body) = get(&s, "/api/v1/externals?from=0&to=1&endpoint=/nowhere", None).await;
+    assert_eq!(body["externals"], serde_json::json!([]));
+
     // Series at three resolutions: seconds, minutes, hours.
     for (from, step_s, n, app) in [
         (DAY0 + 10 * HOUR_MS + 1200 * SECOND_MS, 1, 90, None),
         (DAY0 + 10 * HOUR_MS + 1200 * SECOND_MS, 7, 20, Some("blog")),
         (DAY0 + 5 * MINUTE_MS, 300, 36, Some("shop")),
+        // Whole-minute steps from inside a minute: minutes and seconds.
+        (DAY0 + 5 * MINUTE_MS + 17_250, 300, 36, Some("shop")),
+        (DAY0 + 30 * MINUTE_MS + 1, 3600, 30, None),
         (DAY0 - DAY, 3600, 48, None),
     ] {
         let step_ms = step_s * 1000;
@@ -291,9 +386,9 @@ async fn rollups_agree_with_the_records() {
                 .filter(|r| {
                     // Steps are tiled by the finest rollup needed (seconds here
                     // unless the step is a whole number of minutes/hours).
-                    let width = if step_ms % HOUR_MS == 0 {
+                    let width = if from % HOUR_MS == 0 && step_ms % HOUR_MS == 0 {
                         HOUR_MS
-                    } else if step_ms % MINUTE_MS == 0 {
+                    } else if from % MINUTE_MS == 0 && step_ms % MINUTE_MS == 0 {
                         MINUTE_MS
                     } else {
                         SECOND_MS

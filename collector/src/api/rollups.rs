@@ -1,6 +1,7 @@
 //! The rollup-backed views: `GET /api/v1/endpoints` (the application status
-//! table), `GET /api/v1/sql` and `GET /api/v1/series`. Ranges resolve to
-//! whole buckets: a bucket counts when it starts in `[from, to)`.
+//! table), `GET /api/v1/sql`, `GET /api/v1/externals` (what an endpoint row
+//! drills down to) and `GET /api/v1/series`. Ranges resolve to whole
+//! buckets: a bucket counts when it starts in `[from, to)`.
 
 use std::collections::HashMap;
 
@@ -10,7 +11,7 @@ use serde::Serialize;
 
 use super::{ApiError, ApiState};
 use crate::clock::now_ms;
-use crate::storage::rollup::{EndpointStats, RollupRange, SqlStats, Step};
+use crate::storage::rollup::{EndpointStats, ExternalStats, RollupRange, SqlStats, Step};
 use crate::storage::run_blocking;
 
 /// Without `from`, rollup views reach this far back from `to`.
@@ -87,6 +88,25 @@ pub async fn sql(
     })
     .await?;
     Ok(Json(SqlView { statements }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExternalsView {
+    pub externals: Vec<ExternalStats>,
+}
+
+pub async fn externals(
+    State(state): State<ApiState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<ExternalsView>, ApiError> {
+    let p = Params(&params);
+    let range = p.range(now_ms(), DEFAULT_WINDOW_MS)?;
+    let endpoint = p.text("endpoint").map(str::to_owned);
+    let externals = run_blocking(&state.store, move |s| {
+        s.externals(&range, endpoint.as_deref())
+    })
+    .await?;
+    Ok(Json(ExternalsView { externals }))
 }
 
 #[derive(Debug, Serialize, PartialEq)]

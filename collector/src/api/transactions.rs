@@ -1,5 +1,7 @@
-//! `GET /api/v1/transactions` (the X-View points) and
-//! `GET /api/v1/transactions/{id}` (one transaction in detail).
+//! `GET /api/v1/transactions` (the X-View points, sampled past the limit
+//! with every failed and slow one kept; `trace_id` + `around_ms` for the
+//! transactions of one trace) and `GET /api/v1/transactions/{id}` (one
+//! transaction in detail).
 
 use std::collections::HashMap;
 
@@ -9,7 +11,7 @@ use sonde_core::ids::from_hex;
 
 use super::{ApiError, ApiState};
 use crate::clock::now_ms;
-use crate::storage::{run_blocking, TxDetail, TxFilter, TxPage};
+use crate::storage::{run_blocking, TxDetail, TxFilter, TxId, TxPage};
 
 /// Without `from`, the window reaches this far back from `to`.
 pub const DEFAULT_WINDOW_MS: i64 = 15 * 60 * 1000;
@@ -17,6 +19,10 @@ pub const DEFAULT_WINDOW_MS: i64 = 15 * 60 * 1000;
 pub const DEFAULT_LIMIT: usize = 10_000;
 /// Largest `limit` honoured; larger values are lowered to it.
 pub const MAX_LIMIT: usize = 200_000;
+/// `around_ms` without `window_ms`: this far either side.
+pub const DEFAULT_AROUND_MS: i64 = 60_000;
+/// Largest `window_ms`.
+pub const MAX_AROUND_MS: i64 = 3_600_000;
 
 pub async fn list(
     State(state): State<ApiState>,
@@ -32,10 +38,10 @@ pub async fn detail(
     Path(id): Path<String>,
 ) -> Result<Json<TxDetail>, ApiError> {
     const UNKNOWN: ApiError = ApiError::NotFound("no such transaction");
-    let Some(id) = from_hex(&id).filter(|b| !b.is_empty()) else {
+    let Some(id) = TxId::parse(&id) else {
         return Err(UNKNOWN);
     };
-    run_blocking(&state.store, move |s| s.transaction(&id))
+    run_blocking(&state.store, move |s| s.transaction_at(&id))
         .await?
         .map(Json)
         .ok_or(UNKNOWN)
@@ -62,8 +68,32 @@ fn parse_filter(params: &HashMap<String, String>, now_ms: i64) -> Result<TxFilte
     };
     let text = |name: &str| param(name).map(str::to_owned);
 
-    let to_ms = int("to")?.unwrap_or(now_ms);
-    let from_ms = int("from")?.unwrap_or(to_ms.saturating_sub(DEFAULT_WINDOW_MS));
+    let (from_ms, to_ms) = match int("around_ms")? {
+        Some(around) => {
+            if param("from").is_some() || param("to").is_some() {
+                return Err(ApiError::bad(
+                    "around_ms",
+                    "give either `around_ms` or `from`/`to`",
+                ));
+            }
+            let w = match int("window_ms")? {
+                None => DEFAULT_AROUND_MS,
+                Some(w) if (0..=MAX_AROUND_MS).contains(&w) => w,
+                Some(_) => {
+                    return Err(ApiError::bad(
+                        "window_ms",
+                        format!("must be between 0 and {MAX_AROUND_MS}"),
+                    ))
+                }
+            };
+            (around.saturating_sub(w), around.saturating_add(w))
+        }
+        None => {
+            let to_ms = int("to")?.unwrap_or(now_ms);
+            let from_ms = int("from")?.unwrap_or(to_ms.saturating_sub(DEFAULT_WINDOW_MS));
+            (from_ms, to_ms)
+        }
+    };
     if from_ms > to_ms {
         return Err(ApiError::bad("from", "must not be after `to`"));
     }
@@ -164,6 +194,20 @@ mod tests {
     }
 
     #[test]
+    fn trace_window() {
+        let f = parse(&[("trace_id", "ab"), ("around_ms", "500000")]).unwrap();
+        assert_eq!((f.from_ms, f.to_ms), (440_000, 560_000));
+        let f = parse(&[("around_ms", "500000"), ("window_ms", "1000")]).unwrap();
+        assert_eq!((f.from_ms, f.to_ms), (499_000, 501_000));
+        assert!(parse(&[("around_ms", "5"), ("from", "1")])
+            .unwrap_err()
+            .starts_with("around_ms: "));
+        assert!(parse(&[("around_ms", "5"), ("window_ms", "99999999")])
+            .unwrap_err()
+            .starts_with("window_ms: "));
+    }
+
+    #[test]
     fn bad_parameters_are_named() {
         for (q, name) in [
             (("from", "yesterday"), "from"),
@@ -192,16 +236,18 @@ mod tests {
 
         let (status, body) = get(&s, "/api/v1/transactions?from=0&to=5000", None).await;
         assert_eq!(status, StatusCode::OK);
+        let id1 = TxId::format(1000, &[1; 16]);
         assert_eq!(
             body,
             json!({"transactions": [
-                {"id": "01".repeat(16), "ts_ms": 1000, "elapsed_ms": 10.0, "app": "shop",
+                {"id": id1, "ts_ms": 1000, "elapsed_ms": 10.0, "app": "shop",
                  "host": "web-1", "endpoint": "/users/{num}", "status": 200, "error": false,
                  "trace_id": null, "method": "GET", "url": "/users/1?x=1"},
-                {"id": "02".repeat(16), "ts_ms": 2000, "elapsed_ms": 20.0, "app": "shop",
-                 "host": "web-1", "endpoint": "/users/{num}", "status": 502, "error": true,
-                 "trace_id": null, "method": "GET", "url": "/users/2?x=1"},
-            ], "truncated": false})
+                {"id": TxId::format(2000, &[2; 16]), "ts_ms": 2000, "elapsed_ms": 20.0,
+                 "app": "shop", "host": "web-1", "endpoint": "/users/{num}", "status": 502,
+                 "error": true, "trace_id": null, "method": "GET", "url": "/users/2?x=1"},
+            ], "truncated": false, "sampled": false, "sample_rate": 1.0,
+               "notable_sample_rate": 1.0})
         );
         let (_, body) = get(&s, "/api/v1/transactions?from=0&to=5000&limit=1", None).await;
         assert_eq!(body["truncated"], true);
@@ -210,16 +256,18 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["error"], "limit: must be at least 1");
 
-        let (status, body) = get(
-            &s,
-            &format!("/api/v1/transactions/{}", "01".repeat(16)),
-            None,
-        )
-        .await;
+        let (status, body) = get(&s, &format!("/api/v1/transactions/{id1}"), None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["url"], "/users/1?x=1");
         assert_eq!(body["method"], "GET");
-        for missing in ["ff".repeat(16), "zz".into()] {
+        assert_eq!(body["id"], id1);
+        assert_eq!(body["spans_expired"], false);
+        for missing in [
+            "ff".repeat(16),
+            "zz".into(),
+            TxId::format(1001, &[1; 16]),
+            TxId::format(1000, &[3; 16]),
+        ] {
             let (status, body) = get(&s, &format!("/api/v1/transactions/{missing}"), None).await;
             assert_eq!(status, StatusCode::NOT_FOUND);
             assert_eq!(body, json!({"error": "no such transaction"}));

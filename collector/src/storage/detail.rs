@@ -51,6 +51,9 @@ pub struct TxDetail {
     pub sapi: String,
     pub php_version: String,
     pub spans: Vec<SpanView>,
+    /// The span detail is past its retention (`[storage]
+    /// spans_retention_days`): only the summary fields are filled.
+    pub spans_expired: bool,
 }
 
 /// An error or exception.
@@ -234,6 +237,7 @@ impl TxDetail {
             sapi: record.sapi.clone(),
             php_version: record.php_version.clone(),
             spans: Vec::with_capacity(record.spans.len()),
+            spans_expired: false,
         };
         for span in &record.spans {
             let duration = ms(span.duration_ns);

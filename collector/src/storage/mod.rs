@@ -6,7 +6,10 @@
 //! A `Store` blocks. Async code calls it through [`run_blocking`] and never
 //! directly on the runtime.
 
+pub mod codec;
 pub mod detail;
+pub mod naming;
+pub mod retention;
 pub mod rollup;
 pub mod sqlite;
 
@@ -14,12 +17,14 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::Serialize;
-use sonde_core::endpoint::EndpointNamer;
+use sonde_core::ids::{from_hex, to_hex};
 use sonde_proto::v1::{AgentIdentity, HostMetrics, RequestRecord};
 use thiserror::Error;
 
 pub use detail::TxDetail;
-pub use rollup::{EndpointStats, HostSeries, RollupRange, SqlStats, Step, Visitors};
+pub use naming::EndpointNaming;
+pub use retention::{Retention, StorageStats};
+pub use rollup::{EndpointStats, ExternalStats, HostSeries, RollupRange, SqlStats, Step, Visitors};
 
 /// What a storage operation can fail with.
 #[derive(Debug, Error)]
@@ -80,6 +85,22 @@ pub trait Store: Send + Sync {
         endpoint: Option<&str>,
     ) -> Result<Vec<SqlStats>, StoreError>;
 
+    /// Per external URL (normalised) totals over `range`, optionally of one
+    /// endpoint, most total time first.
+    fn externals(
+        &self,
+        range: &RollupRange,
+        endpoint: Option<&str>,
+    ) -> Result<Vec<ExternalStats>, StoreError> {
+        let _ = (range, endpoint);
+        Err(StoreError::Unsupported("external-call rollups"))
+    }
+
+    /// Sizes and retention counters.
+    fn storage_stats(&self) -> Result<StorageStats, StoreError> {
+        Err(StoreError::Unsupported("storage statistics"))
+    }
+
     /// Totals per step of `step_ms`, starting at `range.from_ms`: one
     /// [`Step`] per step up to `range.to_ms` (empty steps included). With
     /// `peak`, each step also gets its busiest second.
@@ -105,8 +126,15 @@ pub trait Store: Send + Sync {
     /// Transaction summaries matching `filter`, oldest first.
     fn query_transactions(&self, filter: &TxFilter) -> Result<TxPage, StoreError>;
 
-    /// One transaction with everything recorded about it.
-    fn transaction(&self, id: &[u8]) -> Result<Option<TxDetail>, StoreError>;
+    /// One transaction with everything recorded about it, by its bare
+    /// record id (a backend may look for it among recent transactions
+    /// only: see [`Store::transaction_at`]).
+    fn transaction(&self, record_id: &[u8]) -> Result<Option<TxDetail>, StoreError>;
+
+    /// One transaction by its API id, which may carry its end time.
+    fn transaction_at(&self, id: &TxId) -> Result<Option<TxDetail>, StoreError> {
+        self.transaction(&id.record_id)
+    }
 
     /// Creates or updates an agent from its identity (the id is
     /// `identity.agent_id`), keyed by `identity_key` (see
@@ -271,6 +299,57 @@ pub struct InsertOutcome {
     pub duplicates: u32,
     /// Not stored: no usable record id.
     pub invalid: u32,
+    /// Not stored: they ended on a day whose data retention (or the disk
+    /// guard) already dropped. Acknowledged all the same.
+    pub expired: u32,
+}
+
+/// A transaction as the API names it: `id` in `/transactions` is the end
+/// time (6 bytes, ms, big-endian) followed by the record id, in hex, so a
+/// lookup goes straight to its day and time; a bare record id (from an
+/// older link) is also accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxId {
+    /// End time, when the id carries it.
+    pub end_ms: Option<i64>,
+    pub record_id: Vec<u8>,
+}
+
+/// Bytes of the end time in an API id.
+const TX_ID_TIME_BYTES: usize = 6;
+
+impl TxId {
+    /// The API id of a stored record.
+    pub fn format(end_ms: i64, record_id: &[u8]) -> String {
+        let t = end_ms.to_be_bytes();
+        let mut s = to_hex(&t[8 - TX_ID_TIME_BYTES..]);
+        s.push_str(&to_hex(record_id));
+        s
+    }
+
+    /// Reads an API id: 44 hex digits (time and a 16-byte record id) or a
+    /// bare 16-byte record id (32 digits). `None` when neither.
+    pub fn parse(s: &str) -> Option<TxId> {
+        let bytes = from_hex(s)?;
+        match bytes.len() {
+            16 => Some(TxId {
+                end_ms: None,
+                record_id: bytes,
+            }),
+            n if n > TX_ID_TIME_BYTES => {
+                let (t, id) = bytes.split_at(TX_ID_TIME_BYTES);
+                // Sign-extend the 48-bit time.
+                let fill = if t[0] & 0x80 != 0 { 0xff } else { 0 };
+                let mut full = [fill; 8];
+                full[8 - TX_ID_TIME_BYTES..].copy_from_slice(t);
+                Some(TxId {
+                    end_ms: Some(i64::from_be_bytes(full)),
+                    record_id: id.to_vec(),
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A transactions query. Ranges are inclusive.
@@ -289,7 +368,9 @@ pub struct TxFilter {
     /// Elapsed at most, ms.
     pub max_ms: Option<f64>,
     pub errors_only: bool,
-    /// At most this many; when more match, the most recent are kept.
+    /// At most this many. When more match, every failed and slow
+    /// transaction is kept and the rest sampled evenly over the range (if
+    /// the failed and slow ones alone are too many, they are sampled).
     pub limit: usize,
 }
 
@@ -300,12 +381,22 @@ pub struct TxPage {
     pub transactions: Vec<TxSummary>,
     /// More matched than the limit allowed.
     pub truncated: bool,
+    /// The transactions that are neither failed nor slow were sampled:
+    /// about `sample_rate` of them are returned, evenly over the range
+    /// (every failed and slow one is, unless they alone exceed the limit).
+    pub sampled: bool,
+    /// The fraction of ordinary transactions returned (1 when not sampled).
+    pub sample_rate: f64,
+    /// The fraction of failed and slow transactions returned: 1 unless
+    /// they alone are more than the limit, when they are sampled evenly
+    /// too (and no ordinary one is returned).
+    pub notable_sample_rate: f64,
 }
 
 /// One point of the X-View.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TxSummary {
-    /// Lower-case hex record id.
+    /// The transaction's API id ([`TxId`]).
     pub id: String,
     /// End time, epoch ms.
     pub ts_ms: i64,
@@ -499,21 +590,18 @@ pub struct TxRow<'a> {
 }
 
 impl<'a> TxRow<'a> {
-    /// The row for `record`, or `None` when its id is unusable. An empty
-    /// endpoint is derived from the URL, an empty host is `fallback_host`.
+    /// The row for `record`, or `None` when its id is unusable. The
+    /// endpoint is named by `naming` (rules, else the extension's name,
+    /// else derived from the URL); an empty host is `fallback_host`.
     pub fn from_record(
         record: &'a RequestRecord,
         fallback_host: &'a str,
-        namer: &EndpointNamer,
+        naming: &EndpointNaming,
     ) -> Option<Self> {
         if record.id.is_empty() || record.id.len() > MAX_RECORD_ID_LEN {
             return None;
         }
-        let endpoint = if record.endpoint.is_empty() {
-            Cow::Owned(namer.name(&record.url))
-        } else {
-            Cow::Borrowed(record.endpoint.as_str())
-        };
+        let endpoint = naming.name(record);
         let host = if record.host.is_empty() {
             fallback_host
         } else {
@@ -598,8 +686,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn api_ids() {
+        let id = TxId::format(1_700_000_000_123, &[0xab; 16]);
+        assert_eq!(id.len(), 44);
+        assert_eq!(
+            TxId::parse(&id),
+            Some(TxId {
+                end_ms: Some(1_700_000_000_123),
+                record_id: vec![0xab; 16]
+            })
+        );
+        let neg = TxId::format(-5, &[1; 16]);
+        assert_eq!(TxId::parse(&neg).unwrap().end_ms, Some(-5));
+        assert_eq!(
+            TxId::parse(&"cd".repeat(16)),
+            Some(TxId {
+                end_ms: None,
+                record_id: vec![0xcd; 16]
+            })
+        );
+        for bad in ["", "zz", "abc", &"00".repeat(6)] {
+            assert_eq!(TxId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn row_fills_endpoint_and_host() {
-        let namer = EndpointNamer::default();
+        let namer = EndpointNaming::default();
         let mut r = record(7, 5000, 10);
         let row = TxRow::from_record(&r, "web-1", &namer).unwrap();
         assert_eq!(row.endpoint, "/users/{num}");

@@ -8,15 +8,16 @@
 //! Buckets are keyed by the transaction's end time (`ts_ms`), aligned to
 //! the epoch (UTC): per second and minute per (app, host); per minute and
 //! hour per (app, endpoint) with a latency [`Sketch`]; per minute and hour
-//! per (app, endpoint, statement) for SQL spans; per hour per app a
-//! [`Hll`] of visitors. Only the finest level is aggregated per record; the
+//! per (app, endpoint, statement) for SQL spans; per minute and hour per
+//! (app, endpoint, normalised URL) for external calls, with a latency
+//! [`Sketch`]; per hour per app a [`Hll`] of visitors. Only the finest level is aggregated per record; the
 //! coarser one is folded from it per batch.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::Serialize;
+use sonde_core::endpoint::EndpointNamer;
 use sonde_core::hll::Hll;
 use sonde_core::sketch::Sketch;
 use sonde_proto::v1::{RequestRecord, SpanKind};
@@ -84,12 +85,18 @@ pub struct EndpointAgg {
     pub sql_ns: u64,
     pub fetch_ns: u64,
     pub external_ns: u64,
+    /// SQL statements executed.
+    pub sql_calls: u64,
+    /// External calls made.
+    pub external_calls: u64,
     /// Elapsed times, ns.
     pub hist: Sketch,
 }
 
 impl EndpointAgg {
     fn merge(&mut self, o: &EndpointAgg) {
+        self.sql_calls += o.sql_calls;
+        self.external_calls += o.external_calls;
         self.calls += o.calls;
         self.failures += o.failures;
         self.bad += o.bad;
@@ -126,6 +133,57 @@ impl CountAgg {
         self.sum_ns = self.sum_ns.saturating_add(o.sum_ns);
         self.max_ns = self.max_ns.max(o.max_ns);
     }
+}
+
+/// Per (app, endpoint, external URL) per minute or hour: calls, failed
+/// calls (HTTP status ≥ 400 or an error), sum and max, and a latency
+/// sketch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExternalAgg {
+    pub calls: u64,
+    pub failures: u64,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+    /// Call durations, ns.
+    pub hist: Sketch,
+}
+
+impl ExternalAgg {
+    fn add(&mut self, ns: u64, failed: bool) {
+        self.calls += 1;
+        self.failures += u64::from(failed);
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+        self.max_ns = self.max_ns.max(ns);
+        self.hist.add(ns);
+    }
+
+    pub fn merge(&mut self, o: &ExternalAgg) {
+        self.calls += o.calls;
+        self.failures += o.failures;
+        self.sum_ns = self.sum_ns.saturating_add(o.sum_ns);
+        self.max_ns = self.max_ns.max(o.max_ns);
+        self.hist.merge(&o.hist);
+    }
+}
+
+/// The name external calls are grouped under: scheme, host and port as
+/// called (credentials dropped), then the path named as endpoints are
+/// (identifier-like segments replaced), without query or fragment:
+/// `https://api.example/v1/items/7?k=…` → `https://api.example/v1/items/{num}`.
+pub fn external_key(namer: &EndpointNamer, url: &str) -> String {
+    let url = url.split('#').next().unwrap_or("");
+    let (origin, rest) = match url.find("://") {
+        Some(i) => {
+            let after = &url[i + 3..];
+            let end = after.find(['/', '?']).unwrap_or(after.len());
+            let authority = &after[..end];
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            (format!("{}{host}", &url[..i + 3]), &after[end..])
+        }
+        None => (String::new(), url),
+    };
+    let path = namer.name(rest);
+    origin + &path
 }
 
 /// A fast non-keyed hasher (FxHash) for the per-batch maps: their keys
@@ -172,13 +230,15 @@ impl FxHasher {
 pub type BatchMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// (bucket start ms, app, endpoint)
-pub type EndpointKey<'a> = (i64, &'a str, Cow<'a, str>);
+pub type EndpointKey<'a> = (i64, &'a str, &'a str);
 /// (bucket start ms, app, host)
 pub type HostKey<'a> = (i64, &'a str, &'a str);
 /// (bucket start ms, app, endpoint, statement)
-pub type SqlKey<'a> = (i64, &'a str, Cow<'a, str>, &'a str);
+pub type SqlKey<'a> = (i64, &'a str, &'a str, &'a str);
 /// (hour start ms, app)
 pub type VisitorKey<'a> = (i64, &'a str);
+/// (bucket start ms, app, endpoint, external URL as [`external_key`] names it)
+pub type ExternalKey<'a> = (i64, &'a str, &'a str, String);
 
 /// One batch's rollup contributions, borrowed from its records.
 #[derive(Debug, Default)]
@@ -187,6 +247,7 @@ pub struct BatchRollup<'a> {
     pub host_second: BatchMap<HostKey<'a>, CountAgg>,
     pub sql_minute: BatchMap<SqlKey<'a>, CountAgg>,
     pub visitors_hour: BatchMap<VisitorKey<'a>, Hll>,
+    pub external_minute: BatchMap<ExternalKey<'a>, ExternalAgg>,
 }
 
 /// The coarser level, folded from a [`BatchRollup`].
@@ -195,18 +256,26 @@ pub struct Coarse<'a> {
     pub endpoint_hour: BatchMap<EndpointKey<'a>, EndpointAgg>,
     pub host_minute: BatchMap<HostKey<'a>, CountAgg>,
     pub sql_hour: BatchMap<SqlKey<'a>, CountAgg>,
+    pub external_hour: BatchMap<ExternalKey<'a>, ExternalAgg>,
 }
 
 impl<'a> BatchRollup<'a> {
     /// Adds a newly stored record (never a duplicate).
-    pub fn add(&mut self, row: &TxRow<'a>, record: &'a RequestRecord, slow: &SlowThresholds) {
+    pub fn add(
+        &mut self,
+        row: &'a TxRow<'a>,
+        record: &'a RequestRecord,
+        slow: &SlowThresholds,
+        namer: &EndpointNamer,
+    ) {
         let ns = record.wall_ns;
         let failed = row.error;
         let minute = bucket(row.end_ms, MINUTE_MS);
+        let endpoint: &'a str = &row.endpoint;
 
         let ep = self
             .endpoint_minute
-            .entry((minute, row.app, row.endpoint.clone()))
+            .entry((minute, row.app, endpoint))
             .or_default();
         ep.calls += 1;
         ep.failures += u64::from(failed);
@@ -219,15 +288,23 @@ impl<'a> BatchRollup<'a> {
             match span.kind() {
                 SpanKind::Sql => {
                     ep.sql_ns = ep.sql_ns.saturating_add(d);
+                    ep.sql_calls += 1;
                     if !span.statement.is_empty() {
                         self.sql_minute
-                            .entry((minute, row.app, row.endpoint.clone(), &span.statement))
+                            .entry((minute, row.app, endpoint, &span.statement))
                             .or_default()
                             .add(d, !span.error.is_empty());
                     }
                 }
                 SpanKind::Fetch => ep.fetch_ns = ep.fetch_ns.saturating_add(d),
-                SpanKind::External => ep.external_ns = ep.external_ns.saturating_add(d),
+                SpanKind::External => {
+                    ep.external_ns = ep.external_ns.saturating_add(d);
+                    ep.external_calls += 1;
+                    self.external_minute
+                        .entry((minute, row.app, endpoint, external_key(namer, &span.url)))
+                        .or_default()
+                        .add(d, span.status >= 400 || !span.error.is_empty());
+                }
                 SpanKind::Cache | SpanKind::Error | SpanKind::Unspecified => {}
             }
         }
@@ -259,7 +336,7 @@ impl<'a> BatchRollup<'a> {
         let mut c = Coarse::default();
         for ((t, app, ep), agg) in &self.endpoint_minute {
             c.endpoint_hour
-                .entry((bucket(*t, HOUR_MS), app, ep.clone()))
+                .entry((bucket(*t, HOUR_MS), app, ep))
                 .or_default()
                 .merge(agg);
         }
@@ -271,7 +348,13 @@ impl<'a> BatchRollup<'a> {
         }
         for ((t, app, ep, st), agg) in &self.sql_minute {
             c.sql_hour
-                .entry((bucket(*t, HOUR_MS), app, ep.clone(), st))
+                .entry((bucket(*t, HOUR_MS), app, ep, st))
+                .or_default()
+                .merge(agg);
+        }
+        for ((t, app, ep, url), agg) in &self.external_minute {
+            c.external_hour
+                .entry((bucket(*t, HOUR_MS), app, ep, url.clone()))
                 .or_default()
                 .merge(agg);
         }
@@ -331,6 +414,10 @@ pub struct EndpointStats {
     pub sql_ms_per_tx: f64,
     pub fetch_ms_per_tx: f64,
     pub external_ms_per_tx: f64,
+    /// SQL statements executed (drill down: `/api/v1/sql?endpoint=`).
+    pub sql_calls: u64,
+    /// External calls made (drill down: `/api/v1/externals?endpoint=`).
+    pub external_calls: u64,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p95_ms: f64,
@@ -352,6 +439,8 @@ impl EndpointStats {
             sql_ms_per_tx: per(a.sql_ns, a.calls),
             fetch_ms_per_tx: per(a.fetch_ns, a.calls),
             external_ms_per_tx: per(a.external_ns, a.calls),
+            sql_calls: a.sql_calls,
+            external_calls: a.external_calls,
             p50_ms: q(0.50),
             p90_ms: q(0.90),
             p95_ms: q(0.95),
@@ -381,6 +470,41 @@ impl SqlStats {
             avg_ms: per(a.sum_ns, a.calls),
             max_ms: ms(a.max_ns),
             total_ms: ms(a.sum_ns),
+        }
+    }
+}
+
+/// One row of `GET /api/v1/externals`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ExternalStats {
+    /// As [`external_key`] names it.
+    pub url: String,
+    pub calls: u64,
+    /// Calls answered with HTTP status ≥ 400 or failed with an error.
+    pub failures: u64,
+    pub avg_ms: f64,
+    pub max_ms: f64,
+    pub total_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl ExternalStats {
+    pub fn new(url: String, a: &ExternalAgg) -> Self {
+        let q = |q: f64| a.hist.quantile(q).map_or(0.0, ms);
+        ExternalStats {
+            url,
+            calls: a.calls,
+            failures: a.failures,
+            avg_ms: per(a.sum_ns, a.calls),
+            max_ms: ms(a.max_ns),
+            total_ms: ms(a.sum_ns),
+            p50_ms: q(0.50),
+            p90_ms: q(0.90),
+            p95_ms: q(0.95),
+            p99_ms: q(0.99),
         }
     }
 }
@@ -480,6 +604,7 @@ mod tests {
     #[test]
     fn aggregates_and_folds() {
         let namer = EndpointNamer::default();
+        let naming = crate::storage::naming::EndpointNaming::default();
         let mut recs = vec![
             record(1, 60_500, 10),
             record(2, 61_000, 3000),
@@ -505,36 +630,70 @@ mod tests {
             Span {
                 kind: SpanKind::External as i32,
                 duration_ns: 5_000_000,
+                url: "https://api.example/v1/items/7?k=[redacted]".into(),
+                status: 503,
+                ..Default::default()
+            },
+            Span {
+                kind: SpanKind::External as i32,
+                duration_ns: 1_000_000,
+                url: "https://api.example/v1/items/8".into(),
+                status: 200,
                 ..Default::default()
             },
         ];
         let rows: Vec<_> = recs
             .iter()
-            .map(|r| TxRow::from_record(r, "web-1", &namer).unwrap())
+            .map(|r| TxRow::from_record(r, "web-1", &naming).unwrap())
             .collect();
         let mut b = BatchRollup::default();
         for (row, rec) in rows.iter().zip(&recs) {
-            b.add(row, rec, &SlowThresholds::default());
+            b.add(row, rec, &SlowThresholds::default(), &namer);
         }
         let ep = "/users/{num}";
-        let m1 = &b.endpoint_minute[&(60_000, "shop", Cow::Borrowed(ep))];
+        let m1 = &b.endpoint_minute[&(60_000, "shop", ep)];
         assert_eq!((m1.calls, m1.failures, m1.bad), (2, 1, 1));
         assert_eq!((m1.sum_ns, m1.max_ns), (3_010_000_000, 3_000_000_000));
-        assert_eq!((m1.sql_ns, m1.external_ns), (3_000_000, 5_000_000));
+        assert_eq!((m1.sql_ns, m1.external_ns), (3_000_000, 6_000_000));
+        assert_eq!((m1.sql_calls, m1.external_calls), (2, 2));
+        let x = &b.external_minute[&(
+            60_000,
+            "shop",
+            ep,
+            "https://api.example/v1/items/{num}".to_owned(),
+        )];
+        assert_eq!((x.calls, x.failures, x.sum_ns), (2, 1, 6_000_000));
+        assert_eq!((x.max_ns, x.hist.count()), (5_000_000, 2));
         assert_eq!(m1.hist.count(), 2);
-        let s = b.sql_minute[&(60_000, "shop", Cow::Borrowed(ep), "SELECT 1")];
+        let s = b.sql_minute[&(60_000, "shop", ep, "SELECT 1")];
         assert_eq!((s.calls, s.failures, s.sum_ns), (2, 1, 3_000_000));
         assert_eq!(b.host_second.len(), 3);
         assert_eq!(b.visitors_hour[&(0, "shop")].count(), 2);
 
         let c = b.coarse();
-        let h = &c.endpoint_hour[&(0, "shop", Cow::Borrowed(ep))];
+        let h = &c.endpoint_hour[&(0, "shop", ep)];
         assert_eq!((h.calls, h.failures, h.bad, h.hist.count()), (3, 1, 1, 3));
         assert_eq!(c.host_minute[&(60_000, "shop", "web-1")].calls, 2);
         assert_eq!(c.host_minute[&(120_000, "shop", "web-1")].calls, 1);
-        assert_eq!(
-            c.sql_hour[&(0, "shop", Cow::Borrowed(ep), "SELECT 1")].calls,
-            2
-        );
+        assert_eq!(c.sql_hour[&(0, "shop", ep, "SELECT 1")].calls, 2);
+        assert_eq!(c.external_hour.len(), 1);
+    }
+
+    #[test]
+    fn external_keys() {
+        let n = EndpointNamer::default();
+        for (url, key) in [
+            (
+                "https://api.example/v1/items/7?k=1#f",
+                "https://api.example/v1/items/{num}",
+            ),
+            ("http://u:p@h:8080/x", "http://h:8080/x"),
+            ("https://api.example", "https://api.example/"),
+            ("https://api.example?q=1", "https://api.example/"),
+            ("/relative/12", "/relative/{num}"),
+            ("", "/"),
+        ] {
+            assert_eq!(external_key(&n, url), key, "{url}");
+        }
     }
 }

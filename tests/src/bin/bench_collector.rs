@@ -26,7 +26,7 @@ use sonde_e2e::{free_port, http, now_ms, wait_for};
 use sonde_proto::v1::collector_client::CollectorClient;
 use sonde_proto::v1::{
     agent_message, collector_message, AgentIdentity, AgentMessage, Batch, RegisterRequest,
-    RequestRecord, Span, StreamHello,
+    RequestRecord, Span, StreamHello, TraceContext,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -131,9 +131,14 @@ fn record(rng: &mut Rng, seq: u64, end_ms: i64) -> RequestRecord {
         db: "redis://cache:6379".into(),
         ..Default::default()
     });
+    // Random ids and a trace context, as the extension makes them.
+    let _ = seq;
     let mut id = vec![0u8; 16];
-    id[..8].copy_from_slice(&seq.to_be_bytes());
+    id[..8].copy_from_slice(&rng.next().to_le_bytes());
     id[8..].copy_from_slice(&rng.next().to_le_bytes());
+    let mut trace_id = vec![0u8; 16];
+    trace_id[..8].copy_from_slice(&rng.next().to_le_bytes());
+    trace_id[8..].copy_from_slice(&rng.next().to_le_bytes());
     let failed = rng.below(100) == 0;
     RequestRecord {
         id,
@@ -148,6 +153,11 @@ fn record(rng: &mut Rng, seq: u64, end_ms: i64) -> RequestRecord {
         cpu_sys_ns: wall_ms * 50_000,
         peak_memory_bytes: 2 << 20,
         client_ip: format!("10.1.{}.{}", rng.below(250), rng.below(250)),
+        trace: Some(TraceContext {
+            trace_id,
+            span_id: rng.next().to_le_bytes().to_vec(),
+            ..Default::default()
+        }),
         spans,
         ..Default::default()
     }
@@ -416,18 +426,23 @@ fn main() -> Result<()> {
         let y = yoe + era * 400 + i64::from(m <= 2);
         format!("{y:04}-{m:02}-{d:02}")
     };
+    // The data ends when ingest started (`to_ms`); the screens look at
+    // its last minutes.
     let five_min = to_ms - 300_000;
-    let some_id = http::request(
-        collector.http,
-        "GET",
-        &format!("/api/v1/transactions?from={five_min}&to={to_ms}&limit=1"),
-        &[],
-        "",
-    )
-    .ok()
-    .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-    .and_then(|v| v["transactions"][0]["id"].as_str().map(str::to_owned))
+    let last = |path: &str| -> Option<serde_json::Value> {
+        http::request(collector.http, "GET", path, &[], "")
+            .ok()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+    };
+    let one = last(&format!(
+        "/api/v1/transactions?from={}&to={to_ms}&limit=1",
+        to_ms - 60_000
+    ))
+    .and_then(|v| v["transactions"].get(0).cloned())
     .unwrap_or_default();
+    let some_id = one["id"].as_str().unwrap_or_default().to_owned();
+    let some_trace = one["trace_id"].as_str().unwrap_or_default().to_owned();
+    let some_ts = one["ts_ms"].as_i64().unwrap_or(to_ms);
     let queries = [
         (
             "endpoints, whole range",
@@ -446,6 +461,16 @@ fn main() -> Result<()> {
             format!("/api/v1/sql?from={from_ms}&to={to_ms}&endpoint=/api/v2/endpoint1/%7Bnum%7D"),
         ),
         (
+            "externals, whole range",
+            format!("/api/v1/externals?from={from_ms}&to={to_ms}"),
+        ),
+        (
+            "externals, one endpoint",
+            format!(
+                "/api/v1/externals?from={from_ms}&to={to_ms}&endpoint=/api/v2/endpoint1/%7Bnum%7D"
+            ),
+        ),
+        (
             "series, whole range",
             format!("/api/v1/series?from={from_ms}&to={to_ms}"),
         ),
@@ -458,8 +483,16 @@ fn main() -> Result<()> {
             format!("/api/v1/reports/daily?date={}&tz=UTC", day(to_ms)),
         ),
         (
-            "scatter, 5 min",
+            "scatter, 5 min (limit 10000)",
+            format!("/api/v1/transactions?from={five_min}&to={to_ms}"),
+        ),
+        (
+            "scatter, 5 min (limit 200000)",
             format!("/api/v1/transactions?from={five_min}&to={to_ms}&limit=200000"),
+        ),
+        (
+            "scatter, whole range (limit 10000)",
+            format!("/api/v1/transactions?from={from_ms}&to={to_ms}"),
         ),
         (
             "drag-select, 30 s ≥ 1 s",
@@ -468,6 +501,10 @@ fn main() -> Result<()> {
                 to_ms - 60_000,
                 to_ms - 30_000
             ),
+        ),
+        (
+            "trace lookup (±60 s)",
+            format!("/api/v1/transactions?trace_id={some_trace}&around_ms={some_ts}"),
         ),
         (
             "transaction detail",

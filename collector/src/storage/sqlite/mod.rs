@@ -3,31 +3,38 @@
 //!
 //! One writer connection (writes are serialised; a batch is one
 //! transaction, committed before `insert_records` returns) and one reader
-//! connection. Exactly-once storage rests on the UNIQUE `record_id` column
-//! and `INSERT OR IGNORE`: only records whose insert took a row are folded
-//! into the rollups (`rollup`), in the same transaction. `synchronous = NORMAL`: a commit survives a crash
-//! of the collector; a power loss may lose the last commits, which agents
-//! then no longer hold (the trade-off for not syncing every batch).
+//! connection. Raw transactions live in day partitions (`partition`);
+//! exactly-once storage rests on each partition's UNIQUE `(end_ms, id_hi)`
+//! index and `INSERT OR IGNORE`: only records whose insert took a row are
+//! folded into the rollups (`rollup`), in the same transaction — also
+//! when a batch spans midnight, since every partition is in the one file.
+//! `synchronous = NORMAL`: a commit survives a crash of the collector; a
+//! power loss may lose the last commits, which agents then no longer hold
+//! (the trade-off for not syncing every batch). Retention and the disk
+//! guard: `retention`.
 
+mod partition;
+#[cfg(test)]
+mod partition_tests;
+mod retention;
 mod rollup;
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use prost::Message;
-use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use sonde_core::endpoint::EndpointNamer;
-use sonde_core::ids::to_hex;
 use sonde_proto::v1::{AgentIdentity, HostMetrics, RequestRecord};
 
+use self::partition::{Partitions, Put, RawWriter, TextCache};
+use super::retention::{Retention, RetentionOutcome, StorageStats};
 use super::rollup::{BatchRollup, SlowThresholds};
 use super::{
-    AgentRecord, AgentState, AlertStateRecord, DeployRecord, EndpointStats, EventRecord,
-    HostSeries, InsertOutcome, RollupRange, SqlStats, Step, Store, StoreError, StoredRule,
-    TxDetail, TxFilter, TxPage, TxRow, TxSummary, Visitors,
+    AgentRecord, AgentState, AlertStateRecord, DeployRecord, EndpointNaming, EndpointStats,
+    EventRecord, ExternalStats, HostSeries, InsertOutcome, RollupRange, SqlStats, Step, Store,
+    StoreError, StoredRule, TxDetail, TxFilter, TxId, TxPage, TxRow, Visitors,
 };
 
 /// The database file inside `[storage] path`.
@@ -36,28 +43,13 @@ pub const DB_FILE: &str = "sonde.db";
 /// Bumped whenever the schema changes. 2: rollups, texts, host metrics
 /// (a version-1 database gains the tables; its older rows are not rolled
 /// up). 3: alert events. 4: agents keyed by identity. 5: deploy markers,
-/// console alert rules, saved alert state (new tables only).
-const SCHEMA_VERSION: i64 = 5;
+/// console alert rules, saved alert state (new tables only). 6: raw
+/// transactions in day partitions with compact records (the single
+/// `transactions` table is moved into them at open), external-call
+/// rollups, SQL and external call counts per endpoint bucket.
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS transactions (
-    seq        INTEGER PRIMARY KEY,
-    record_id  BLOB    NOT NULL UNIQUE,
-    end_ms     INTEGER NOT NULL,
-    elapsed_ms REAL    NOT NULL,
-    app        TEXT    NOT NULL,
-    host       TEXT    NOT NULL,
-    endpoint   TEXT    NOT NULL,
-    method     TEXT    NOT NULL,
-    url        TEXT    NOT NULL,
-    status     INTEGER NOT NULL,
-    error      INTEGER NOT NULL,
-    trace_id   BLOB,
-    record     BLOB    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS transactions_end_ms ON transactions (end_ms);
-CREATE INDEX IF NOT EXISTS transactions_trace_id ON transactions (trace_id)
-    WHERE trace_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS agents (
     id            TEXT    PRIMARY KEY,
     hostname      TEXT    NOT NULL,
@@ -125,45 +117,120 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// The SQLite store.
-pub struct SqliteStore {
-    writer: Mutex<Connection>,
-    reader: Mutex<Connection>,
-    namer: EndpointNamer,
-    slow: SlowThresholds,
-    /// Committed text ids; only touched while holding `writer`.
-    texts: Mutex<HashMap<String, i64>>,
+/// How the store treats what arrives and how long it keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Which transactions count as bad responses (and are kept by the
+    /// scatter's sampling).
+    pub slow: SlowThresholds,
+    /// Endpoint naming rules.
+    pub naming: EndpointNaming,
+    pub retention: Retention,
+    /// Apply `retention` at open and then periodically on a thread of the
+    /// store's own.
+    pub background: bool,
 }
 
-/// A connection from a mutex whose holder panicked is still usable: an
-/// unfinished transaction was rolled back when it was dropped.
-fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+/// The SQLite store.
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+    stop: Arc<retention::Stop>,
+}
+
+struct Inner {
+    writer: Mutex<Writer>,
+    reader: Mutex<Reader>,
+    opts: StoreOptions,
+    /// The database file and its directory.
+    file: PathBuf,
+    dir: PathBuf,
+    counters: retention::Counters,
+    /// The file uses incremental auto-vacuum (created by schema 6 or later).
+    incremental: bool,
+    /// The disk guard has nothing left to drop (warned once).
+    guard_stuck: AtomicBool,
+}
+
+struct Writer {
+    conn: Connection,
+    /// Committed text ids.
+    texts: rollup::TextMap,
+    parts: Partitions,
+}
+
+struct Reader {
+    conn: Connection,
+    texts: TextCache,
+}
+
+/// A mutex whose holder panicked is still usable: an unfinished
+/// transaction was rolled back when it was dropped.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database in directory `dir`, with the
-    /// default slow threshold.
-    #[cfg(test)]
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with(dir, SlowThresholds::default())
+impl Inner {
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        lock(&self.writer)
     }
 
-    /// Opens (creating if needed) the database in directory `dir`; `slow`
-    /// decides which transactions count as bad responses.
-    pub fn open_with(dir: &Path, slow: SlowThresholds) -> Result<Self, StoreError> {
+    fn reader(&self) -> MutexGuard<'_, Reader> {
+        lock(&self.reader)
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop.fire();
+    }
+}
+
+/// Statements each connection keeps prepared (several per day partition).
+const STATEMENT_CACHE: usize = 256;
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in directory `dir`, with
+    /// default options and no background retention.
+    #[cfg(test)]
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_opts(dir, StoreOptions::default())
+    }
+
+    /// Applies retention and the disk guard once, as of `now_ms` (the
+    /// background thread does this every `interval_secs`).
+    #[cfg(test)]
+    pub fn run_retention(&self, now_ms: i64) -> Result<RetentionOutcome, StoreError> {
+        self.inner.retention(now_ms)
+    }
+
+    /// Opens (creating if needed) the database in directory `dir`. A
+    /// database of an older schema is brought up to date first (raw
+    /// transactions of schema 5 move into day partitions, in resumable
+    /// chunks).
+    pub fn open_opts(dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|cause| StoreError::CreateDir {
             path: dir.to_owned(),
             cause,
         })?;
         let file = dir.join(DB_FILE);
-        let writer = Connection::open(&file)?;
+        let mut writer = Connection::open(&file)?;
         writer.busy_timeout(Duration::from_secs(5))?;
+        writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let pages: i64 = writer.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        if pages == 0 {
+            // Only possible before the first table.
+            writer.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
+        }
         let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(file = %file.display(), mode, "SQLite did not switch to WAL mode");
         }
-        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        writer.execute_batch(
+            "PRAGMA synchronous = NORMAL;
+             PRAGMA cache_size = -65536;
+             PRAGMA temp_store = MEMORY;
+             PRAGMA journal_size_limit = 67108864;",
+        )?;
         let found: i64 = writer.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if found > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew {
@@ -174,22 +241,60 @@ impl SqliteStore {
         writer.execute_batch(SCHEMA)?;
         migrate(&writer)?;
         writer.execute_batch(rollup::SCHEMA)?;
-        writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        rollup::migrate(&writer)?;
+        writer.execute_batch(partition::SCHEMA)?;
         rollup::register_functions(&writer)?;
+        let mut parts = Partitions::load(&writer)?;
+        let mut texts = rollup::TextMap::default();
+        let moved = partition::migrate_legacy(&mut writer, &mut parts, &mut texts, &opts.slow)?;
+        if moved > 0 {
+            tracing::info!(
+                records = moved,
+                "transactions of the single-table schema moved into day partitions"
+            );
+        }
+        writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let incremental: i64 = writer.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
 
         let reader = Connection::open_with_flags(
             &file,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         reader.busy_timeout(Duration::from_secs(5))?;
+        reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        reader.execute_batch("PRAGMA cache_size = -65536; PRAGMA mmap_size = 1073741824;")?;
         rollup::register_functions(&reader)?;
-        Ok(SqliteStore {
-            writer: Mutex::new(writer),
-            reader: Mutex::new(reader),
-            namer: EndpointNamer::default(),
-            slow,
-            texts: Mutex::default(),
-        })
+        let background = opts.background;
+        let interval = Duration::from_secs(opts.retention.interval_secs.max(1));
+        let inner = Arc::new(Inner {
+            writer: Mutex::new(Writer {
+                conn: writer,
+                texts,
+                parts,
+            }),
+            reader: Mutex::new(Reader {
+                conn: reader,
+                texts: TextCache::default(),
+            }),
+            opts,
+            file,
+            dir: dir.to_owned(),
+            counters: retention::Counters::default(),
+            incremental: incremental == 2,
+            guard_stuck: AtomicBool::new(false),
+        });
+        let stop = Arc::new(retention::Stop::default());
+        if background {
+            match inner.retention(crate::clock::now_ms()) {
+                Ok(o) if o != RetentionOutcome::default() => {
+                    tracing::info!(?o, "retention at start")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "retention at start failed"),
+            }
+            retention::spawn(Arc::downgrade(&inner), Arc::clone(&stop), interval);
+        }
+        Ok(SqliteStore { inner, stop })
     }
 }
 
@@ -282,61 +387,56 @@ impl Store for SqliteStore {
         records: &[RequestRecord],
         fallback_host: &str,
     ) -> Result<InsertOutcome, StoreError> {
+        let inner = &*self.inner;
+        let (slow, naming) = (&inner.opts.slow, &inner.opts.naming);
         let mut outcome = InsertOutcome::default();
-        let mut conn = lock(&self.writer);
-        let mut cache = self.texts.lock().unwrap_or_else(PoisonError::into_inner);
-        let tx = conn.transaction()?;
+        let mut guard = inner.writer();
+        let w = &mut *guard;
+        let tx = w.conn.transaction()?;
+        // Rows first, so that the rollups can borrow their texts.
+        let rows: Vec<Option<TxRow<'_>>> = records
+            .iter()
+            .map(|r| TxRow::from_record(r, fallback_host, naming))
+            .collect();
         let mut rollups = BatchRollup::default();
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO transactions
-                 (record_id, end_ms, elapsed_ms, app, host, endpoint, method, url, status,
-                  error, trace_id, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )?;
-            let mut blob = Vec::new();
-            for record in records {
-                let Some(row) = TxRow::from_record(record, fallback_host, &self.namer) else {
-                    outcome.invalid += 1;
-                    continue;
-                };
-                blob.clear();
-                record
-                    .encode(&mut blob)
-                    .map_err(|e| StoreError::Backend(e.into()))?;
-                let n = insert.execute(params![
-                    row.id,
-                    row.end_ms,
-                    row.elapsed_ms,
-                    row.app,
-                    row.host,
-                    row.endpoint.as_ref(),
-                    row.method,
-                    row.url,
-                    row.status,
-                    row.error,
-                    row.trace_id,
-                    blob,
-                ])?;
-                if n == 1 {
+        let mut texts = rollup::Texts {
+            committed: &w.texts,
+            pending: rollup::TextMap::default(),
+        };
+        let mut raw = RawWriter::new(&tx, &w.parts);
+        for (record, row) in records.iter().zip(&rows) {
+            let Some(row) = row else {
+                outcome.invalid += 1;
+                continue;
+            };
+            let notable = row.error || record.wall_ns >= slow.ns_for(row.app);
+            match raw.put(&mut texts, row, record, notable)? {
+                Put::Stored => {
                     outcome.stored += 1;
-                    rollups.add(&row, record, &self.slow);
-                } else {
-                    outcome.duplicates += 1;
+                    rollups.add(row, record, slow, &naming.namer);
                 }
+                Put::Duplicate => outcome.duplicates += 1,
+                Put::Expired => outcome.expired += 1,
             }
         }
-        let mut texts = rollup::Texts {
-            committed: &cache,
-            pending: HashMap::new(),
-        };
+        let created = std::mem::take(&mut raw.created);
+        drop(raw);
         rollup::write(&tx, &rollups, &mut texts)?;
         let pending = texts.pending;
         tx.commit()?;
-        if cache.len() + pending.len() > rollup::TEXT_CACHE_MAX {
-            cache.clear();
+        if w.texts.len() + pending.len() > rollup::TEXT_CACHE_MAX {
+            w.texts.clear();
         }
-        cache.extend(pending);
+        w.texts.extend(pending);
+        for day in created {
+            w.parts.days.insert(day, true);
+        }
+        if outcome.expired > 0 {
+            inner
+                .counters
+                .records_expired
+                .fetch_add(outcome.expired.into(), std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(outcome)
     }
 
@@ -348,15 +448,15 @@ impl Store for SqliteStore {
         if metrics.is_empty() {
             return Ok(0);
         }
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction()?;
+        let mut w = self.inner.writer();
+        let tx = w.conn.transaction()?;
         let stored = rollup::insert_host_metrics(&tx, metrics, fallback_host)?;
         tx.commit()?;
         Ok(stored)
     }
 
     fn endpoints(&self, range: &RollupRange) -> Result<Vec<EndpointStats>, StoreError> {
-        rollup::endpoints(&lock(&self.reader), range)
+        rollup::endpoints(&self.inner.reader().conn, range)
     }
 
     fn sql_statements(
@@ -364,7 +464,7 @@ impl Store for SqliteStore {
         range: &RollupRange,
         endpoint: Option<&str>,
     ) -> Result<Vec<SqlStats>, StoreError> {
-        rollup::sql_statements(&lock(&self.reader), range, endpoint)
+        rollup::sql_statements(&self.inner.reader().conn, range, endpoint)
     }
 
     fn steps(
@@ -373,11 +473,11 @@ impl Store for SqliteStore {
         step_ms: i64,
         peak: bool,
     ) -> Result<Vec<Step>, StoreError> {
-        rollup::steps(&lock(&self.reader), range, step_ms, peak)
+        rollup::steps(&self.inner.reader().conn, range, step_ms, peak)
     }
 
     fn visitors(&self, range: &RollupRange, step_ms: i64) -> Result<Visitors, StoreError> {
-        rollup::visitors(&lock(&self.reader), range, step_ms)
+        rollup::visitors(&self.inner.reader().conn, range, step_ms)
     }
 
     fn host_series(
@@ -387,97 +487,45 @@ impl Store for SqliteStore {
         host: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<HostSeries>, bool), StoreError> {
-        rollup::host_series(&lock(&self.reader), from_ms, to_ms, host, limit)
+        rollup::host_series(&self.inner.reader().conn, from_ms, to_ms, host, limit)
+    }
+
+    fn externals(
+        &self,
+        range: &RollupRange,
+        endpoint: Option<&str>,
+    ) -> Result<Vec<ExternalStats>, StoreError> {
+        rollup::externals(&self.inner.reader().conn, range, endpoint)
+    }
+
+    fn storage_stats(&self) -> Result<StorageStats, StoreError> {
+        self.inner.stats()
     }
 
     fn query_transactions(&self, filter: &TxFilter) -> Result<TxPage, StoreError> {
-        let mut sql = String::from(
-            "SELECT record_id, end_ms, elapsed_ms, app, host, endpoint, status, error, trace_id,
-                    method, url
-             FROM transactions WHERE end_ms >= ?1 AND end_ms <= ?2",
-        );
-        let mut args: Vec<Value> = vec![filter.from_ms.into(), filter.to_ms.into()];
-        let mut cond = |sql: &mut String, clause: &str, v: Value| {
-            args.push(v);
-            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
-        };
-        if let Some(app) = &filter.app {
-            cond(&mut sql, "app =", app.clone().into());
-        }
-        if let Some(endpoint) = &filter.endpoint {
-            cond(&mut sql, "endpoint =", endpoint.clone().into());
-        }
-        if let Some(host) = &filter.host {
-            cond(&mut sql, "host =", host.clone().into());
-        }
-        if let Some(trace_id) = &filter.trace_id {
-            cond(&mut sql, "trace_id =", trace_id.clone().into());
-        }
-        if let Some(min) = filter.min_ms {
-            cond(&mut sql, "elapsed_ms >=", min.into());
-        }
-        if let Some(max) = filter.max_ms {
-            cond(&mut sql, "elapsed_ms <=", max.into());
-        }
-        if filter.errors_only {
-            sql.push_str(" AND error <> 0");
-        }
-        // The most recent `limit` (plus one, to know whether more matched),
-        // returned oldest first.
-        let fetch = i64::try_from(filter.limit)
-            .unwrap_or(i64::MAX)
-            .saturating_add(1);
-        args.push(fetch.into());
-        sql.push_str(&format!(
-            " ORDER BY end_ms DESC, seq DESC LIMIT ?{}",
-            args.len()
-        ));
+        let mut guard = self.inner.reader();
+        let r = &mut *guard;
+        // One snapshot for the partition list and the tables it names, so
+        // that retention dropping a day meanwhile cannot fail the query.
+        let snapshot = r.conn.unchecked_transaction()?;
+        let conn = &*snapshot;
+        Ok(partition::list(conn, &mut r.texts, filter, || {
+            rollup::estimate_calls(conn, filter)
+        })?)
+    }
 
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut transactions = stmt
-            .query_map(rusqlite::params_from_iter(args), |r| {
-                let id: Vec<u8> = r.get(0)?;
-                let trace_id: Option<Vec<u8>> = r.get(8)?;
-                Ok(TxSummary {
-                    id: to_hex(&id),
-                    ts_ms: r.get(1)?,
-                    elapsed_ms: r.get(2)?,
-                    app: r.get(3)?,
-                    host: r.get(4)?,
-                    endpoint: r.get(5)?,
-                    status: r.get(6)?,
-                    error: r.get(7)?,
-                    trace_id: trace_id.as_deref().map(to_hex),
-                    method: r.get(9)?,
-                    url: r.get(10)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        let truncated = transactions.len() > filter.limit;
-        transactions.truncate(filter.limit);
-        transactions.reverse();
-        Ok(TxPage {
-            transactions,
-            truncated,
+    fn transaction(&self, record_id: &[u8]) -> Result<Option<TxDetail>, StoreError> {
+        self.transaction_at(&TxId {
+            end_ms: None,
+            record_id: record_id.to_vec(),
         })
     }
 
-    fn transaction(&self, id: &[u8]) -> Result<Option<TxDetail>, StoreError> {
-        let conn = lock(&self.reader);
-        let row: Option<(String, String, Vec<u8>)> = conn
-            .prepare_cached("SELECT host, endpoint, record FROM transactions WHERE record_id = ?1")?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        let Some((host, endpoint, blob)) = row else {
-            return Ok(None);
-        };
-        let record =
-            RequestRecord::decode(blob.as_slice()).map_err(|cause| StoreError::Corrupt {
-                id: to_hex(id),
-                cause,
-            })?;
-        Ok(Some(TxDetail::from_record(&record, &host, &endpoint)))
+    fn transaction_at(&self, id: &TxId) -> Result<Option<TxDetail>, StoreError> {
+        let mut guard = self.inner.reader();
+        let r = &mut *guard;
+        let snapshot = r.conn.unchecked_transaction()?;
+        partition::detail(&snapshot, &mut r.texts, id, crate::clock::now_ms())
     }
 
     fn upsert_agent(
@@ -488,8 +536,8 @@ impl Store for SqliteStore {
         verified: Option<bool>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction()?;
+        let mut w = self.inner.writer();
+        let tx = w.conn.transaction()?;
         tx.prepare_cached(
             "INSERT INTO agents (id, hostname, identity, state, last_seen_ms, registered_ms,
                                  identity_key, duplicate_of, verified)
@@ -522,7 +570,8 @@ impl Store for SqliteStore {
     }
 
     fn heartbeat(&self, agent_id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let conn = lock(&self.writer);
+        let w = self.inner.writer();
+        let conn = &w.conn;
         let n = conn
             .prepare_cached("UPDATE agents SET last_seen_ms = max(last_seen_ms, ?2) WHERE id = ?1")?
             .execute(params![agent_id, now_ms])?;
@@ -535,7 +584,8 @@ impl Store for SqliteStore {
         state: AgentState,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let conn = lock(&self.writer);
+        let w = self.inner.writer();
+        let conn = &w.conn;
         let n = conn
             .prepare_cached(
                 "UPDATE agents SET state = ?2, last_seen_ms = max(last_seen_ms, ?3) WHERE id = ?1",
@@ -545,8 +595,8 @@ impl Store for SqliteStore {
     }
 
     fn add_agent_apps(&self, agent_id: &str, apps: &[String]) -> Result<(), StoreError> {
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction()?;
+        let mut w = self.inner.writer();
+        let tx = w.conn.transaction()?;
         {
             let mut add = tx.prepare_cached(
                 "INSERT OR IGNORE INTO agent_apps (agent_id, app) VALUES (?1, ?2)",
@@ -560,7 +610,8 @@ impl Store for SqliteStore {
     }
 
     fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        let conn = lock(&self.reader);
+        let r = self.inner.reader();
+        let conn = &r.conn;
         let Some(row) = conn
             .prepare_cached(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1"))?
             .query_row([agent_id], read_agent)
@@ -577,7 +628,8 @@ impl Store for SqliteStore {
 
     fn agents_by_key(&self, identity_key: &str) -> Result<Vec<AgentRecord>, StoreError> {
         let ids: Vec<String> = {
-            let conn = lock(&self.reader);
+            let r = self.inner.reader();
+            let conn = &r.conn;
             let mut stmt = conn.prepare_cached(
                 "SELECT id FROM agents WHERE identity_key = ?1 ORDER BY last_seen_ms DESC, id",
             )?;
@@ -594,7 +646,8 @@ impl Store for SqliteStore {
     }
 
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        let conn = lock(&self.reader);
+        let r = self.inner.reader();
+        let conn = &r.conn;
         let rows = conn
             .prepare_cached(&format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY id"))?
             .query_map([], read_agent)?
@@ -614,7 +667,8 @@ impl Store for SqliteStore {
     }
 
     fn insert_event(&self, e: &EventRecord) -> Result<i64, StoreError> {
-        let conn = lock(&self.writer);
+        let w = self.inner.writer();
+        let conn = &w.conn;
         conn.prepare_cached(
             "INSERT INTO events (ts_ms, level, kind, state, message, app, endpoint, host, rule, \
              value, threshold) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -641,7 +695,8 @@ impl Store for SqliteStore {
         to_ms: i64,
         limit: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let conn = lock(&self.reader);
+        let r = self.inner.reader();
+        let conn = &r.conn;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut events = conn
             .prepare_cached(
@@ -673,7 +728,8 @@ impl Store for SqliteStore {
     }
 
     fn ack_event(&self, id: i64, by: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let conn = lock(&self.writer);
+        let w = self.inner.writer();
+        let conn = &w.conn;
         let n = conn
             .prepare_cached(
                 "UPDATE events SET acked_ms = coalesce(acked_ms, ?2), \
@@ -684,7 +740,8 @@ impl Store for SqliteStore {
     }
 
     fn delete_events_before(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let conn = lock(&self.writer);
+        let w = self.inner.writer();
+        let conn = &w.conn;
         let n = conn
             .prepare_cached("DELETE FROM events WHERE ts_ms < ?1")?
             .execute([before_ms])?;
@@ -692,7 +749,8 @@ impl Store for SqliteStore {
     }
 
     fn insert_deploy(&self, d: &DeployRecord) -> Result<i64, StoreError> {
-        let conn = lock(&self.writer);
+        let w = self.inner.writer();
+        let conn = &w.conn;
         conn.prepare_cached(
             "INSERT INTO deploys (ts_ms, app, version, description, deployed_by) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -708,7 +766,8 @@ impl Store for SqliteStore {
         app: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeployRecord>, StoreError> {
-        let conn = lock(&self.reader);
+        let r = self.inner.reader();
+        let conn = &r.conn;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut deploys = conn
             .prepare_cached(
@@ -732,7 +791,8 @@ impl Store for SqliteStore {
     }
 
     fn delete_deploys_before(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let conn = lock(&self.writer);
+        let w = self.inner.writer();
+        let conn = &w.conn;
         let n = conn
             .prepare_cached("DELETE FROM deploys WHERE ts_ms < ?1")?
             .execute([before_ms])?;
@@ -740,7 +800,8 @@ impl Store for SqliteStore {
     }
 
     fn list_console_rules(&self) -> Result<Vec<StoredRule>, StoreError> {
-        let conn = lock(&self.reader);
+        let r = self.inner.reader();
+        let conn = &r.conn;
         let rules = conn
             .prepare_cached(
                 "SELECT name, rule, updated_ms, updated_by FROM alert_rules ORDER BY name",
@@ -758,7 +819,8 @@ impl Store for SqliteStore {
     }
 
     fn insert_console_rule(&self, r: &StoredRule) -> Result<bool, StoreError> {
-        let conn = lock(&self.writer);
+        let w = self.inner.writer();
+        let conn = &w.conn;
         let n = conn
             .prepare_cached(
                 "INSERT OR IGNORE INTO alert_rules (name, rule, updated_ms, updated_by) \
@@ -769,7 +831,8 @@ impl Store for SqliteStore {
     }
 
     fn update_console_rule(&self, r: &StoredRule) -> Result<bool, StoreError> {
-        let conn = lock(&self.writer);
+        let w = self.inner.writer();
+        let conn = &w.conn;
         let n = conn
             .prepare_cached(
                 "UPDATE alert_rules SET rule = ?2, updated_ms = ?3, updated_by = ?4 \
@@ -780,7 +843,8 @@ impl Store for SqliteStore {
     }
 
     fn delete_console_rule(&self, name: &str) -> Result<bool, StoreError> {
-        let conn = lock(&self.writer);
+        let w = self.inner.writer();
+        let conn = &w.conn;
         let n = conn
             .prepare_cached("DELETE FROM alert_rules WHERE name = ?1")?
             .execute([name])?;
@@ -788,7 +852,8 @@ impl Store for SqliteStore {
     }
 
     fn load_alert_state(&self) -> Result<Vec<AlertStateRecord>, StoreError> {
-        let conn = lock(&self.reader);
+        let r = self.inner.reader();
+        let conn = &r.conn;
         let states = conn
             .prepare_cached(
                 "SELECT rule, app, endpoint, host, phase, held, notified, last_notified_ms, \
@@ -812,8 +877,8 @@ impl Store for SqliteStore {
     }
 
     fn save_alert_state(&self, states: &[AlertStateRecord]) -> Result<(), StoreError> {
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction()?;
+        let mut w = self.inner.writer();
+        let tx = w.conn.transaction()?;
         tx.execute("DELETE FROM alert_state", [])?;
         {
             let mut insert = tx.prepare_cached(
@@ -843,7 +908,8 @@ impl Store for SqliteStore {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<(String, String, u64)>, StoreError> {
-        let conn = lock(&self.reader);
+        let r = self.inner.reader();
+        let conn = &r.conn;
         let rows = conn
             .prepare_cached(
                 "SELECT app, host, sum(calls) FROM host_second \
@@ -859,7 +925,8 @@ impl Store for SqliteStore {
     fn flush(&self) -> Result<(), StoreError> {
         // Taking the writer lock waits for a write in progress; the
         // checkpoint moves the WAL into the main file.
-        let conn = lock(&self.writer);
+        let w = self.inner.writer();
+        let conn = &w.conn;
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
@@ -902,7 +969,8 @@ mod tests {
             InsertOutcome {
                 stored: 2,
                 duplicates: 0,
-                invalid: 0
+                invalid: 0,
+                expired: 0
             }
         );
         let o = s.insert_records(&batch, "web-1").unwrap();
@@ -926,11 +994,12 @@ mod tests {
             InsertOutcome {
                 stored: 1,
                 duplicates: 2,
-                invalid: 1
+                invalid: 1,
+                expired: 0
             }
         );
         let page = s.query_transactions(&all(100)).unwrap();
-        let ids: Vec<_> = page.transactions.iter().map(|t| &t.id[..2]).collect();
+        let ids: Vec<_> = page.transactions.iter().map(|t| &t.id[12..14]).collect();
         assert_eq!(ids, ["01", "02", "03"]);
         assert!(!page.truncated);
         let t = &page.transactions[0];
@@ -967,7 +1036,7 @@ mod tests {
                 .unwrap()
                 .transactions
                 .iter()
-                .map(|t| u8::from_str_radix(&t.id[..2], 16).unwrap())
+                .map(|t| u8::from_str_radix(&t.id[12..14], 16).unwrap())
                 .collect()
         };
         assert_eq!(
@@ -1021,12 +1090,16 @@ mod tests {
             }),
             [8, 9]
         );
-        // The cap keeps the most recent, still oldest first.
-        let page = s.query_transactions(&all(3)).unwrap();
-        assert!(page.truncated);
-        let ids: Vec<_> = page.transactions.iter().map(|t| t.ts_ms).collect();
-        assert_eq!(ids, [8000, 9000, 10000]);
-        assert!(!s.query_transactions(&all(10)).unwrap().truncated);
+        // Past the cap: every failed one (4, 5) kept, the rest sampled
+        // evenly over the range, oldest first.
+        let page = s.query_transactions(&all(4)).unwrap();
+        assert!(page.truncated && page.sampled, "{page:?}");
+        let ts: Vec<_> = page.transactions.iter().map(|t| t.ts_ms).collect();
+        assert_eq!(ts.len(), 4, "{ts:?}");
+        assert!(ts.contains(&4000) && ts.contains(&5000), "{ts:?}");
+        assert!(ts.windows(2).all(|w| w[0] <= w[1]));
+        let all10 = s.query_transactions(&all(10)).unwrap();
+        assert!(!all10.truncated && !all10.sampled);
     }
 
     #[test]
@@ -1035,14 +1108,21 @@ mod tests {
         let mut r = record(5, 5000, 50);
         r.cpu_user_ns = 1_000_000;
         s.insert_records(&[r], "web-9").unwrap();
-        let d = s.transaction(&[5; 16]).unwrap().unwrap();
-        assert_eq!(d.id, "05".repeat(16));
+        let at = |end_ms, id| TxId {
+            end_ms: Some(end_ms),
+            record_id: vec![id; 16],
+        };
+        let d = s.transaction_at(&at(5000, 5)).unwrap().unwrap();
+        assert_eq!(d.id, TxId::format(5000, &[5; 16]));
         assert_eq!(
             (d.host.as_str(), d.endpoint.as_str()),
             ("web-9", "/users/{num}")
         );
         assert_eq!((d.ts_ms, d.elapsed_ms, d.cpu_ms), (5000, 50.0, 1.0));
-        assert!(s.transaction(&[6; 16]).unwrap().is_none());
+        assert!(s.transaction_at(&at(5000, 6)).unwrap().is_none());
+        assert!(s.transaction_at(&at(5001, 5)).unwrap().is_none());
+        // A bare record id is looked for among recent transactions only.
+        assert!(s.transaction(&[5; 16]).unwrap().is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! exact; the API converts to milliseconds.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 use prost::Message;
 use rusqlite::functions::{Aggregate, Context, FunctionFlags};
@@ -17,10 +18,10 @@ use sonde_core::sketch::Sketch;
 use sonde_proto::v1::HostMetrics;
 
 use crate::storage::rollup::{
-    BatchRollup, CountAgg, EndpointAgg, EndpointStats, HostPoint, HostSeries, RollupRange,
-    SqlStats, Step, Visitors, HOUR_MS, MINUTE_MS,
+    BatchRollup, CountAgg, EndpointAgg, EndpointStats, ExternalAgg, ExternalStats, FxHasher,
+    HostPoint, HostSeries, RollupRange, SqlStats, Step, Visitors, HOUR_MS, MINUTE_MS,
 };
-use crate::storage::StoreError;
+use crate::storage::{StoreError, TxFilter};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS texts (
@@ -28,33 +29,37 @@ CREATE TABLE IF NOT EXISTS texts (
     text TEXT    NOT NULL UNIQUE
 );
 CREATE TABLE IF NOT EXISTS endpoint_minute (
-    bucket_ms   INTEGER NOT NULL,
-    app         TEXT    NOT NULL,
-    endpoint_id INTEGER NOT NULL,
-    calls       INTEGER NOT NULL,
-    failures    INTEGER NOT NULL,
-    bad         INTEGER NOT NULL,
-    sum_ns      INTEGER NOT NULL,
-    max_ns      INTEGER NOT NULL,
-    sql_ns      INTEGER NOT NULL,
-    fetch_ns    INTEGER NOT NULL,
-    external_ns INTEGER NOT NULL,
-    hist        BLOB    NOT NULL,
+    bucket_ms      INTEGER NOT NULL,
+    app            TEXT    NOT NULL,
+    endpoint_id    INTEGER NOT NULL,
+    calls          INTEGER NOT NULL,
+    failures       INTEGER NOT NULL,
+    bad            INTEGER NOT NULL,
+    sum_ns         INTEGER NOT NULL,
+    max_ns         INTEGER NOT NULL,
+    sql_ns         INTEGER NOT NULL,
+    fetch_ns       INTEGER NOT NULL,
+    external_ns    INTEGER NOT NULL,
+    hist           BLOB    NOT NULL,
+    sql_calls      INTEGER NOT NULL DEFAULT 0,
+    external_calls INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket_ms, app, endpoint_id)
 );
 CREATE TABLE IF NOT EXISTS endpoint_hour (
-    bucket_ms   INTEGER NOT NULL,
-    app         TEXT    NOT NULL,
-    endpoint_id INTEGER NOT NULL,
-    calls       INTEGER NOT NULL,
-    failures    INTEGER NOT NULL,
-    bad         INTEGER NOT NULL,
-    sum_ns      INTEGER NOT NULL,
-    max_ns      INTEGER NOT NULL,
-    sql_ns      INTEGER NOT NULL,
-    fetch_ns    INTEGER NOT NULL,
-    external_ns INTEGER NOT NULL,
-    hist        BLOB    NOT NULL,
+    bucket_ms      INTEGER NOT NULL,
+    app            TEXT    NOT NULL,
+    endpoint_id    INTEGER NOT NULL,
+    calls          INTEGER NOT NULL,
+    failures       INTEGER NOT NULL,
+    bad            INTEGER NOT NULL,
+    sum_ns         INTEGER NOT NULL,
+    max_ns         INTEGER NOT NULL,
+    sql_ns         INTEGER NOT NULL,
+    fetch_ns       INTEGER NOT NULL,
+    external_ns    INTEGER NOT NULL,
+    hist           BLOB    NOT NULL,
+    sql_calls      INTEGER NOT NULL DEFAULT 0,
+    external_calls INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket_ms, app, endpoint_id)
 );
 CREATE TABLE IF NOT EXISTS host_second (
@@ -99,6 +104,30 @@ CREATE TABLE IF NOT EXISTS sql_hour (
     max_ns       INTEGER NOT NULL,
     PRIMARY KEY (bucket_ms, app, endpoint_id, statement_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS external_minute (
+    bucket_ms   INTEGER NOT NULL,
+    app         TEXT    NOT NULL,
+    endpoint_id INTEGER NOT NULL,
+    url_id      INTEGER NOT NULL,
+    calls       INTEGER NOT NULL,
+    failures    INTEGER NOT NULL,
+    sum_ns      INTEGER NOT NULL,
+    max_ns      INTEGER NOT NULL,
+    hist        BLOB    NOT NULL,
+    PRIMARY KEY (bucket_ms, app, endpoint_id, url_id)
+);
+CREATE TABLE IF NOT EXISTS external_hour (
+    bucket_ms   INTEGER NOT NULL,
+    app         TEXT    NOT NULL,
+    endpoint_id INTEGER NOT NULL,
+    url_id      INTEGER NOT NULL,
+    calls       INTEGER NOT NULL,
+    failures    INTEGER NOT NULL,
+    sum_ns      INTEGER NOT NULL,
+    max_ns      INTEGER NOT NULL,
+    hist        BLOB    NOT NULL,
+    PRIMARY KEY (bucket_ms, app, endpoint_id, url_id)
+);
 CREATE TABLE IF NOT EXISTS visitors_hour (
     bucket_ms INTEGER NOT NULL,
     app       TEXT    NOT NULL,
@@ -124,6 +153,25 @@ CREATE TABLE IF NOT EXISTS host_metrics (
     PRIMARY KEY (ts_ms, host)
 );
 ";
+
+/// Schema 5 → 6: SQL and external call counts per endpoint bucket.
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for table in ["endpoint_minute", "endpoint_hour"] {
+        for column in ["sql_calls", "external_calls"] {
+            let present: bool = conn.query_row(
+                &format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+                [column],
+                |r| r.get(0),
+            )?;
+            if !present {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0;"
+                ))?;
+            }
+        }
+    }
+    Ok(())
+}
 
 const FLAGS: FunctionFlags = FunctionFlags::SQLITE_UTF8.union(FunctionFlags::SQLITE_DETERMINISTIC);
 
@@ -201,15 +249,19 @@ impl Aggregate<Sketch, Vec<u8>> for SketchUnion {
 /// transaction in progress (kept apart until it commits: a rolled-back id
 /// must not be reused).
 pub struct Texts<'c> {
-    pub committed: &'c HashMap<String, i64>,
-    pub pending: HashMap<String, i64>,
+    pub committed: &'c TextMap,
+    pub pending: TextMap,
 }
+
+/// Text → id. Keys come from agents, but FxHash is enough: a flood costs
+/// the sender as much as it costs us (see `BatchMap`).
+pub type TextMap = HashMap<String, i64, BuildHasherDefault<FxHasher>>;
 
 /// Texts cached at most; past it the cache starts over.
 pub const TEXT_CACHE_MAX: usize = 200_000;
 
 impl Texts<'_> {
-    fn id(&mut self, tx: &Transaction<'_>, text: &str) -> rusqlite::Result<i64> {
+    pub fn id(&mut self, tx: &Transaction<'_>, text: &str) -> rusqlite::Result<i64> {
         if let Some(&id) = self.committed.get(text).or_else(|| self.pending.get(text)) {
             return Ok(id);
         }
@@ -254,15 +306,17 @@ pub fn write(
     ] {
         let mut up = tx.prepare_cached(&format!(
             "INSERT INTO {table} (bucket_ms, app, endpoint_id, calls, failures, bad, sum_ns,
-                max_ns, sql_ns, fetch_ns, external_ns, hist)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                max_ns, sql_ns, fetch_ns, external_ns, hist, sql_calls, external_calls)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT (bucket_ms, app, endpoint_id) DO UPDATE SET
                 calls = calls + excluded.calls, failures = failures + excluded.failures,
                 bad = bad + excluded.bad, sum_ns = sum_ns + excluded.sum_ns,
                 max_ns = max(max_ns, excluded.max_ns), sql_ns = sql_ns + excluded.sql_ns,
                 fetch_ns = fetch_ns + excluded.fetch_ns,
                 external_ns = external_ns + excluded.external_ns,
-                hist = sonde_sketch_merge(hist, excluded.hist)"
+                hist = sonde_sketch_merge(hist, excluded.hist),
+                sql_calls = sql_calls + excluded.sql_calls,
+                external_calls = external_calls + excluded.external_calls"
         ))?;
         for ((t, app, endpoint), a) in map {
             let endpoint_id = texts.id(tx, endpoint)?;
@@ -278,6 +332,37 @@ pub fn write(
                 i(a.sql_ns),
                 i(a.fetch_ns),
                 i(a.external_ns),
+                a.hist.to_bytes(),
+                i(a.sql_calls),
+                i(a.external_calls),
+            ])?;
+        }
+    }
+    for (table, map) in [
+        ("external_minute", &batch.external_minute),
+        ("external_hour", &coarse.external_hour),
+    ] {
+        let mut up = tx.prepare_cached(&format!(
+            "INSERT INTO {table} (bucket_ms, app, endpoint_id, url_id, calls, failures, sum_ns,
+                max_ns, hist)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (bucket_ms, app, endpoint_id, url_id) DO UPDATE SET
+                calls = calls + excluded.calls, failures = failures + excluded.failures,
+                sum_ns = sum_ns + excluded.sum_ns, max_ns = max(max_ns, excluded.max_ns),
+                hist = sonde_sketch_merge(hist, excluded.hist)"
+        ))?;
+        for ((t, app, endpoint, url), a) in map {
+            let endpoint_id = texts.id(tx, endpoint)?;
+            let url_id = texts.id(tx, url)?;
+            up.execute(params![
+                t,
+                app,
+                endpoint_id,
+                url_id,
+                i(a.calls),
+                i(a.failures),
+                i(a.sum_ns),
+                i(a.max_ns),
                 a.hist.to_bytes(),
             ])?;
         }
@@ -364,11 +449,12 @@ fn range_params(
 pub fn endpoints(conn: &Connection, range: &RollupRange) -> Result<Vec<EndpointStats>, StoreError> {
     let [a, b, c, d] = range.split();
     let cols = "app, endpoint_id, calls, failures, bad, sum_ns, max_ns, sql_ns, fetch_ns, \
-                external_ns, hist";
+                external_ns, hist, sql_calls, external_calls";
     let app = app_clause(range, 5);
     let sql = format!(
         "SELECT g.app, t.text, sum(calls), sum(failures), sum(bad), sum(sum_ns), max(max_ns),
-                sum(sql_ns), sum(fetch_ns), sum(external_ns), sonde_sketch_union(hist)
+                sum(sql_ns), sum(fetch_ns), sum(external_ns), sonde_sketch_union(hist),
+                sum(sql_calls), sum(external_calls)
          FROM (
             SELECT {cols} FROM endpoint_minute WHERE bucket_ms >= ?1 AND bucket_ms < ?2{app}
             UNION ALL
@@ -393,6 +479,8 @@ pub fn endpoints(conn: &Connection, range: &RollupRange) -> Result<Vec<EndpointS
             sql_ns: u(r.get(7)?),
             fetch_ns: u(r.get(8)?),
             external_ns: u(r.get(9)?),
+            sql_calls: u(r.get(11)?),
+            external_calls: u(r.get(12)?),
             hist: Sketch::from_bytes(&hist).unwrap_or_default(),
         };
         out.push(EndpointStats::new(r.get(0)?, r.get(1)?, &agg));
@@ -462,6 +550,117 @@ pub fn sql_statements(
     Ok(out)
 }
 
+pub fn externals(
+    conn: &Connection,
+    range: &RollupRange,
+    endpoint: Option<&str>,
+) -> Result<Vec<ExternalStats>, StoreError> {
+    let [a, b, c, d] = range.split();
+    let mut filter = app_clause(range, 5);
+    let mut args = range_params(range, vec![a.into(), b.into(), c.into(), d.into()]);
+    if let Some(e) = endpoint {
+        let id: Option<i64> = conn
+            .prepare_cached("SELECT id FROM texts WHERE text = ?1")?
+            .query_row([e], |r| r.get(0))
+            .optional()?;
+        let Some(id) = id else {
+            return Ok(Vec::new());
+        };
+        args.push(id.into());
+        filter.push_str(&format!(" AND endpoint_id = ?{}", args.len()));
+    }
+    let cols = "url_id, calls, failures, sum_ns, max_ns, hist";
+    let sql = format!(
+        "SELECT t.text, sum(calls), sum(failures), sum(sum_ns), max(max_ns),
+                sonde_sketch_union(hist)
+         FROM (
+            SELECT {cols} FROM external_minute WHERE bucket_ms >= ?1 AND bucket_ms < ?2{filter}
+            UNION ALL
+            SELECT {cols} FROM external_hour WHERE bucket_ms >= ?2 AND bucket_ms < ?3{filter}
+            UNION ALL
+            SELECT {cols} FROM external_minute WHERE bucket_ms >= ?3 AND bucket_ms < ?4{filter}
+         ) g JOIN texts t ON t.id = g.url_id
+         GROUP BY g.url_id"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut out = stmt
+        .query_map(rusqlite::params_from_iter(args), |r| {
+            let hist: Vec<u8> = r.get(5)?;
+            let agg = ExternalAgg {
+                calls: u(r.get(1)?),
+                failures: u(r.get(2)?),
+                sum_ns: u(r.get(3)?),
+                max_ns: u(r.get(4)?),
+                hist: Sketch::from_bytes(&hist).unwrap_or_default(),
+            };
+            Ok(ExternalStats::new(r.get(0)?, &agg))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort_by(|x, y| {
+        y.total_ms
+            .total_cmp(&x.total_ms)
+            .then_with(|| x.url.cmp(&y.url))
+    });
+    Ok(out)
+}
+
+/// About how many transactions ended in the filter's range (of its app,
+/// host and endpoint; other conditions are not counted), from the
+/// per-second rollup for short ranges, else per minute (whole buckets, so
+/// up to a bucket too many at each end).
+pub fn estimate_calls(conn: &Connection, f: &TxFilter) -> rusqlite::Result<u64> {
+    let span = f.to_ms.saturating_sub(f.from_ms);
+    let (table, width) = if span <= 15 * MINUTE_MS {
+        ("host_second", 1_000)
+    } else {
+        ("host_minute", MINUTE_MS)
+    };
+    let from = f.from_ms.div_euclid(width) * width;
+    let by_host: i64 = conn
+        .prepare_cached(&format!(
+            "SELECT coalesce(sum(calls), 0) FROM {table} WHERE bucket_ms >= ?1 AND bucket_ms <= ?2
+             AND (?3 IS NULL OR app = ?3) AND (?4 IS NULL OR host = ?4)"
+        ))?
+        .query_row(params![from, f.to_ms, f.app, f.host], |r| r.get(0))?;
+    let mut n = u(by_host);
+    if let Some(endpoint) = &f.endpoint {
+        let from = f.from_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+        let by_endpoint: i64 = conn
+            .prepare_cached(
+                "SELECT coalesce(sum(e.calls), 0) FROM endpoint_minute e JOIN texts t
+                 ON t.id = e.endpoint_id AND t.text = ?3
+                 WHERE e.bucket_ms >= ?1 AND e.bucket_ms <= ?2 AND (?4 IS NULL OR e.app = ?4)",
+            )?
+            .query_row(params![from, f.to_ms, endpoint, f.app], |r| r.get(0))?;
+        n = n.min(u(by_endpoint));
+    }
+    Ok(n)
+}
+
+/// Deletes the rows of `table` whose `column` (the first of its primary
+/// key) is before `before`, at most `step` of that column's span per call
+/// from the oldest, so the writer is held briefly. How many went, and
+/// whether nothing older than `before` is left.
+pub fn delete_before(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    before: i64,
+    step: i64,
+) -> rusqlite::Result<(usize, bool)> {
+    let oldest: Option<i64> = conn
+        .prepare_cached(&format!("SELECT min({column}) FROM {table}"))?
+        .query_row([], |r| r.get(0))?;
+    let Some(oldest) = oldest.filter(|&o| o < before) else {
+        return Ok((0, true));
+    };
+    let upto = oldest.saturating_add(step).min(before);
+    let n = conn
+        .prepare_cached(&format!("DELETE FROM {table} WHERE {column} < ?1"))?
+        .execute([upto])?;
+    Ok((n, upto >= before))
+}
+
 /// The number of steps of `step_ms` in `range` (the last may be partial).
 pub fn step_count(range: &RollupRange, step_ms: i64) -> usize {
     let span = range.to_ms.saturating_sub(range.from_ms).max(0);
@@ -484,33 +683,71 @@ pub fn steps(
     if out.is_empty() {
         return Ok(out);
     }
-    // The coarsest rollup whose buckets tile the steps.
-    let table = if from % HOUR_MS == 0 && step_ms % HOUR_MS == 0 {
-        "endpoint_hour"
-    } else if from % MINUTE_MS == 0 && step_ms % MINUTE_MS == 0 {
-        "host_minute"
-    } else {
-        "host_second"
+    let add = |out: &mut Vec<Step>, rows: &mut rusqlite::Rows<'_>| -> rusqlite::Result<()> {
+        while let Some(r) = rows.next()? {
+            let Some(s) = usize::try_from(r.get::<_, i64>(0)?)
+                .ok()
+                .and_then(|k| out.get_mut(k))
+            else {
+                continue;
+            };
+            s.calls += u(r.get(1)?);
+            s.failures += u(r.get(2)?);
+            s.sum_ns = s.sum_ns.saturating_add(u(r.get(3)?));
+            s.max_ns = s.max_ns.max(u(r.get(4)?));
+        }
+        Ok(())
     };
     let app = app_clause(range, 4);
-    let sql = format!(
-        "SELECT (bucket_ms - ?1) / ?3 AS k, sum(calls), sum(failures), sum(sum_ns), max(max_ns)
-         FROM {table} WHERE bucket_ms >= ?1 AND bucket_ms < ?2{app} GROUP BY k"
-    );
-    let args = range_params(range, vec![from.into(), range.to_ms.into(), step_ms.into()]);
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-    while let Some(r) = rows.next()? {
-        let Some(s) = usize::try_from(r.get::<_, i64>(0)?)
-            .ok()
-            .and_then(|k| out.get_mut(k))
-        else {
-            continue;
+    let cols = "(bucket_ms - ?1) / ?3 AS k, sum(calls), sum(failures), sum(sum_ns), max(max_ns)";
+    if step_ms % MINUTE_MS == 0 && from % MINUTE_MS != 0 {
+        // Steps of whole minutes from an instant inside a minute: the
+        // minutes wholly inside a step from the minute rollup, the minutes
+        // a step boundary (or the range's end) cuts second by second.
+        let sql = format!(
+            "SELECT {cols} FROM host_minute WHERE bucket_ms >= ?1 AND bucket_ms + 60000 <= ?2
+             AND (bucket_ms - ?1) / ?3 = (bucket_ms + 59999 - ?1) / ?3{app} GROUP BY k"
+        );
+        let args = range_params(range, vec![from.into(), range.to_ms.into(), step_ms.into()]);
+        let mut stmt = conn.prepare_cached(&sql)?;
+        add(&mut out, &mut stmt.query(rusqlite::params_from_iter(args))?)?;
+        let mut cut: Vec<i64> = (0..out.len() as i64)
+            .map(|j| (from + j * step_ms).div_euclid(MINUTE_MS) * MINUTE_MS)
+            .collect();
+        if range.to_ms % MINUTE_MS != 0 {
+            cut.push(range.to_ms.div_euclid(MINUTE_MS) * MINUTE_MS);
+        }
+        cut.dedup();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {cols} FROM host_second WHERE bucket_ms >= max(?1, ?5)
+             AND bucket_ms < min(?2, ?6) AND (?4 IS NULL OR app = ?4) GROUP BY k"
+        ))?;
+        for m in cut {
+            let mut rows = stmt.query(params![
+                from,
+                range.to_ms,
+                step_ms,
+                range.app,
+                m,
+                m + MINUTE_MS
+            ])?;
+            add(&mut out, &mut rows)?;
+        }
+    } else {
+        // The coarsest rollup whose buckets tile the steps.
+        let table = if from % HOUR_MS == 0 && step_ms % HOUR_MS == 0 {
+            "endpoint_hour"
+        } else if from % MINUTE_MS == 0 && step_ms % MINUTE_MS == 0 {
+            "host_minute"
+        } else {
+            "host_second"
         };
-        s.calls = u(r.get(1)?);
-        s.failures = u(r.get(2)?);
-        s.sum_ns = u(r.get(3)?);
-        s.max_ns = u(r.get(4)?);
+        let sql = format!(
+            "SELECT {cols} FROM {table} WHERE bucket_ms >= ?1 AND bucket_ms < ?2{app} GROUP BY k"
+        );
+        let args = range_params(range, vec![from.into(), range.to_ms.into(), step_ms.into()]);
+        let mut stmt = conn.prepare_cached(&sql)?;
+        add(&mut out, &mut stmt.query(rusqlite::params_from_iter(args))?)?;
     }
     if peak {
         let sql = format!(
