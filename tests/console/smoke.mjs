@@ -241,6 +241,12 @@ try {
   found.xview_100k_draw_ms = await page.evaluate(() => window.sondeXviewSynthetic(100000));
   found.xview_100k_points = await page.$eval('#xview-canvas', (c) => Number(c.dataset.points));
   await page.screenshot({ path: join(shots, 'xview-100k.png') });
+  // The dashboard's first render: from opening it to its first live numbers
+  // (docs/benchmarks.md).
+  const opened = Date.now();
+  await page.goto(base + '/#/dashboard');
+  await page.waitForFunction(() => Number(document.querySelector('#v-tps')?.dataset.tps || 0) > 0, null, { timeout: 15000 });
+  found.dashboard_first_render_ms = Date.now() - opened;
 
   // Logout ends the session.
   await page.goto(base + '/#/dashboard');
