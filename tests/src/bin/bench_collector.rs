@@ -387,7 +387,19 @@ fn main() -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let to_ms = now_ms();
+    // The data set ends when it was made; `--query-only` reads back when
+    // that was, so the queries look at the data's last minutes.
+    let end_file = dir.join("bench-end-ms");
+    let to_ms = if a.query_only {
+        std::fs::read_to_string(&end_file)
+            .context("--query-only needs a --dir made by an earlier run")?
+            .trim()
+            .parse()?
+    } else {
+        let t = now_ms();
+        std::fs::write(&end_file, t.to_string())?;
+        t
+    };
     let from_ms = to_ms - (a.hours * 3_600_000.0) as i64;
     let total = (a.hours * 3600.0 * a.tps) as u64;
 
