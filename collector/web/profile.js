@@ -100,7 +100,9 @@ export function mount(el, ctx) {
     if (t.parent_id) items.push(h('p', {}, 'Called by ', h('a', { href: '#/tx/' + t.parent_id }, t.parent_id)));
     if (t.trace_id) {
       try {
-        const r = await api('/transactions', { trace_id: t.trace_id, from: t.ts_ms - 3600000, to: t.ts_ms + 3600000, limit: 500 });
+        // A trace's calls happen within seconds: ±10 min around this one
+        // (the trace id is matched by scanning that window).
+        const r = await api('/transactions', { trace_id: t.trace_id, around_ms: t.ts_ms, window_ms: 600000, limit: 500 });
         const others = r.transactions.filter((x) => x.id !== t.id);
         if (others.length) {
           items.push(table([
