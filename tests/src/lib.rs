@@ -674,3 +674,46 @@ pub mod certs {
         Ok(())
     }
 }
+
+/// An independent ledger of requests: each tagged `ledger=<tag>` in its
+/// query, nginx's access log (`StackOptions::access_log`) for what was
+/// served, the collector's transactions for what was stored.
+pub mod ledger {
+    use std::collections::HashMap;
+
+    use super::{now_ms, Stack};
+
+    /// The `ledger=` tag in a URL or a log line.
+    pub fn tag_of(s: &str) -> Option<&str> {
+        let at = s.find("ledger=")? + "ledger=".len();
+        Some(s[at..].split(['&', ' ']).next().unwrap_or(""))
+    }
+
+    /// Tags nginx served with 200, from its access log.
+    pub fn served(stack: &Stack) -> Vec<String> {
+        std::fs::read_to_string(stack.path("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split(' ').nth(1) == Some("200"))
+            .filter_map(|l| tag_of(l).map(str::to_owned))
+            .collect()
+    }
+
+    /// How many times the collector stored each tag (transactions ending
+    /// since `from`; the traffic must fit one unsampled answer).
+    pub fn stored(stack: &Stack, from: i64) -> HashMap<String, u32> {
+        let mut out = HashMap::new();
+        if let Ok(v) = stack.api(&format!(
+            "/api/v1/transactions?from={from}&to={}&limit=200000",
+            now_ms() + 60_000
+        )) {
+            assert_eq!(v["sampled"], false, "the test's traffic fits the limit");
+            for t in v["transactions"].as_array().into_iter().flatten() {
+                if let Some(tag) = t["url"].as_str().and_then(tag_of) {
+                    *out.entry(tag.to_owned()).or_insert(0) += 1;
+                }
+            }
+        }
+        out
+    }
+}

@@ -12,39 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use sonde_e2e::{http, now_ms, wait_for, Stack, StackOptions};
-
-fn tag_of(s: &str) -> Option<&str> {
-    let at = s.find("ledger=")? + "ledger=".len();
-    Some(s[at..].split(['&', ' ']).next().unwrap_or(""))
-}
-
-/// Tags nginx served with 200, from its access log.
-fn ledger(stack: &Stack) -> Vec<String> {
-    std::fs::read_to_string(stack.path("access.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.split(' ').nth(1) == Some("200"))
-        .filter_map(|l| tag_of(l).map(str::to_owned))
-        .collect()
-}
-
-/// How many times the collector stored each tag.
-fn stored(stack: &Stack, from: i64) -> HashMap<String, u32> {
-    let mut out = HashMap::new();
-    if let Ok(v) = stack.api(&format!(
-        "/api/v1/transactions?from={from}&to={}&limit=200000",
-        now_ms() + 60_000
-    )) {
-        assert_eq!(v["sampled"], false, "the test's traffic fits the limit");
-        for t in v["transactions"].as_array().into_iter().flatten() {
-            if let Some(tag) = t["url"].as_str().and_then(tag_of) {
-                *out.entry(tag.to_owned()).or_insert(0) += 1;
-            }
-        }
-    }
-    out
-}
+use sonde_e2e::{http, ledger, now_ms, wait_for, Stack, StackOptions};
 
 #[test]
 fn kill_9_under_load_loses_nothing_acknowledged_and_stores_nothing_twice() {
@@ -77,7 +45,7 @@ fn kill_9_under_load_loses_nothing_acknowledged_and_stores_nothing_twice() {
 
     for round in 0..3 {
         std::thread::sleep(Duration::from_secs(4));
-        let before = stored(&stack, from).len();
+        let before = ledger::stored(&stack, from).len();
         assert!(before > 0 || round > 0, "data flows before the kill");
         // SIGKILL: no flush, no goodbye; in-flight batches are cut off.
         stack.stop("collector", Signal::SIGKILL);
@@ -88,14 +56,14 @@ fn kill_9_under_load_loses_nothing_acknowledged_and_stores_nothing_twice() {
     stop.store(true, Ordering::Relaxed);
     let sent: u64 = traffic.into_iter().map(|t| t.join().unwrap()).sum();
 
-    let served = ledger(&stack);
+    let served = ledger::served(&stack);
     assert_eq!(served.len() as u64, sent, "nginx logged every request");
     let mut last = HashMap::new();
     let all = wait_for(
         "every served request stored",
         Duration::from_secs(120),
         || {
-            last = stored(&stack, from);
+            last = ledger::stored(&stack, from);
             served.iter().all(|t| last.contains_key(t))
         },
     );
@@ -110,7 +78,7 @@ fn kill_9_under_load_loses_nothing_acknowledged_and_stores_nothing_twice() {
     // Replays of batches the killed collector had committed but not
     // acknowledged arrive with the catch-up: give them time.
     std::thread::sleep(Duration::from_secs(3));
-    let last = stored(&stack, from);
+    let last = ledger::stored(&stack, from);
     let twice: Vec<_> = last.iter().filter(|(_, &n)| n > 1).collect();
     assert!(twice.is_empty(), "stored more than once: {twice:?}");
     assert_eq!(

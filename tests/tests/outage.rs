@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sonde_e2e::{http, now_ms, wait_for, Stack, StackOptions};
+use sonde_e2e::{http, ledger, now_ms, wait_for, Stack, StackOptions};
 
 fn secs(var: &str, default: u64) -> Duration {
     let s = std::env::var(var)
@@ -71,47 +71,16 @@ impl Traffic {
     }
 }
 
-fn tag_of(s: &str) -> Option<&str> {
-    let at = s.find("ledger=")? + "ledger=".len();
-    Some(s[at..].split(['&', ' ']).next().unwrap_or(""))
-}
-
-/// Tags nginx served with 200, from its access log.
-fn ledger(stack: &Stack) -> Vec<String> {
-    std::fs::read_to_string(stack.path("access.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.split(' ').nth(1) == Some("200"))
-        .filter_map(|l| tag_of(l).map(str::to_owned))
-        .collect()
-}
-
-/// How many times the collector stored each tag.
-fn stored(stack: &Stack, from: i64) -> HashMap<String, u32> {
-    let to = now_ms() + 60_000;
-    let mut out = HashMap::new();
-    if let Ok(v) = stack.api(&format!(
-        "/api/v1/transactions?from={from}&to={to}&limit=1000000"
-    )) {
-        for t in v["transactions"].as_array().into_iter().flatten() {
-            if let Some(tag) = t["url"].as_str().and_then(tag_of) {
-                *out.entry(tag.to_owned()).or_insert(0) += 1;
-            }
-        }
-    }
-    out
-}
-
 /// Waits until every served request is stored, then checks exactly once.
 fn check_exactly_once(stack: &Stack, from: i64) {
-    let served = ledger(stack);
+    let served = ledger::served(stack);
     assert!(!served.is_empty(), "nginx logged the traffic");
     let mut last = HashMap::new();
     let all = wait_for(
         "every served request stored",
         Duration::from_secs(180),
         || {
-            last = stored(stack, from);
+            last = ledger::stored(stack, from);
             served.iter().all(|t| last.contains_key(t))
         },
     );
@@ -125,7 +94,7 @@ fn check_exactly_once(stack: &Stack, from: i64) {
     }
     // Late duplicates would arrive with the replay: give them time.
     std::thread::sleep(Duration::from_secs(3));
-    let last = stored(stack, from);
+    let last = ledger::stored(stack, from);
     let twice: Vec<_> = last.iter().filter(|(_, &n)| n > 1).collect();
     assert!(twice.is_empty(), "stored more than once: {twice:?}");
     assert_eq!(
