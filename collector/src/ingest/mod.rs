@@ -329,6 +329,8 @@ pub async fn serve(
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(max);
+    /// HTTP/2 receive window per agent stream, bytes.
+    const STREAM_WINDOW: u32 = 16 << 20;
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
@@ -337,6 +339,11 @@ pub async fn serve(
         // Notice agents that vanished without closing their connection.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // Room for the next batch (up to several MiB) to arrive while the
+        // current one is stored: with HTTP/2's default windows the agent
+        // waits for a window update every 64 KiB–1 MiB.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(STREAM_WINDOW * 2))
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.wait().await

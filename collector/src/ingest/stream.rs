@@ -2,9 +2,13 @@
 //! acknowledged), heartbeats and live snapshots, until the agent closes the
 //! stream, the store fails, or the collector shuts down.
 //!
-//! Messages are handled one at a time: the next is not read until the
-//! current batch is committed and its Ack queued, so a slow store pushes
-//! back on the agent through HTTP/2 flow control rather than piling up here.
+//! A reader task takes the agent's messages off the wire (decompressing and
+//! decoding them) while the session stores the one before: decoding the
+//! next batch overlaps storing the current one, on another core. At most
+//! [`READ_AHEAD`] decoded messages wait, so a slow store still pushes back
+//! on the agent through HTTP/2 flow control rather than piling up here.
+//! Messages are handled in order, one at a time: a batch is committed and
+//! its Ack queued before the next is looked at.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -25,7 +29,24 @@ use crate::storage::run_blocking;
 /// them. Acks are small and one per batch, so a few suffice.
 pub const OUTBOUND_QUEUE: usize = 16;
 
+/// Decoded agent messages waiting while the session stores the one
+/// before (each can be a batch of thousands of records).
+pub const READ_AHEAD: usize = 1;
+
 type Outbound = mpsc::Sender<Result<CollectorMessage, Status>>;
+type Inbound = Result<Option<AgentMessage>, Status>;
+
+/// Reads the agent's messages ahead of the session, until the stream ends
+/// or the session stops listening.
+async fn read_ahead(mut inbound: Streaming<AgentMessage>, out: mpsc::Sender<Inbound>) {
+    loop {
+        let next = inbound.message().await;
+        let last = !matches!(next, Ok(Some(_)));
+        if out.send(next).await.is_err() || last {
+            return;
+        }
+    }
+}
 
 pub struct Session {
     ingest: Ingest,
@@ -63,8 +84,10 @@ impl Session {
         }
     }
 
-    pub async fn run(mut self, mut inbound: Streaming<AgentMessage>) {
+    pub async fn run(mut self, inbound: Streaming<AgentMessage>) {
         let mut shutdown = self.ingest.shutdown.clone();
+        let (ahead_tx, mut ahead) = mpsc::channel(READ_AHEAD);
+        let reader = tokio::spawn(read_ahead(inbound, ahead_tx));
         let mut first = true;
         let end = loop {
             let next = tokio::select! {
@@ -74,7 +97,7 @@ impl Session {
                 _ = shutdown.wait() => {
                     break End::Error(Status::unavailable("collector is shutting down"));
                 }
-                next = inbound.message() => next,
+                next = ahead.recv() => next.unwrap_or(Ok(None)),
             };
             let msg = match next {
                 Ok(Some(AgentMessage { msg: Some(msg) })) => msg,
@@ -126,6 +149,9 @@ impl Session {
                 break end;
             }
         };
+        // A message read ahead but not handled is not acknowledged: the
+        // agent sends it again.
+        reader.abort();
         if let End::Error(status) = end {
             // The agent may already be gone; nothing more to do then.
             let _ = self.tx.send(Err(status)).await;

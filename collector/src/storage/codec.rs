@@ -6,7 +6,7 @@
 //! about as many bytes as one protobuf-encoded statement would.
 //!
 //! What the summary columns already hold (id, app, host, endpoint, method,
-//! URL, status, wall time, trace id) is left out and given back by the
+//! status, wall time, trace id) is left out and given back by the
 //! caller on decode. Anything not modelled here travels inside embedded
 //! protobuf, so a field added to `RequestRecord` or `Span` later is kept.
 //!
@@ -67,7 +67,7 @@ pub struct Columns {
     pub trace_id: Option<Vec<u8>>,
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -83,16 +83,24 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Reader(bytes)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     fn u8(&mut self) -> Result<u8, CodecError> {
         let (&b, rest) = self.0.split_first().ok_or(CodecError::Short)?;
         self.0 = rest;
         Ok(b)
     }
 
-    fn varint(&mut self) -> Result<u64, CodecError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, CodecError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.u8()?;
@@ -104,7 +112,7 @@ impl<'a> Reader<'a> {
         Err(CodecError::Short)
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
         let n = usize::try_from(self.varint()?).map_err(|_| CodecError::Short)?;
         if n > self.0.len() {
             return Err(CodecError::Short);
@@ -157,29 +165,10 @@ pub fn encode<E>(
         put_varint(out, text(s)? as u64);
     }
 
-    // The rest of the record, without what is stored elsewhere. Cloning
-    // only the small top-level parts: spans are taken out first.
-    let stripped = RequestRecord {
-        pid: record.pid,
-        queue_ns: record.queue_ns,
-        cpu_user_ns: record.cpu_user_ns,
-        cpu_sys_ns: record.cpu_sys_ns,
-        peak_memory_bytes: record.peak_memory_bytes,
-        client_ip: record.client_ip.clone(),
-        visitor_id: record.visitor_id.clone(),
-        trace: record.trace.as_ref().map(|t| {
-            let mut t = t.clone();
-            t.trace_id.clear();
-            t
-        }),
-        error: record.error.clone(),
-        dropped: record.dropped,
-        attributes: record.attributes.clone(),
-        warnings: record.warnings,
-        ..Default::default()
-    };
-    put_varint(out, stripped.encoded_len() as u64);
-    stripped.encode_raw(out);
+    // The rest of the record, without what is stored elsewhere, as
+    // protobuf (written field by field: no copy of the record).
+    put_varint(out, record_rest_len(record) as u64);
+    record_rest_encode(record, out);
 
     put_varint(out, record.spans.len() as u64);
     let mut prev = 0u64;
@@ -209,6 +198,133 @@ pub fn encode<E>(
         }
     }
     Ok(())
+}
+
+// The record's fields kept in the embedded protobuf, as prost encodes a
+// `RequestRecord` holding only them (same tags; the trace context without
+// its trace id, which is a column). `tests::every_record_field_is_kept`
+// fails to compile when `RequestRecord` gains a field: add it here too.
+
+fn trace_rest_len(t: &sonde_proto::v1::TraceContext) -> usize {
+    use prost::encoding::{bytes, string};
+    let mut n = 0;
+    if !t.span_id.is_empty() {
+        n += bytes::encoded_len(2, &t.span_id);
+    }
+    if !t.parent_span_id.is_empty() {
+        n += bytes::encoded_len(3, &t.parent_span_id);
+    }
+    if !t.parent_record_id.is_empty() {
+        n += bytes::encoded_len(4, &t.parent_record_id);
+    }
+    if !t.tracestate.is_empty() {
+        n += string::encoded_len(5, &t.tracestate);
+    }
+    n
+}
+
+fn record_rest_len(r: &RequestRecord) -> usize {
+    use prost::encoding::{encoded_len_varint, hash_map, key_len, message, string, uint32, uint64};
+    let mut n = 0;
+    if r.pid != 0 {
+        n += uint32::encoded_len(3, &r.pid);
+    }
+    if !r.url.is_empty() {
+        n += string::encoded_len(7, &r.url);
+    }
+    for (tag, v) in [
+        (10, &r.queue_ns),
+        (11, &r.cpu_user_ns),
+        (12, &r.cpu_sys_ns),
+        (13, &r.peak_memory_bytes),
+    ] {
+        if *v != 0 {
+            n += uint64::encoded_len(tag, v);
+        }
+    }
+    if !r.client_ip.is_empty() {
+        n += string::encoded_len(14, &r.client_ip);
+    }
+    if !r.visitor_id.is_empty() {
+        n += string::encoded_len(15, &r.visitor_id);
+    }
+    if let Some(t) = &r.trace {
+        let len = trace_rest_len(t);
+        n += key_len(16) + encoded_len_varint(len as u64) + len;
+    }
+    if let Some(e) = &r.error {
+        n += message::encoded_len(18, e);
+    }
+    if let Some(d) = &r.dropped {
+        n += message::encoded_len(19, d);
+    }
+    n += hash_map::encoded_len(string::encoded_len, string::encoded_len, 25, &r.attributes);
+    if r.warnings != 0 {
+        n += uint32::encoded_len(26, &r.warnings);
+    }
+    n
+}
+
+fn record_rest_encode(r: &RequestRecord, out: &mut Vec<u8>) {
+    use prost::encoding::{
+        bytes, encode_key, encode_varint, hash_map, message, string, uint32, uint64, WireType,
+    };
+    if r.pid != 0 {
+        uint32::encode(3, &r.pid, out);
+    }
+    if !r.url.is_empty() {
+        string::encode(7, &r.url, out);
+    }
+    for (tag, v) in [
+        (10, &r.queue_ns),
+        (11, &r.cpu_user_ns),
+        (12, &r.cpu_sys_ns),
+        (13, &r.peak_memory_bytes),
+    ] {
+        if *v != 0 {
+            uint64::encode(tag, v, out);
+        }
+    }
+    if !r.client_ip.is_empty() {
+        string::encode(14, &r.client_ip, out);
+    }
+    if !r.visitor_id.is_empty() {
+        string::encode(15, &r.visitor_id, out);
+    }
+    if let Some(t) = &r.trace {
+        encode_key(16, WireType::LengthDelimited, out);
+        encode_varint(trace_rest_len(t) as u64, out);
+        if !t.span_id.is_empty() {
+            bytes::encode(2, &t.span_id, out);
+        }
+        if !t.parent_span_id.is_empty() {
+            bytes::encode(3, &t.parent_span_id, out);
+        }
+        if !t.parent_record_id.is_empty() {
+            bytes::encode(4, &t.parent_record_id, out);
+        }
+        if !t.tracestate.is_empty() {
+            string::encode(5, &t.tracestate, out);
+        }
+    }
+    if let Some(e) = &r.error {
+        message::encode(18, e, out);
+    }
+    if let Some(d) = &r.dropped {
+        message::encode(19, d, out);
+    }
+    hash_map::encode(
+        string::encode,
+        string::encoded_len,
+        string::encode,
+        string::encoded_len,
+        25,
+        &r.attributes,
+        out,
+    );
+    if r.warnings != 0 {
+        uint32::encode(26, &r.warnings, out);
+    }
 }
 
 // A span's fields besides kind, times and the dictionary texts, as the
@@ -329,7 +445,10 @@ pub fn decode(
     record.host = cols.host;
     record.endpoint = cols.endpoint;
     record.method = cols.method;
-    record.url = cols.url;
+    // Older blobs left the URL to the summary row.
+    if record.url.is_empty() {
+        record.url = cols.url;
+    }
     record.status = cols.status;
     record.wall_ns = cols.wall_ns;
     record.start_unix_ns = start_unix_ns;
@@ -578,6 +697,38 @@ mod tests {
             warnings: 4,
         };
         assert_eq!(round_trip(&r).0, r);
+    }
+
+    #[test]
+    fn the_record_rest_is_what_prost_writes() {
+        let mut r = full();
+        r.attributes = [("k".to_owned(), "v".to_owned())].into();
+        r.client_ip = "10.0.0.1".into();
+        r.warnings = 3;
+        let stripped = RequestRecord {
+            pid: r.pid,
+            url: r.url.clone(),
+            queue_ns: r.queue_ns,
+            cpu_user_ns: r.cpu_user_ns,
+            cpu_sys_ns: r.cpu_sys_ns,
+            peak_memory_bytes: r.peak_memory_bytes,
+            client_ip: r.client_ip.clone(),
+            visitor_id: r.visitor_id.clone(),
+            trace: r.trace.clone().map(|mut t| {
+                t.trace_id.clear();
+                t
+            }),
+            error: r.error.clone(),
+            dropped: r.dropped,
+            attributes: r.attributes.clone(),
+            warnings: r.warnings,
+            ..Default::default()
+        };
+        let mut ours = Vec::new();
+        record_rest_encode(&r, &mut ours);
+        assert_eq!(ours, stripped.encode_to_vec());
+        assert_eq!(record_rest_len(&r), ours.len());
+        assert!(r.trace.as_ref().is_some_and(|t| !t.span_id.is_empty()));
     }
 
     #[test]

@@ -410,8 +410,6 @@ pub struct TxSummary {
     /// Lower-case hex W3C trace id, if any.
     pub trace_id: Option<String>,
     pub method: String,
-    /// The request URL as recorded (sensitive parameters redacted).
-    pub url: String,
 }
 
 /// An alert event, as stored and as `GET /api/v1/events` shows it.

@@ -419,8 +419,7 @@ impl Store for SqliteStore {
                 Put::Expired => outcome.expired += 1,
             }
         }
-        let created = std::mem::take(&mut raw.created);
-        drop(raw);
+        let created = raw.finish()?;
         rollup::write(&tx, &rollups, &mut texts)?;
         let pending = texts.pending;
         tx.commit()?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use sonde_proto::v1::{ErrorInfo, RequestRecord, Span, SpanKind, TraceContext};
 
-use super::partition::{rec_table, tx_table};
+use super::partition::{blk_table, rec_table, tx_table};
 use super::*;
 use crate::storage::end_ms;
 use crate::storage::retention::{day_of, DAY_MS};
@@ -416,7 +416,7 @@ fn retention_drops_whole_days_and_old_rollups() {
             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN (?1, ?2, ?3)",
             params![
                 tx_table(day_of(MIDNIGHT)),
-                rec_table(day_of(MIDNIGHT) + 5),
+                blk_table(day_of(MIDNIGHT) + 5),
                 tx_table(day_of(MIDNIGHT) + 5)
             ],
             |r| r.get(0),
@@ -469,10 +469,23 @@ fn retention_drops_whole_days_and_old_rollups() {
     );
 }
 
+/// 160 hex digits that do not compress (detail blocks are zstd'ed).
+fn noise(seed: u64) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..10)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{x:016x}")
+        })
+        .collect()
+}
+
 #[test]
 fn the_disk_guard_drops_the_oldest_raw_data_first() {
     let dir = tempfile::tempdir().unwrap();
-    let cap = 5 << 20;
+    let cap = 5 << 19;
     let s = open_with(
         dir.path(),
         StoreOptions {
@@ -484,7 +497,7 @@ fn the_disk_guard_drops_the_oldest_raw_data_first() {
             ..StoreOptions::default()
         },
     );
-    // Four days of ~1.5 MB each.
+    // Four days of ~0.9 MB each.
     for d in 0..4u64 {
         let batch: Vec<_> = (0..5000u64)
             .map(|k| {
@@ -495,7 +508,7 @@ fn the_disk_guard_drops_the_oldest_raw_data_first() {
                     5,
                 );
                 r.client_ip = format!("10.0.{}.{}", k % 250, d);
-                r.attributes.insert("pad".into(), format!("{k:0>150}"));
+                r.attributes.insert("pad".into(), noise(d << 32 | k));
                 r
             })
             .collect();
@@ -553,7 +566,7 @@ fn the_disk_guard_drops_the_oldest_raw_data_first() {
     let batch: Vec<_> = (0..5000u64)
         .map(|k| {
             let mut r = rec((9 << 32) | k, "shop", MIDNIGHT + 4 * DAY_MS + k as i64, 5);
-            r.attributes.insert("pad".into(), format!("{k:0>150}"));
+            r.attributes.insert("pad".into(), noise(9 << 32 | k));
             r
         })
         .collect();
@@ -759,4 +772,113 @@ fn endpoint_rules_name_records_as_they_arrive() {
             ("/users/{num}".to_owned(), 2)
         ]
     );
+}
+
+/// The detail of `n` (stored by [`rec`]) ending at `end_ms`, by its full id.
+fn detail_of(s: &SqliteStore, n: u64, end_ms: i64) -> Option<TxDetail> {
+    let id = rec(n, "shop", end_ms, 5).id;
+    s.transaction_at(&TxId::parse(&TxId::format(end_ms, &id)).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn details_come_back_from_blocks_of_many_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_with(dir.path(), StoreOptions::default());
+    let end = |n: u64| MIDNIGHT + 1000 + n as i64 % 7_000;
+    // One batch of several blocks, a small one, and a replay of both.
+    let big: Vec<_> = (0..700).map(|n| rec(n, "shop", end(n), 5)).collect();
+    let small: Vec<_> = (700..705).map(|n| rec(n, "shop", end(n), 5)).collect();
+    assert_eq!(s.insert_records(&big, "h").unwrap().stored, 700);
+    assert_eq!(s.insert_records(&small, "h").unwrap().stored, 5);
+    assert_eq!(s.insert_records(&big, "h").unwrap().duplicates, 700);
+    for n in [0, 1, 255, 256, 257, 511, 512, 699, 700, 704] {
+        let d = detail_of(&s, n, end(n)).unwrap_or_else(|| panic!("record {n}"));
+        assert_eq!(d.url, format!("/items/{n}"), "record {n}");
+        assert_eq!(d.spans.len(), 1, "record {n}");
+        assert_eq!(
+            d.spans[0].statement.as_deref(),
+            Some("SELECT * FROM items WHERE id = ?")
+        );
+    }
+    assert!(detail_of(&s, 705, end(705)).is_none());
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let blocks: Vec<(i64, i64)> = conn
+        .prepare(&format!(
+            "SELECT seq, last FROM {} ORDER BY seq",
+            blk_table(day_of(MIDNIGHT))
+        ))
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(blocks, [(1, 256), (257, 512), (513, 700), (701, 705)]);
+}
+
+#[test]
+fn a_day_written_before_blocks_is_read_and_appended_to_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_with(dir.path(), StoreOptions::default());
+    s.insert_records(&[rec(1, "shop", MIDNIGHT + 10, 5)], "h")
+        .unwrap();
+    drop(s);
+    // Turn the day into the earlier layout: one compact record per row,
+    // the URL in the summary row.
+    let day = day_of(MIDNIGHT);
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let (seq, block): (i64, Vec<u8>) = conn
+        .query_row(
+            &format!("SELECT seq, block FROM {}", blk_table(day)),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let bytes = zstd::decode_all(&block[..]).unwrap();
+    let mut r = crate::storage::codec::Reader::new(&bytes);
+    assert_eq!(r.varint().unwrap(), 0);
+    let blob = r.bytes().unwrap().to_vec();
+    conn.execute_batch(&format!(
+        "CREATE TABLE {} (seq INTEGER PRIMARY KEY, record BLOB NOT NULL);
+         DROP TABLE {};
+         UPDATE {} SET url = '/from-the-row';",
+        rec_table(day),
+        blk_table(day),
+        tx_table(day)
+    ))
+    .unwrap();
+    conn.execute(
+        &format!(
+            "INSERT INTO {} (seq, record) VALUES (?1, ?2)",
+            rec_table(day)
+        ),
+        params![seq, blob],
+    )
+    .unwrap();
+    drop(conn);
+
+    let s = open_with(dir.path(), StoreOptions::default());
+    // The blob written with blocks carries its URL; one without gets the row's.
+    assert_eq!(detail_of(&s, 1, MIDNIGHT + 10).unwrap().url, "/items/1");
+    s.insert_records(&[rec(2, "shop", MIDNIGHT + 20, 5)], "h")
+        .unwrap();
+    let d = detail_of(&s, 2, MIDNIGHT + 20).unwrap();
+    assert_eq!((d.url.as_str(), d.spans.len()), ("/items/2", 1));
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let rows: i64 = conn
+        .query_row(
+            &format!("SELECT count(*) FROM {}", rec_table(day)),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 2, "appended to the day's own layout");
+    let blk: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = ?1",
+            [blk_table(day)],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(blk, 0);
 }

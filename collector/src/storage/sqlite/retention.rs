@@ -20,7 +20,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tracing::{info, warn};
 
-use super::partition::{rec_table, tx_table, FLOOR_KEY};
+use super::partition::{blk_table, rec_table, tx_table, FLOOR_KEY};
 use super::{rollup, Inner};
 use crate::storage::retention::{civil, first_kept_day, RetentionOutcome, StorageStats, DAY_MS};
 use crate::storage::rollup::HOUR_MS;
@@ -206,16 +206,20 @@ impl Inner {
             Piece::Spans(day) => {
                 tx.execute_batch(&format!(
                     "DROP TABLE IF EXISTS {};
+                     DROP TABLE IF EXISTS {};
                      UPDATE partitions SET spans = 0 WHERE day = {day};",
-                    rec_table(day)
+                    rec_table(day),
+                    blk_table(day)
                 ))?;
             }
             Piece::Transactions(day) => {
                 tx.execute_batch(&format!(
                     "DROP TABLE IF EXISTS {};
                      DROP TABLE IF EXISTS {};
+                     DROP TABLE IF EXISTS {};
                      DELETE FROM partitions WHERE day = {day};",
                     rec_table(day),
+                    blk_table(day),
                     tx_table(day)
                 ))?;
             }
