@@ -13,11 +13,11 @@ use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::Serialize;
-use sonde_core::endpoint::EndpointNamer;
 use sonde_core::hll::Hll;
 use sonde_proto::v1::{HostMetrics, RequestRecord, SpanKind};
 
 use crate::storage::rollup::SlowThresholds;
+use crate::storage::EndpointNaming;
 use crate::storage::{end_ms, is_failure};
 
 /// Seconds of transactions kept (the endpoint board's window and the
@@ -187,12 +187,14 @@ struct Inner {
 pub struct LiveStats {
     inner: Mutex<Inner>,
     slow: SlowThresholds,
-    namer: EndpointNamer,
+    /// The store's naming (`[storage] endpoint_rules`), so that the live
+    /// view and the stored rollups call an endpoint the same.
+    naming: EndpointNaming,
 }
 
 impl Default for LiveStats {
     fn default() -> Self {
-        LiveStats::new(SlowThresholds::default())
+        LiveStats::new(SlowThresholds::default(), EndpointNaming::default())
     }
 }
 
@@ -360,11 +362,11 @@ pub fn level(p90_ms: f64, error_rate: f64, slow_ms: f64) -> &'static str {
 }
 
 impl LiveStats {
-    pub fn new(slow: SlowThresholds) -> Self {
+    pub fn new(slow: SlowThresholds, naming: EndpointNaming) -> Self {
         LiveStats {
             inner: Mutex::default(),
             slow,
-            namer: EndpointNamer::default(),
+            naming,
         }
     }
 
@@ -390,11 +392,7 @@ impl LiveStats {
             } else {
                 &r.host
             };
-            let endpoint = if r.endpoint.is_empty() {
-                self.namer.name(&r.url)
-            } else {
-                r.endpoint.clone()
-            };
+            let endpoint = self.naming.name(r).into_owned();
             let by_key = inner.seconds.entry(second).or_default();
             let mut key = (r.app.clone(), host.to_owned(), endpoint);
             if by_key.len() >= MAX_KEYS_PER_SECOND && !by_key.contains_key(&key) {
@@ -701,6 +699,23 @@ mod tests {
         let later = stats.view(&LiveFilter::default(), now + 70_000, 5);
         assert_eq!(later.window.calls, 0);
         assert!(later.endpoints.is_empty());
+    }
+
+    #[test]
+    fn endpoint_rules_name_the_live_view_as_the_store() {
+        let rules = [(r"^/users/\d+".to_owned(), "/user-page".to_owned(), None)];
+        let stats = LiveStats::new(
+            SlowThresholds::default(),
+            EndpointNaming::new(&rules).unwrap(),
+        );
+        let now = 1_000_000_500;
+        let recs: Vec<_> = (0..5u8)
+            .map(|i| record(i, 999_997_000 + i64::from(i), 20))
+            .collect();
+        stats.observe(&recs, "web-1", now);
+        let v = stats.view(&LiveFilter::default(), now, 5);
+        let names: Vec<_> = v.endpoints.iter().map(|e| e.endpoint.as_str()).collect();
+        assert_eq!(names, ["/user-page"]);
     }
 
     #[test]

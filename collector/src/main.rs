@@ -110,6 +110,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .store_options()
         .map_err(|(key, problem)| anyhow!("{key}: {problem}"))?;
     let slow_thresholds = options.slow.clone();
+    let naming = options.naming.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open_opts(&dir, options))
         .await?
         .with_context(|| {
@@ -160,7 +161,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let (trigger, shutdown) = shutdown::channel();
     let live = Arc::new(live::LiveState::new(config.live.active_bounds_ms));
-    let stats = Arc::new(live_stats::LiveStats::new(slow_thresholds.clone()));
+    let stats = Arc::new(live_stats::LiveStats::new(slow_thresholds.clone(), naming));
     let counters = Arc::new(ingest::IngestCounters::default());
     let alert_counters = Arc::new(alerts::AlertCounters::default());
     let alert_channels = alerts::spawn_channels(&config.alerts, &alert_counters, &shutdown);

@@ -125,6 +125,44 @@ pub async fn render(State(state): State<ApiState>) -> impl IntoResponse {
         .collect();
     metric("agents", "gauge", "Registered agents by status.", &samples);
 
+    if let Ok(st) = run_blocking(&state.store, |s| s.storage_stats()).await {
+        for (name, help, v) in [
+            (
+                "storage_records_expired_total",
+                "Records not stored because their day was already dropped by retention or the disk guard.",
+                st.records_expired,
+            ),
+            (
+                "storage_retention_runs_total",
+                "Retention passes run.",
+                st.retention_runs,
+            ),
+            (
+                "storage_disk_guard_drops_total",
+                "Pieces of raw data dropped by the disk guard.",
+                st.disk_guard_drops,
+            ),
+            (
+                "storage_span_days_dropped_total",
+                "Days whose span detail retention dropped.",
+                st.spans_days_dropped,
+            ),
+            (
+                "storage_transaction_days_dropped_total",
+                "Days of transactions retention dropped.",
+                st.transaction_days_dropped,
+            ),
+        ] {
+            metric(name, "counter", help, &[(String::new(), v as f64)]);
+        }
+        metric(
+            "storage_partitions",
+            "gauge",
+            "Days of raw transactions kept.",
+            &[(String::new(), st.partitions as f64)],
+        );
+    }
+
     let dir = state.storage_dir.clone();
     let bytes = tokio::task::spawn_blocking(move || dir_bytes(&dir))
         .await
@@ -184,6 +222,10 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("sonde_collector_storage_bytes "), "{body}");
+        assert!(
+            body.contains("sonde_collector_storage_records_expired_total 0"),
+            "{body}"
+        );
         for line in body.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(name.starts_with("sonde_collector_"), "{line}");
