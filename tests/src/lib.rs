@@ -704,7 +704,7 @@ pub mod ledger {
     pub fn stored(stack: &Stack, from: i64) -> HashMap<String, u32> {
         let mut out = HashMap::new();
         if let Ok(v) = stack.api(&format!(
-            "/api/v1/transactions?from={from}&to={}&limit=200000",
+            "/api/v1/transactions?from={from}&to={}&limit=200000&with_url=true",
             now_ms() + 60_000
         )) {
             assert_eq!(v["sampled"], false, "the test's traffic fits the limit");

@@ -29,7 +29,22 @@ pub async fn list(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<TxPage>, ApiError> {
     let filter = parse_filter(&params, now_ms())?;
-    let page = run_blocking(&state.store, move |s| s.query_transactions(&filter)).await?;
+    let with_url = flag(&params, "with_url")?;
+    let page = run_blocking(&state.store, move |s| {
+        let mut page = s.query_transactions(&filter)?;
+        if with_url {
+            let ids: Vec<TxId> = page
+                .transactions
+                .iter()
+                .map(|t| TxId::parse(&t.id).unwrap_or_default())
+                .collect();
+            for (t, url) in page.transactions.iter_mut().zip(s.transaction_urls(&ids)?) {
+                t.url = url;
+            }
+        }
+        Ok(page)
+    })
+    .await?;
     Ok(Json(page))
 }
 
@@ -45,6 +60,16 @@ pub async fn detail(
         .await?
         .map(Json)
         .ok_or(UNKNOWN)
+}
+
+/// A true/false query parameter (absent or empty: false).
+fn flag(params: &HashMap<String, String>, name: &'static str) -> Result<bool, ApiError> {
+    match params.get(name).map(|v| v.trim()) {
+        None | Some("") => Ok(false),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some("false" | "0" | "no") => Ok(false),
+        Some(v) => Err(ApiError::bad(name, format!("`{v}` is not true or false"))),
+    }
 }
 
 /// Reads the query parameters; an empty value counts as absent.
@@ -104,17 +129,7 @@ fn parse_filter(params: &HashMap<String, String>, now_ms: i64) -> Result<TxFilte
                 .ok_or_else(|| ApiError::bad("trace_id", format!("`{v}` is not a hex id")))
         })
         .transpose()?;
-    let errors_only = match param("errors_only") {
-        None => false,
-        Some("true" | "1" | "yes") => true,
-        Some("false" | "0" | "no") => false,
-        Some(v) => {
-            return Err(ApiError::bad(
-                "errors_only",
-                format!("`{v}` is not true or false"),
-            ))
-        }
-    };
+    let errors_only = flag(params, "errors_only")?;
     let limit = match int("limit")? {
         None => DEFAULT_LIMIT,
         Some(n) if n < 1 => return Err(ApiError::bad("limit", "must be at least 1")),
@@ -249,6 +264,18 @@ mod tests {
             ], "truncated": false, "sampled": false, "sample_rate": 1.0,
                "notable_sample_rate": 1.0})
         );
+        assert!(body["transactions"][0].get("url").is_none());
+        let (_, body) = get(
+            &s,
+            "/api/v1/transactions?from=0&to=5000&with_url=true",
+            None,
+        )
+        .await;
+        assert_eq!(body["transactions"][0]["url"], "/users/1?x=1");
+        assert_eq!(body["transactions"][1]["url"], "/users/2?x=1");
+        let (status, body) = get(&s, "/api/v1/transactions?with_url=please", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "with_url: `please` is not true or false");
         let (_, body) = get(&s, "/api/v1/transactions?from=0&to=5000&limit=1", None).await;
         assert_eq!(body["truncated"], true);
         assert_eq!(body["transactions"][0]["ts_ms"], 2000);

@@ -302,14 +302,7 @@ impl Session {
         .await;
         let outcome = match outcome {
             Ok((o, records, host_metrics)) => {
-                // The live view counts what was stored now. A batch with
-                // duplicates is a resend or replay: rather than tell its
-                // new records from the old, leave it out (the rollups have
-                // it exactly).
                 let now = now_ms();
-                if o.duplicates == 0 && o.stored > 0 {
-                    self.ingest.stats.observe(&records, &self.hostname, now);
-                }
                 // Freshness: how long after its end the newest record of
                 // the batch became durable.
                 if let Some(newest) = records.iter().map(crate::storage::end_ms).max() {
@@ -317,9 +310,22 @@ impl Session {
                         .lag_ms
                         .store(now.saturating_sub(newest).max(0), Ordering::Relaxed);
                 }
-                for m in &host_metrics {
-                    self.ingest.stats.host_metrics(m, &self.hostname, now);
-                }
+                // The live view counts what was stored now. A batch with
+                // duplicates is a resend or replay: rather than tell its
+                // new records from the old, leave it out (the rollups have
+                // it exactly). Done beside the next batch's storing, as is
+                // freeing the records, rather than before it.
+                let stats = self.ingest.stats.clone();
+                let host = self.hostname.clone();
+                let fresh = o.duplicates == 0 && o.stored > 0;
+                tokio::spawn(async move {
+                    if fresh {
+                        stats.observe(&records, &host, now);
+                    }
+                    for m in &host_metrics {
+                        stats.host_metrics(m, &host, now);
+                    }
+                });
                 o
             }
             Err(error) => {

@@ -402,6 +402,24 @@ fn span_rest_encode(span: &Span, kind: bool, out: &mut Vec<u8>) {
     }
 }
 
+/// The request URL in a blob made by [`encode`] (empty in blobs of
+/// versions that kept it in the summary row).
+pub fn url_of(blob: &[u8]) -> Result<String, CodecError> {
+    let mut r = Reader(blob);
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(CodecError::Version(version));
+    }
+    let head = r.varint()?;
+    r.varint()?;
+    for i in 0..4 {
+        if head & (2 << i) != 0 {
+            r.varint()?;
+        }
+    }
+    Ok(RequestRecord::decode(r.bytes()?)?.url)
+}
+
 /// Decodes a blob made by [`encode`], filling in `cols`, looking texts up
 /// with `text` (which answers `None` for an unknown id).
 pub fn decode(

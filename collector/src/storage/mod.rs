@@ -136,6 +136,14 @@ pub trait Store: Send + Sync {
         self.transaction(&id.record_id)
     }
 
+    /// The request URLs of listed transactions (`None`: unknown, or its
+    /// detail is past retention), in the order of `ids`.
+    fn transaction_urls(&self, ids: &[TxId]) -> Result<Vec<Option<String>>, StoreError> {
+        ids.iter()
+            .map(|id| Ok(self.transaction_at(id)?.map(|d| d.url)))
+            .collect()
+    }
+
     /// Creates or updates an agent from its identity (the id is
     /// `identity.agent_id`), keyed by `identity_key` (see
     /// `ingest::registry`), flagged as a duplicate of another live agent or
@@ -308,7 +316,7 @@ pub struct InsertOutcome {
 /// time (6 bytes, ms, big-endian) followed by the record id, in hex, so a
 /// lookup goes straight to its day and time; a bare record id (from an
 /// older link) is also accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TxId {
     /// End time, when the id carries it.
     pub end_ms: Option<i64>,
@@ -410,6 +418,10 @@ pub struct TxSummary {
     /// Lower-case hex W3C trace id, if any.
     pub trace_id: Option<String>,
     pub method: String,
+    /// The request URL, only when asked for (`with_url`): it is kept with
+    /// the span detail, not in the summary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// An alert event, as stored and as `GET /api/v1/events` shows it.

@@ -527,6 +527,12 @@ impl Store for SqliteStore {
         partition::detail(&snapshot, &mut r.texts, id, crate::clock::now_ms())
     }
 
+    fn transaction_urls(&self, ids: &[TxId]) -> Result<Vec<Option<String>>, StoreError> {
+        let guard = self.inner.reader();
+        let snapshot = guard.conn.unchecked_transaction()?;
+        partition::urls(&snapshot, ids)
+    }
+
     fn upsert_agent(
         &self,
         identity: &AgentIdentity,

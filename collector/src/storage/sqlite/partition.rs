@@ -36,7 +36,7 @@ use sonde_core::ids::to_hex;
 use sonde_proto::v1::RequestRecord;
 
 use super::rollup::{TextMap, Texts};
-use crate::storage::codec::{self, Columns};
+use crate::storage::codec::{self, CodecError, Columns};
 use crate::storage::retention::{civil, day_of};
 use crate::storage::{StoreError, TxDetail, TxFilter, TxId, TxPage, TxRow, TxSummary};
 
@@ -493,6 +493,7 @@ fn summary(
         method: texts.string(conn, r.get(8)?)?,
         status: r.get(9)?,
         error: r.get(10)?,
+        url: None,
         trace_id: trace_id.as_deref().map(to_hex),
     })
 }
@@ -916,6 +917,104 @@ pub fn detail(
         }
     }
     Ok(Some(d))
+}
+
+/// See `Store::transaction_urls`. Listed transactions lie close together,
+/// so a block, once unpacked, usually serves the next ones too.
+pub fn urls(conn: &Connection, ids: &[TxId]) -> Result<Vec<Option<String>>, StoreError> {
+    let backend = |e: CodecError| StoreError::Backend(Box::new(e));
+    let mut out = Vec::with_capacity(ids.len());
+    // day → (table exists, span detail kept, legacy layout)
+    let mut days: HashMap<i64, (bool, bool, bool)> = HashMap::new();
+    // (day, first, last, unpacked block)
+    let mut block: Option<(i64, i64, i64, Vec<u8>)> = None;
+    for id in ids {
+        let Some(end_ms) = id.end_ms else {
+            out.push(None);
+            continue;
+        };
+        let day = day_of(end_ms);
+        let (exists, spans, legacy) = match days.get(&day) {
+            Some(&d) => d,
+            None => {
+                let spans = days_in(conn, end_ms, end_ms)?.first().map(|&(_, s)| s);
+                let d = match spans {
+                    Some(spans) => (true, spans, legacy_detail(conn, day)?),
+                    None => (false, false, false),
+                };
+                days.insert(day, d);
+                d
+            }
+        };
+        if !exists {
+            out.push(None);
+            continue;
+        }
+        let (hi, rest, full) = split_id(&id.record_id);
+        let row: Option<(i64, Vec<u8>, bool, String)> = conn
+            .prepare_cached(&format!(
+                "SELECT seq, id_rest, full_id, url FROM {} WHERE end_ms = ?1 AND id_hi = ?2",
+                tx_table(day)
+            ))?
+            .query_row(params![end_ms, hi], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let Some((seq, _, _, url)) = row.filter(|r| r.1 == rest && r.2 == full) else {
+            out.push(None);
+            continue;
+        };
+        // Rows written before blocks hold the URL; as in `detail`, the
+        // blob's wins when it has one.
+        let row_url = (!url.is_empty()).then_some(url);
+        if !spans {
+            out.push(row_url);
+            continue;
+        }
+        let blob: Option<Vec<u8>> = if legacy {
+            conn.prepare_cached(&format!(
+                "SELECT record FROM {} WHERE seq = ?1",
+                rec_table(day)
+            ))?
+            .query_row([seq], |r| r.get(0))
+            .optional()?
+        } else {
+            let cached = block
+                .as_ref()
+                .is_some_and(|b| b.0 == day && b.1 <= seq && seq <= b.2);
+            if !cached {
+                block = conn
+                    .prepare_cached(&format!(
+                        "SELECT seq, last, block FROM {} WHERE seq <= ?1 AND last >= ?1
+                         ORDER BY seq DESC LIMIT 1",
+                        blk_table(day)
+                    ))?
+                    .query_row([seq], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                        ))
+                    })
+                    .optional()?
+                    .map(|(first, last, packed)| {
+                        zstd::decode_all(&packed[..]).map(|b| (day, first, last, b))
+                    })
+                    .transpose()
+                    .map_err(|e| StoreError::Backend(Box::new(e)))?;
+            }
+            block
+                .as_ref()
+                .and_then(|b| find_in_block(&b.3, b.1, seq))
+                .map(<[u8]>::to_vec)
+        };
+        let blob_url = match blob {
+            Some(b) => Some(codec::url_of(&b).map_err(backend)?).filter(|u| !u.is_empty()),
+            None => None,
+        };
+        out.push(blob_url.or(row_url));
+    }
+    Ok(out)
 }
 
 fn summary_record(c: Columns) -> RequestRecord {

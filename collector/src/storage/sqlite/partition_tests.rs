@@ -802,6 +802,20 @@ fn details_come_back_from_blocks_of_many_batches() {
         );
     }
     assert!(detail_of(&s, 705, end(705)).is_none());
+    let ids: Vec<TxId> = [3u64, 600, 2, 705, 701]
+        .iter()
+        .map(|&n| TxId::parse(&TxId::format(end(n), &rec(n, "shop", end(n), 5).id)).unwrap())
+        .collect();
+    assert_eq!(
+        s.transaction_urls(&ids).unwrap(),
+        [
+            Some("/items/3".to_owned()),
+            Some("/items/600".to_owned()),
+            Some("/items/2".to_owned()),
+            None,
+            Some("/items/701".to_owned()),
+        ]
+    );
     let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
     let blocks: Vec<(i64, i64)> = conn
         .prepare(&format!(
@@ -860,6 +874,11 @@ fn a_day_written_before_blocks_is_read_and_appended_to_as_it_is() {
     let s = open_with(dir.path(), StoreOptions::default());
     // The blob written with blocks carries its URL; one without gets the row's.
     assert_eq!(detail_of(&s, 1, MIDNIGHT + 10).unwrap().url, "/items/1");
+    let one = TxId::parse(&TxId::format(MIDNIGHT + 10, &rec(1, "shop", 0, 5).id)).unwrap();
+    assert_eq!(
+        s.transaction_urls(std::slice::from_ref(&one)).unwrap(),
+        [Some("/items/1".to_owned())]
+    );
     s.insert_records(&[rec(2, "shop", MIDNIGHT + 20, 5)], "h")
         .unwrap();
     let d = detail_of(&s, 2, MIDNIGHT + 20).unwrap();
