@@ -88,7 +88,7 @@ fn main() {
         .allowlist_var("USING_ZTS")
         .allowlist_var("MODULE_PERSISTENT")
         .allowlist_var("PHP_VERSION")
-        .allowlist_var("IS_(UNDEF|NULL|FALSE|TRUE|LONG|DOUBLE|STRING|ARRAY|OBJECT)")
+        .allowlist_var("IS_(UNDEF|NULL|FALSE|TRUE|LONG|DOUBLE|STRING|ARRAY|OBJECT|REFERENCE)")
         .allowlist_type("zend_internal_function")
         .allowlist_type("zend_function")
         .derive_default(true)

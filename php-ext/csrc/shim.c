@@ -422,6 +422,9 @@ static int curl_slots_used = 0;
 
 void sonde_shim_curl_forget(zend_object *ch) {
     int i;
+    if (!curl_slots_used) {
+        return; /* nothing remembered in this request (the usual case) */
+    }
     for (i = 0; i < CURL_SLOTS; i++) {
         if (curl_slots[i].ch == ch && ch) {
             zval_ptr_dtor(&curl_slots[i].headers);
@@ -521,6 +524,15 @@ static int call2(const char *name, zend_function **cache, zval *a, zval *b, zval
 
 static zend_function *fn_curl_setopt, *fn_curl_getinfo, *fn_curl_error;
 
+/* `name` followed by `value`, as a new string (no printf machinery). */
+static zend_string *header_line(const char *name, size_t name_len, const char *value, size_t len) {
+    zend_string *s = zend_string_alloc(name_len + len, 0);
+    memcpy(ZSTR_VAL(s), name, name_len);
+    memcpy(ZSTR_VAL(s) + name_len, value, len);
+    ZSTR_VAL(s)[name_len + len] = '\0';
+    return s;
+}
+
 int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, const char *tracestate,
                            size_t ts_len) {
     zval arr, opt, ret, *line;
@@ -540,8 +552,8 @@ int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, con
             break;
         }
     }
-    add_next_index_str(&arr, strpprintf(0, "traceparent: %.*s", (int)tp_len, traceparent));
-    add_next_index_str(&arr, strpprintf(0, "tracestate: %.*s", (int)ts_len, tracestate));
+    add_next_index_str(&arr, header_line("traceparent: ", 13, traceparent, tp_len));
+    add_next_index_str(&arr, header_line("tracestate: ", 12, tracestate, ts_len));
     ZVAL_LONG(&opt, SONDE_CURLOPT_HTTPHEADER);
     curl_injecting = 1;
     ok = call2("curl_setopt", &fn_curl_setopt, ch, &opt, &arr, 3, &ret);

@@ -28,6 +28,8 @@ pub struct HookSpec {
     /// Records the call after it returned.
     pub record: Recorder,
     /// Runs before the call (e.g. to add a header to an outgoing request).
+    /// It sees the arguments; its `Call` has no times (0) and no return
+    /// value yet.
     pub before: Option<Recorder>,
 }
 
@@ -36,7 +38,8 @@ pub struct HookSpec {
 pub struct Call {
     pub execute_data: *mut sys::zend_execute_data,
     pub return_value: *mut sys::zval,
-    /// `clock::ticks()` before and after the original handler.
+    /// `clock::ticks()` before and after the original handler (0 in a
+    /// before hook).
     pub start: u64,
     pub end: u64,
 }
@@ -151,7 +154,7 @@ unsafe extern "C" fn dispatch(ex: *mut sys::zend_execute_data, rv: *mut sys::zva
     // to; `install` stored a pointer to this function's static Hook in its
     // reserved slot before switching the handler to `dispatch`.
     let hook: Hook = unsafe {
-        let func = sys::sonde_shim_func(ex);
+        let func = (*ex).func;
         match *((*func).internal_function.reserved[handle] as *const Option<Hook>) {
             Some(h) => h,
             None => return,
@@ -166,12 +169,12 @@ unsafe extern "C" fn dispatch(ex: *mut sys::zend_execute_data, rv: *mut sys::zva
         return;
     }
     if let Some(before) = hook.before {
-        let now = crate::clock::ticks();
+        // No clock read: before hooks look at the arguments, not the time.
         let call = Call {
             execute_data: ex,
             return_value: rv,
-            start: now,
-            end: now,
+            start: 0,
+            end: 0,
         };
         crate::module::in_boundary(|| before(&call));
     }

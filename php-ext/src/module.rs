@@ -10,6 +10,7 @@ use std::ffi::{c_char, c_int, CStr, CString};
 use std::mem::MaybeUninit;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::addr_of_mut;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -66,16 +67,17 @@ impl Process {
     /// This process's state, set up afresh after a fork (new pid: new id
     /// seed, new calibration), with the clocks read together once more.
     fn of(slot: &mut Option<Process>, pid: u32) -> &mut Process {
-        let p = match slot.take() {
-            Some(p) if p.pid == pid => p,
-            _ => Process {
-                pid,
-                builder: Builder::new(seed(pid)),
-                calibration: crate::clock::Calibration::default(),
-                statements: crate::spans::StatementCache::default(),
-            },
-        };
-        let p = slot.insert(p);
+        // Checked in place: the state is large, moving it out and back
+        // would copy it twice per call.
+        if !matches!(slot, Some(p) if p.pid == pid) {
+            *slot = None;
+        }
+        let p = slot.get_or_insert_with(|| Process {
+            pid,
+            builder: Builder::new(seed(pid)),
+            calibration: crate::clock::Calibration::default(),
+            statements: crate::spans::StatementCache::default(),
+        });
         p.calibration.observe();
         p
     }
@@ -102,7 +104,7 @@ struct Request {
     /// `clock::ticks()` at the start: spans are offsets from it.
     start_ticks: u64,
     /// The outgoing `tracestate`, built on the first outgoing call.
-    tracestate: Option<String>,
+    tracestate: Option<Rc<str>>,
     /// `REQUEST_URI` as read at the start into the scratch space: its
     /// length and whether it was cut. None for CLI or when the SAPI has none.
     uri: Option<(usize, bool)>,
@@ -260,11 +262,18 @@ pub(crate) fn ns_to_ticks(ns: f64) -> u64 {
     (ns / per) as u64
 }
 
+/// The trace context an outgoing call passes on.
+pub(crate) struct Outgoing {
+    pub traceparent: Traceparent,
+    /// The request's `tracestate` (shared, not copied, per call).
+    pub tracestate: Rc<str>,
+}
+
 /// For an outgoing call of the current request (if traced): a new span
 /// id, remembered until the call ends (`SpanBuf::pop_pending`), and the
 /// `traceparent` and `tracestate` values that pass the trace on (the
 /// latter the same for every call of the request, built once).
-pub(crate) fn outgoing() -> Option<(Traceparent, String)> {
+pub(crate) fn outgoing() -> Option<Outgoing> {
     let st = state();
     let (Some(req), Some(p), Some(buf)) = (&mut st.request, &mut st.process, &mut st.spans) else {
         return None;
@@ -275,22 +284,16 @@ pub(crate) fn outgoing() -> Option<(Traceparent, String)> {
     let ts = req.tracestate.get_or_insert_with(|| {
         if ids.tracestate.is_empty() {
             // The common case, without formatting machinery.
-            let mut s = String::with_capacity(38);
-            s.push_str(sonde_core::trace::SONDE_KEY);
-            s.push('=');
-            for b in ids.record {
-                s.push(char::from(HEX[usize::from(b >> 4)]));
-                s.push(char::from(HEX[usize::from(b & 15)]));
-            }
-            s
+            Rc::from(crate::record::SondeTracestate::new(&ids.record).as_str())
         } else {
-            sonde_core::trace::tracestate(&ids.record, &ids.tracestate)
+            Rc::from(sonde_core::trace::tracestate(&ids.record, &ids.tracestate))
         }
     });
-    Some((Traceparent::new(&ids.trace, &span), ts.clone()))
+    Some(Outgoing {
+        traceparent: Traceparent::new(&ids.trace, &span),
+        tracestate: ts.clone(),
+    })
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The panic boundary, for hooks.
 pub(crate) fn in_boundary(f: impl FnOnce()) {
@@ -518,6 +521,12 @@ fn publish_db_connections(st: &mut State, request_over: bool) {
     }
 }
 
+/// Whether this worker has a scoreboard slot to show what runs now in
+/// (before hooks check it before reading what they would show).
+pub(crate) fn board_active() -> bool {
+    state().board.slot().is_some()
+}
+
 /// The current request now runs `text` (scoreboard `CURRENT_*` kind).
 pub(crate) fn running(kind: u32, text: &[u8]) {
     let st = state();
@@ -600,22 +609,23 @@ fn request_end() {
     let (cookie_buf, rest) = rest.split_at_mut(4096);
     let qs_buf = &mut rest[..64];
     let mut truncated = 0u32;
-    let uri_owned;
+    let uri_owned: std::borrow::Cow<'_, str>;
     let uri: &str = match req.uri {
         Some((n, cut)) => {
             truncated += cut as u32;
             std::str::from_utf8(&uri_buf[..n]).unwrap_or("")
         }
         None => {
-            // CLI and SAPIs without a REQUEST_URI: the script and its query.
+            // CLI and SAPIs without a REQUEST_URI: the script and its query
+            // (borrowed when there is no query and it is UTF-8).
             let base = zend::request_uri()
                 .or_else(zend::path_translated)
-                .map(|s| s.to_string_lossy().into_owned());
-            let query = zend::query_string().map(|s| s.to_string_lossy().into_owned());
+                .map(CStr::to_string_lossy);
+            let query = zend::query_string().map(CStr::to_string_lossy);
             uri_owned = match (base, query) {
-                (Some(b), Some(q)) if !q.is_empty() => format!("{b}?{q}"),
+                (Some(b), Some(q)) if !q.is_empty() => format!("{b}?{q}").into(),
                 (Some(b), _) => b,
-                (None, _) => String::new(),
+                (None, _) => "".into(),
             };
             &uri_owned
         }
@@ -644,9 +654,10 @@ fn request_end() {
     let queue_ns = zend::sapi_env(c"HTTP_X_REQUEST_START", qs_buf)
         .and_then(|(v, _)| sonde_core::request::queue_ns(v, req.start_unix_ns))
         .unwrap_or(0);
-    let method_owned = zend::request_method().map(|m| m.to_string_lossy().into_owned());
-    let method = match (&method_owned, sapi) {
-        (Some(m), _) => m.as_str(),
+    // Borrowed unless not UTF-8.
+    let method_lossy = zend::request_method().map(CStr::to_string_lossy);
+    let method: &str = match (&method_lossy, sapi) {
+        (Some(m), _) => m,
         (None, "cli" | "phpdbg") => "CLI",
         (None, _) => "",
     };

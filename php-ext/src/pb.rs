@@ -143,6 +143,106 @@ pub fn end(out: &mut Vec<u8>, mark: usize) {
     out[mark - 1..mark - 1 + n].copy_from_slice(&v[..n]);
 }
 
+/// A short run of small fields written on the stack, appended to a span in
+/// one copy once the span's length is known (the numbers around its
+/// pre-encoded texts). Holds any three varint fields plus a string of up to
+/// `Fields::MAX_STR` bytes; a write that does not fit is refused and
+/// remembered (`as_slice` then gives None), never a panic.
+pub struct Fields {
+    buf: [u8; 128],
+    n: usize,
+    full: bool,
+}
+
+impl Fields {
+    /// Longest string `str` takes.
+    pub const MAX_STR: usize = 64;
+
+    #[inline]
+    pub fn new() -> Self {
+        Fields {
+            buf: [0; 128],
+            n: 0,
+            full: false,
+        }
+    }
+
+    #[inline(always)]
+    fn varint(&mut self, mut v: u64) {
+        // One check per varint; the index masked to the buffer needs none
+        // per byte (and cannot wrap: at most 10 bytes from n <= 118).
+        if self.n > self.buf.len() - 10 {
+            self.full = true;
+            return;
+        }
+        let mut n = self.n;
+        while v >= 0x80 {
+            self.buf[n & 127] = v as u8 | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        self.buf[n & 127] = v as u8;
+        self.n = n + 1;
+    }
+
+    /// A uint32/uint64/enum field, left out when 0.
+    #[inline]
+    pub fn uint(&mut self, field: u32, v: u64) {
+        if v != 0 {
+            self.varint(key(field, VARINT));
+            self.varint(v);
+        }
+    }
+
+    /// An int64 field, left out when 0.
+    #[inline]
+    pub fn int64(&mut self, field: u32, v: i64) {
+        self.uint(field, v as u64);
+    }
+
+    /// A string field known to be UTF-8 (at most `MAX_STR` bytes), left
+    /// out when empty.
+    #[inline]
+    pub fn str(&mut self, field: u32, s: &str) {
+        let b = s.as_bytes();
+        if b.is_empty() {
+            return;
+        }
+        if b.len() > Self::MAX_STR {
+            self.full = true;
+            return;
+        }
+        self.varint(key(field, LEN));
+        self.varint(b.len() as u64);
+        match self.buf.get_mut(self.n..self.n + b.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(b);
+                self.n += b.len();
+            }
+            None => self.full = true,
+        }
+    }
+
+    /// The fields written, or None when some did not fit.
+    #[inline]
+    pub fn as_slice(&self) -> Option<&[u8]> {
+        (!self.full).then(|| &self.buf[..self.n])
+    }
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The tag and length of a length-delimited field (a nested message whose
+/// body, `len` bytes long, the caller writes next).
+#[inline]
+pub fn len_prefix(out: &mut Vec<u8>, field: u32, len: usize) {
+    put(out, &[key(field, LEN), len as u64]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +298,44 @@ mod tests {
             prost::encoding::message::encode(17, &span, &mut theirs);
             assert_eq!(ours, theirs, "message of {msg_len} bytes");
         }
+    }
+
+    #[test]
+    fn fields_write_what_the_vec_writers_write() {
+        for (start, dur, rows, lib) in [
+            (0u64, 0u64, 0i64, ""),
+            (1, 127, 1, "pdo"),
+            (128, 16_384, -300, "mysqli"),
+            (u64::MAX, 1 << 40, i64::MIN, &"l".repeat(64)[..]),
+        ] {
+            let mut head = Fields::new();
+            head.uint(1, 3);
+            head.uint(2, start);
+            head.uint(3, dur);
+            let mut tail = Fields::new();
+            tail.int64(6, rows);
+            tail.uint(10, 1);
+            tail.str(12, lib);
+            let (head, tail) = (head.as_slice().unwrap(), tail.as_slice().unwrap());
+            let mut ours = Vec::new();
+            len_prefix(&mut ours, 17, head.len() + tail.len());
+            ours.extend_from_slice(head);
+            ours.extend_from_slice(tail);
+            let mut theirs = Vec::new();
+            let m = begin(&mut theirs, 17);
+            uint(&mut theirs, 1, 3);
+            uint(&mut theirs, 2, start);
+            uint(&mut theirs, 3, dur);
+            int64(&mut theirs, 6, rows);
+            uint(&mut theirs, 10, 1);
+            str(&mut theirs, 12, lib);
+            end(&mut theirs, m);
+            assert_eq!(ours, theirs);
+        }
+        // Too long: refused, no panic.
+        let mut f = Fields::new();
+        f.str(12, &"l".repeat(65));
+        assert!(f.as_slice().is_none());
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub struct Ids {
 pub struct Builder {
     ids: IdGen,
     namer: EndpointNamer,
+    /// The `sonde.endpoint_params` value `namer` was set from.
+    endpoint_params: String,
     buf: Vec<u8>,
 }
 
@@ -81,6 +83,7 @@ impl Builder {
         Builder {
             ids: IdGen::new(seed[0], seed[1]),
             namer: EndpointNamer::default(),
+            endpoint_params: String::new(),
             buf: Vec::with_capacity(4096),
         }
     }
@@ -106,6 +109,11 @@ impl Builder {
     /// comma-separated list, e.g. `r` for `index.php?r=site/login`). Cheap
     /// when unchanged.
     pub fn set_endpoint_params(&mut self, list: &str) {
+        if list == self.endpoint_params {
+            return;
+        }
+        self.endpoint_params.clear();
+        self.endpoint_params.push_str(list);
         let same = self.namer.keep_query_params.len()
             == list.split(',').filter(|p| !p.trim().is_empty()).count()
             && list
@@ -143,8 +151,12 @@ impl Builder {
             }
         };
         let mut out = std::mem::take(&mut self.buf);
-        frame::start(&mut out, frame::Kind::ExtMessage);
-        let rec = pb::begin(&mut out, 1);
+        // The record (field 1 of the frame's `ExtMessage`) is written after
+        // room for the frame header, its tag and up to `LEN_ROOM` bytes of
+        // length; once its length is known, header, tag and length are
+        // written right before it, so the body never moves.
+        out.clear();
+        out.resize(BODY_AT, 0);
         pb::bytes(&mut out, 1, &ids.record);
         pb::str(
             &mut out,
@@ -202,10 +214,78 @@ impl Builder {
             pb::end(&mut out, a);
         }
         pb::uint(&mut out, 26, u64::from(warnings));
-        pb::end(&mut out, rec);
+        let len = out.len() - BODY_AT;
+        let mut head = Vec::with_capacity(0);
+        let from = match BODY_AT.checked_sub(HEADER + 1 + pb::varint_len(len as u64)) {
+            Some(from) => {
+                let mut at = from;
+                for b in frame_header() {
+                    out[at] = b;
+                    at += 1;
+                }
+                out[at] = 0x0a; // field 1, length-delimited
+                let mut v = len as u64;
+                for b in &mut out[at + 1..BODY_AT] {
+                    *b = (v as u8 & 0x7f) | if v >= 0x80 { 0x80 } else { 0 };
+                    v >>= 7;
+                }
+                from
+            }
+            None => {
+                // Longer than any frame sent (2 MiB): the body moves.
+                frame::start(&mut head, frame::Kind::ExtMessage);
+                let m = pb::begin(&mut head, 1);
+                head.extend_from_slice(&out[BODY_AT..]);
+                pb::end(&mut head, m);
+                out = head;
+                0
+            }
+        };
         self.buf = out;
-        &self.buf
+        &self.buf[from..]
     }
+}
+
+/// The `tracestate` of an outgoing call when the request received none:
+/// `sonde=<this record's id>`, built without allocating.
+pub struct SondeTracestate([u8; 38]);
+
+impl SondeTracestate {
+    pub fn new(record: &[u8; 16]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        // `sonde`, `=`, 32 hex digits.
+        const _: () = assert!(sonde_core::trace::SONDE_KEY.len() == 5);
+        let mut t = [b'='; 38];
+        let (k, hex) = t.split_at_mut(5);
+        k.copy_from_slice(sonde_core::trace::SONDE_KEY.as_bytes());
+        for (pair, b) in hex[1..].chunks_exact_mut(2).zip(record) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
+        }
+        SondeTracestate(t)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // ASCII by construction.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// Bytes of the frame header (`frame::start`).
+const HEADER: usize = 4;
+/// Room left for the record's length: 3 varint bytes, up to 2 MiB.
+const LEN_ROOM: usize = 3;
+/// Where the record's body starts in the frame buffer.
+const BODY_AT: usize = HEADER + 1 + LEN_ROOM;
+
+/// The frame header of an `ExtMessage`, as `frame::start` writes it.
+fn frame_header() -> [u8; HEADER] {
+    [
+        frame::MAGIC[0],
+        frame::MAGIC[1],
+        frame::VERSION,
+        frame::Kind::ExtMessage as u8,
+    ]
 }
 
 /// The `traceparent` of an outgoing call, `00-<trace>-<span>-01`, built
@@ -217,11 +297,14 @@ impl Traceparent {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut t = [b'-'; 55];
         t[..2].copy_from_slice(b"00");
-        for (i, b) in trace.iter().chain(span).enumerate() {
-            // 32 hex digits of the trace, a dash, 16 of the span.
-            let at = 3 + 2 * i + usize::from(i >= 16);
-            t[at] = HEX[usize::from(b >> 4)];
-            t[at + 1] = HEX[usize::from(b & 15)];
+        // 32 hex digits of the trace, a dash, 16 of the span.
+        for (pair, b) in t[3..35].chunks_exact_mut(2).zip(trace) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
+        }
+        for (pair, b) in t[36..52].chunks_exact_mut(2).zip(span) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
         }
         t[53..].copy_from_slice(b"01");
         Traceparent(t)
@@ -439,6 +522,46 @@ mod tests {
         let d = r.dropped.unwrap();
         assert_eq!((d.records, d.truncated_texts), (2, 1));
         assert_eq!(r.attributes.get("tier").map(String::as_str), Some("gold"));
+    }
+
+    #[test]
+    fn frame_header_is_what_frame_start_writes() {
+        let mut v = Vec::new();
+        frame::start(&mut v, frame::Kind::ExtMessage);
+        assert_eq!(v, frame_header());
+    }
+
+    /// Records whose length takes 1, 2 and 3 varint bytes: the frame is
+    /// the same as written with the body moved.
+    #[test]
+    fn frame_of_every_length_size() {
+        for name_len in [0usize, 100, 200, 20_000] {
+            let mut b = Builder::new([9, 9]);
+            let c = Captured {
+                uri: "/",
+                ..Default::default()
+            };
+            let name = "n".repeat(name_len);
+            let c = Captured {
+                name: Some(&name),
+                ..c
+            };
+            let r = record(&mut b, &c, None);
+            assert_eq!(r.endpoint, name);
+            let bytes = b.frame(&c, None).to_vec();
+            let (_, payload) = frame::decode(&bytes).unwrap();
+            let msg = ExtMessage::decode(payload).unwrap();
+            assert_eq!(msg.encode_to_vec(), payload);
+        }
+    }
+
+    #[test]
+    fn own_tracestate_without_allocating() {
+        let record = [0xa5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0xff];
+        assert_eq!(
+            SondeTracestate::new(&record).as_str(),
+            sonde_core::trace::tracestate(&record, "")
+        );
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct SpanBuf {
     /// (result key, index of its fetch span or usize::MAX before the first fetch, its statement span)
     open: [(usize, usize, usize); OPEN_RESULTS],
     open_next: usize,
+    /// The slot of `open` used last (a hint, checked before use).
+    open_last: usize,
     prepared: [(usize, Text, u16); PREPARED],
     prepared_next: usize,
     pub dropped_spans: u32,
@@ -106,12 +108,16 @@ pub struct SpanBuf {
     pending_len: usize,
     /// curl_multi transfers in progress: (handle, start ticks, span id).
     multi: [(usize, u64, [u8; 8]); MULTI],
+    /// Whether `multi` was written since the last `clear`.
+    multi_used: bool,
     /// SQL calls at least this long (ticks) record the PHP file and line.
     pub slow_ticks: u64,
     /// Span indices in start order (request end; allocated once).
     order: Vec<u32>,
     /// Remote streams open now: (stream, its span, start ticks).
     streams: [(usize, usize, u64); STREAMS],
+    /// Whether `streams` was written since the last `clear`.
+    streams_used: bool,
     /// An external span whose outcome the enclosing call decides (a SOAP
     /// request's fault is known only when `__soapCall` returns): its index
     /// and whether its status is known for sure.
@@ -136,6 +142,7 @@ impl SpanBuf {
             dbs: Vec::with_capacity(DBS),
             open: [(0, usize::MAX, usize::MAX); OPEN_RESULTS],
             open_next: 0,
+            open_last: 0,
             prepared: [(0, Text::default(), u16::MAX); PREPARED],
             prepared_next: 0,
             dropped_spans: 0,
@@ -146,9 +153,11 @@ impl SpanBuf {
             pending: [[0; 8]; 4],
             pending_len: 0,
             multi: [(0, 0, [0; 8]); MULTI],
+            multi_used: false,
             slow_ticks: u64::MAX,
             order: Vec::with_capacity(max_spans),
             streams: [(0, 0, 0); STREAMS],
+            streams_used: false,
             pending_outcome: None,
             pending_mark: 0,
         }
@@ -161,6 +170,7 @@ impl SpanBuf {
         self.dbs.clear();
         self.open = [(0, usize::MAX, usize::MAX); OPEN_RESULTS];
         self.open_next = 0;
+        self.open_last = 0;
         self.prepared = [(0, Text::default(), u16::MAX); PREPARED];
         self.prepared_next = 0;
         self.dropped_spans = 0;
@@ -169,8 +179,16 @@ impl SpanBuf {
         self.error = None;
         self.warnings = 0;
         self.pending_len = 0;
-        self.multi = [(0, 0, [0; 8]); MULTI];
-        self.streams = [(0, 0, 0); STREAMS];
+        // The curl_multi and stream tables are mostly untouched: reset only
+        // when used (a slot is freed with key 0 once its transfer ends).
+        if self.multi_used {
+            self.multi = [(0, 0, [0; 8]); MULTI];
+            self.multi_used = false;
+        }
+        if self.streams_used {
+            self.streams = [(0, 0, 0); STREAMS];
+            self.streams_used = false;
+        }
         self.pending_outcome = None;
         self.pending_mark = 0;
     }
@@ -180,6 +198,7 @@ impl SpanBuf {
     pub fn stream_opened(&mut self, key: usize, idx: usize, start: u64) {
         if let Some(slot) = self.streams.iter_mut().find(|s| s.0 == 0 || s.0 == key) {
             *slot = (key, idx, start);
+            self.streams_used = true;
         }
     }
 
@@ -196,6 +215,9 @@ impl SpanBuf {
 
     /// The request ends at `end` (ticks): streams still open end with it.
     pub fn close_streams(&mut self, end: u64) {
+        if !self.streams_used {
+            return;
+        }
         for i in 0..STREAMS {
             let key = self.streams[i].0;
             if key != 0 {
@@ -208,6 +230,7 @@ impl SpanBuf {
     pub fn multi_start(&mut self, key: usize, start: u64, span_id: [u8; 8]) {
         if let Some(slot) = self.multi.iter_mut().find(|m| m.0 == key || m.0 == 0) {
             *slot = (key, start, span_id);
+            self.multi_used = true;
         } else {
             self.dropped_spans += 1;
         }
@@ -543,6 +566,22 @@ impl SpanBuf {
             }
         };
         self.open[slot] = (key, usize::MAX, statement_span.unwrap_or(usize::MAX));
+        self.open_last = slot;
+    }
+
+    /// The slot of result set `key` (not 0) in `open`: the one used last,
+    /// usually (fetches follow their statement), else a search.
+    #[inline]
+    fn open_slot(&mut self, key: usize) -> Option<usize> {
+        if key == 0 {
+            return None;
+        }
+        if self.open.get(self.open_last).is_some_and(|o| o.0 == key) {
+            return Some(self.open_last);
+        }
+        let i = self.open.iter().position(|o| o.0 == key)?;
+        self.open_last = i;
+        Some(i)
     }
 
     /// Records one fetch call on result set `key` that returned `rows` rows.
@@ -554,7 +593,7 @@ impl SpanBuf {
         end_ns: u64,
         rows: i64,
     ) {
-        let slot = self.open.iter().position(|o| o.0 == key && key != 0);
+        let slot = self.open_slot(key);
         let (fetch_idx, stmt_idx) = match slot {
             Some(i) => (self.open[i].1, self.open[i].2),
             None => (usize::MAX, usize::MAX),
@@ -598,8 +637,10 @@ impl SpanBuf {
     /// normalised, instances named, in start order (a span is pushed when
     /// its call returns, so nested work — an exception thrown inside a
     /// query — would otherwise come first). Straight into the frame: no
-    /// message structs, no per-span allocation; a statement or instance
-    /// seen before in this process costs a hash and a lookup.
+    /// message structs, no per-span allocation. A statement or instance
+    /// seen before in this process costs a hash and a lookup, and its field
+    /// comes from the cache already encoded; a fetch span right after its
+    /// statement's span (the usual order) does not even look it up again.
     ///
     /// Span times were recorded in `clock::ticks()`; `ns_per_tick` turns
     /// them into nanoseconds.
@@ -624,10 +665,11 @@ impl SpanBuf {
             statements,
             instances,
         } = cache;
-        let mut names: [(bool, &str); DBS] = [(false, ""); DBS];
+        // (is PostgreSQL, the encoded `db` field) per connection entry.
+        let mut names: [(bool, &[u8]); DBS] = [(false, &[]); DBS];
         for (n, k) in names.iter_mut().zip(&keys[..self.dbs.len()]) {
-            if let Some((pg, name)) = instances.get(k) {
-                *n = (*pg, name);
+            if let Some((pg, field)) = instances.get(k) {
+                *n = (*pg, field);
             }
         }
         // Start order: usually the push order already.
@@ -635,16 +677,76 @@ impl SpanBuf {
             .spans
             .windows(2)
             .all(|w| w[0].start_ns <= w[1].start_ns);
-        self.order.clear();
-        self.order.extend(0..self.spans.len() as u32);
         if !sorted {
+            self.order.clear();
+            self.order.extend(0..self.spans.len() as u32);
             let spans = &self.spans;
             self.order
                 .sort_unstable_by_key(|i| (spans[*i as usize].start_ns, *i));
         }
-        for &i in &self.order {
-            let s = &self.spans[i as usize];
-            let (pg, instance) = names.get(s.db as usize).copied().unwrap_or((false, ""));
+        // The last statement looked up: (its text, PostgreSQL, its field).
+        // A fetch follows its statement, and a loop runs the same statement
+        // again: comparing the text costs less than hashing it.
+        let mut last: Option<(Text, bool, Rc<[u8]>)> = None;
+        for k in 0..self.spans.len() {
+            let i = if sorted { k } else { self.order[k] as usize };
+            let s = &self.spans[i];
+            let (pg, instance) = names.get(s.db as usize).copied().unwrap_or((false, &[]));
+            if s.kind == SpanKind::Sql as i32 || s.kind == SpanKind::Fetch as i32 {
+                let statement = match &last {
+                    Some((t, p, f))
+                        if *p == pg && (*t == s.text || self.get(*t) == self.get(s.text)) =>
+                    {
+                        f.clone()
+                    }
+                    _ => {
+                        let dialect = if pg {
+                            sql::Dialect::Postgres
+                        } else {
+                            sql::Dialect::MySql
+                        };
+                        let f = normalized(statements, self.get(s.text), dialect);
+                        last = Some((s.text, pg, f.clone()));
+                        f
+                    }
+                };
+                // The common case (no error, not slow): numbers around two
+                // encoded texts, the span's length known before its body.
+                if s.error.len == 0 && s.file.len == 0 && s.line == 0 {
+                    let mut head = pb::Fields::new();
+                    head.uint(1, s.kind as u64);
+                    head.uint(2, ns(s.start_ns));
+                    head.uint(3, ns(s.duration_ns));
+                    let mut tail = pb::Fields::new();
+                    tail.int64(6, s.rows);
+                    tail.uint(10, u64::from(s.calls));
+                    tail.str(12, s.library);
+                    if let (Some(head), Some(tail)) = (head.as_slice(), tail.as_slice()) {
+                        let len = head.len() + statement.len() + instance.len() + tail.len();
+                        out.reserve(len + 12);
+                        pb::len_prefix(out, 17, len);
+                        out.extend_from_slice(head);
+                        out.extend_from_slice(&statement);
+                        out.extend_from_slice(instance);
+                        out.extend_from_slice(tail);
+                        continue;
+                    }
+                }
+                let m = pb::begin(out, 17);
+                pb::uint(out, 1, s.kind as u64);
+                pb::uint(out, 2, ns(s.start_ns));
+                pb::uint(out, 3, ns(s.duration_ns));
+                out.extend_from_slice(&statement);
+                out.extend_from_slice(instance);
+                pb::int64(out, 6, s.rows);
+                pb::string(out, 9, self.get(s.error));
+                pb::uint(out, 10, u64::from(s.calls));
+                pb::str(out, 12, s.library);
+                pb::string(out, 15, self.get(s.file));
+                pb::uint(out, 16, u64::from(s.line));
+                pb::end(out, m);
+                continue;
+            }
             let m = pb::begin(out, 17);
             pb::uint(out, 1, s.kind as u64);
             pb::uint(out, 2, ns(s.start_ns));
@@ -659,7 +761,7 @@ impl SpanBuf {
             }
             pb::uint(out, 3, ns(s.duration_ns));
             if s.kind == SpanKind::Cache as i32 {
-                pb::str(out, 5, instance);
+                out.extend_from_slice(instance);
                 pb::string(out, 9, self.get(s.error));
                 pb::uint(out, 10, 1);
                 // The command, upper case (ASCII, so still UTF-8).
@@ -678,16 +780,7 @@ impl SpanBuf {
                     pb::bytes(out, 14, &s.span_id);
                 }
             } else {
-                if s.kind == SpanKind::Sql as i32 || s.kind == SpanKind::Fetch as i32 {
-                    let dialect = if pg {
-                        sql::Dialect::Postgres
-                    } else {
-                        sql::Dialect::MySql
-                    };
-                    let st = normalized(statements, self.get(s.text), dialect);
-                    pb::str(out, 4, &st);
-                }
-                pb::str(out, 5, instance);
+                out.extend_from_slice(instance);
                 pb::int64(out, 6, s.rows);
                 pb::string(out, 9, self.get(s.error));
                 pb::uint(out, 10, u64::from(s.calls));
@@ -723,11 +816,12 @@ impl SpanBuf {
     }
 }
 
-/// The normalised text of `raw`, from the cache or normalised now. A text
-/// not seen before that differs from a known one only in its numbers (an
-/// id inlined into the SQL: `WHERE id = 17`, then `= 233`) is found by its
+/// The `statement` field (4) of `raw` normalised, encoded, from the cache
+/// or normalised now (empty when the normalised text is). A text not seen
+/// before that differs from a known one only in its numbers (an id inlined
+/// into the SQL: `WHERE id = 17`, then `= 233`) is found by its
 /// literal-blind hash, so it is not normalised again.
-fn normalized(cache: &mut Statements, raw: &[u8], dialect: sql::Dialect) -> Rc<str> {
+fn normalized(cache: &mut Statements, raw: &[u8], dialect: sql::Dialect) -> Rc<[u8]> {
     let pg = dialect == sql::Dialect::Postgres;
     let key = (text_hash(raw), raw.len() as u32, pg);
     if let Some(t) = cache.exact.get(&key) {
@@ -740,19 +834,18 @@ fn normalized(cache: &mut Statements, raw: &[u8], dialect: sql::Dialect) -> Rc<s
     if cache.blind.len() >= STATEMENT_CACHE && !cache.blind.contains_key(&blind) {
         cache.blind.clear();
     }
-    let text = cache
+    let field = cache
         .blind
         .entry(blind)
         .or_insert_with(|| {
-            Rc::from(sql::normalize(
-                &String::from_utf8_lossy(raw),
-                dialect,
-                MAX_STATEMENT,
-            ))
+            let text = sql::normalize(&String::from_utf8_lossy(raw), dialect, MAX_STATEMENT);
+            let mut field = Vec::with_capacity(text.len() + 3);
+            pb::str(&mut field, 4, &text);
+            Rc::from(field)
         })
         .clone();
-    cache.exact.insert(key, text.clone());
-    text
+    cache.exact.insert(key, field.clone());
+    field
 }
 
 /// A hash of a statement's text that leaves out its numeric literals:
@@ -772,6 +865,27 @@ pub fn literal_blind_hash(raw: &[u8]) -> u64 {
     let mut quote = 0u8;
     let mut i = 0;
     while i < raw.len() {
+        // The usual bytes, outside quotes and digit runs and neither a
+        // digit nor a quote (one table load decides), in a tight loop.
+        if quote == 0 && !in_run {
+            while let Some(&b) = raw.get(i) {
+                let class = BYTE_CLASS[usize::from(b)];
+                if class & (DIGIT | QUOTE) != 0 {
+                    break;
+                }
+                if n >= out.len() - 2 {
+                    h = text_hash(&out[..n]) ^ h.rotate_left(17);
+                    n = 0;
+                }
+                out[n] = b;
+                n += 1;
+                prev_ident = class & IDENT != 0;
+                i += 1;
+            }
+            if i >= raw.len() {
+                break;
+            }
+        }
         let b = raw[i];
         if n >= out.len() - 2 {
             h = text_hash(&out[..n]) ^ h.rotate_left(17);
@@ -840,6 +954,30 @@ pub fn literal_blind_hash(raw: &[u8]) -> u64 {
     text_hash(&out[..n]) ^ h.rotate_left(17)
 }
 
+/// `BYTE_CLASS` bits: an ASCII digit; a quote (`'`, `"`, `` ` ``); a byte
+/// that continues an identifier (letter, `_`, `$`, non-ASCII).
+const DIGIT: u8 = 1;
+const QUOTE: u8 = 2;
+const IDENT: u8 = 4;
+static BYTE_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = if b.is_ascii_digit() {
+            DIGIT
+        } else if b == b'\'' || b == b'"' || b == b'`' {
+            QUOTE
+        } else if b.is_ascii_alphabetic() || b == b'_' || b == b'$' || b >= 0x80 {
+            IDENT
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
 /// A fast 64-bit hash of a text, eight bytes a step (folded multiply), for
 /// the per-process caches. Not the statement hash the collector shows
 /// (`sonde_core::sql::hash`); only ever compared within one process.
@@ -872,17 +1010,19 @@ pub fn text_hash(b: &[u8]) -> u64 {
 #[derive(Debug, Default)]
 pub struct StatementCache {
     statements: Statements,
-    /// (is PostgreSQL, instance name) by (driver, DSN) hash.
-    instances: HashMap<u64, (bool, Box<str>), KeyIsHash>,
+    /// (is PostgreSQL, the encoded `db` field (5) naming the instance) by
+    /// (driver, DSN) hash.
+    instances: HashMap<u64, (bool, Box<[u8]>), KeyIsHash>,
 }
 
-/// Normalised statements by raw text and by literal-blind text.
+/// Normalised statements, as their encoded `statement` field (4), by raw
+/// text and by literal-blind text.
 #[derive(Debug, Default)]
 struct Statements {
     /// By (hash, length, is PostgreSQL) of the raw text.
-    exact: HashMap<(u64, u32, bool), Rc<str>, KeyIsHash>,
+    exact: HashMap<(u64, u32, bool), Rc<[u8]>, KeyIsHash>,
     /// By (literal-blind hash, is PostgreSQL).
-    blind: HashMap<(u64, bool), Rc<str>, KeyIsHash>,
+    blind: HashMap<(u64, bool), Rc<[u8]>, KeyIsHash>,
 }
 
 /// The keys are already hashes: hashing them again (SipHash) is waste.
@@ -932,10 +1072,10 @@ impl StatementCache {
         let key = text_hash(driver) ^ text_hash(dsn).rotate_left(1);
         self.instances.entry(key).or_insert_with(|| {
             let d = String::from_utf8_lossy(driver);
-            (
-                d == "pgsql",
-                dsn::pdo_instance(&d, &String::from_utf8_lossy(dsn)).into_boxed_str(),
-            )
+            let name = dsn::pdo_instance(&d, &String::from_utf8_lossy(dsn));
+            let mut field = Vec::with_capacity(name.len() + 3);
+            pb::str(&mut field, 5, &name);
+            (d == "pgsql", field.into_boxed_slice())
         });
         key
     }
@@ -991,6 +1131,128 @@ mod tests {
             error: Text::default(),
             ..Default::default()
         })
+    }
+
+    /// The literal-blind hash before its fast path (one table load for the
+    /// usual byte): the fast path must not change a single value.
+    #[allow(unused_assignments)]
+    fn literal_blind_hash_reference(raw: &[u8]) -> u64 {
+        // The text with skipped digit runs replaced by one 0 byte (or kept, as
+        // above), hashed 256 bytes at a time.
+        let mut out = [0u8; 256];
+        let mut n = 0;
+        let mut h = 0u64;
+        let (mut run_start, mut in_run, mut prev_ident, mut esc) = (0, false, false, false);
+        let mut quote = 0u8;
+        let mut i = 0;
+        while i < raw.len() {
+            let b = raw[i];
+            if n >= out.len() - 2 {
+                h = text_hash(&out[..n]) ^ h.rotate_left(17);
+                n = 0;
+            }
+            if quote == b'"' || quote == b'`' {
+                out[n] = b;
+                n += 1;
+                if esc {
+                    esc = false;
+                } else if b == b'\\' {
+                    esc = true;
+                } else if b == quote {
+                    quote = 0;
+                }
+                prev_ident = false;
+                i += 1;
+                continue;
+            }
+            let digit = b.is_ascii_digit();
+            if digit && (in_run || !prev_ident) {
+                if !in_run {
+                    in_run = true;
+                    run_start = i;
+                }
+                i += 1;
+                continue;
+            }
+            if in_run {
+                in_run = false;
+                let ident_start = b.is_ascii_alphabetic() || b == b'_' || b == b'$';
+                if ident_start && !matches!(b, b'e' | b'E' | b'x' | b'X' | b'b' | b'B') {
+                    // `1abc`: the digits are part of an identifier.
+                    for &d in &raw[run_start..i] {
+                        if n >= out.len() - 2 {
+                            h = text_hash(&out[..n]) ^ h.rotate_left(17);
+                            n = 0;
+                        }
+                        out[n] = d;
+                        n += 1;
+                    }
+                }
+                out[n] = 0;
+                n += 1;
+            }
+            out[n] = b;
+            n += 1;
+            if quote == b'\'' {
+                if esc {
+                    esc = false;
+                } else if b == b'\\' {
+                    esc = true;
+                } else if b == b'\'' {
+                    quote = 0;
+                }
+            } else if matches!(b, b'\'' | b'"' | b'`') {
+                quote = b;
+            }
+            prev_ident = digit || b.is_ascii_alphabetic() || b == b'_' || b == b'$' || b >= 0x80;
+            i += 1;
+        }
+        if in_run {
+            out[n] = 0;
+            n += 1;
+        }
+        text_hash(&out[..n]) ^ h.rotate_left(17)
+    }
+
+    #[test]
+    fn literal_blind_hash_fast_path_changes_no_value() {
+        let mut texts: Vec<Vec<u8>> = [
+            "UPDATE sonde_bench SET likes = likes + 1 WHERE id = 233",
+            "SELECT * FROM t1 WHERE a = 'x 5' -- note 7",
+            "SELECT \"col 2\" FROM t WHERE b = 'it\\'s \" 4'",
+            "SELECT `a``1` FROM 1abc, 2e5, 0x1F, $1::int, _9, é9",
+            "",
+            "7",
+            "a7",
+        ]
+        .iter()
+        .map(|t| t.as_bytes().to_vec())
+        .collect();
+        // Long texts (chunked hashing) and every byte value.
+        texts.push("SELECT 1, 'a', \"b\", x2 ".repeat(40).into_bytes());
+        texts.push((0..=255u8).cycle().take(2000).collect());
+        // Pseudo-random texts over a SQL-ish alphabet.
+        let alphabet = b"ab_$1209 '\"`\\.eExX\xc3\xa9(),=";
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..400 {
+            let t: Vec<u8> = (0..len % 97 + len / 4)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    alphabet[(x % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            texts.push(t);
+        }
+        for t in &texts {
+            assert_eq!(
+                literal_blind_hash(t),
+                literal_blind_hash_reference(t),
+                "{:?}",
+                String::from_utf8_lossy(t)
+            );
+        }
     }
 
     /// Texts with the same literal-blind hash normalise alike; ids

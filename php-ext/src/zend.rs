@@ -36,11 +36,15 @@ pub fn ini_str(name: &'static CStr) -> Option<&'static CStr> {
 /// process (values change in place per request or pool; the entry does
 /// not move).
 fn ini_entry(name: &'static CStr) -> *mut c_void {
-    const N: usize = 24;
+    const N: usize = 32;
     static NAMES: [AtomicPtr<c_char>; N] = [const { AtomicPtr::new(std::ptr::null_mut()) }; N];
     static ENTRIES: [AtomicPtr<c_void>; N] = [const { AtomicPtr::new(std::ptr::null_mut()) }; N];
     let want = name.as_ptr().cast_mut();
-    for i in 0..N {
+    // Open addressing by the name's address (a static string, distinct
+    // per setting): usually found at the first slot tried.
+    let first = (want as usize >> 3).wrapping_mul(0x9e37_79b9) >> 7;
+    for k in 0..N {
+        let i = (first + k) % N;
         let n = NAMES[i].load(Ordering::Relaxed);
         if n == want {
             return ENTRIES[i].load(Ordering::Relaxed);
@@ -152,9 +156,19 @@ fn cstr(p: *const c_char) -> Option<&'static CStr> {
 use crate::hooks::Call;
 
 /// `$this` of the call (null for a plain function).
+#[inline]
 pub fn this(call: &Call) -> *mut sys::zend_object {
-    // SAFETY: `execute_data` is the live frame of the hooked call.
-    unsafe { sys::sonde_shim_this(call.execute_data) }
+    // SAFETY: `execute_data` is the live frame of the hooked call; its
+    // `This` zval holds an object exactly when its type says so (read in
+    // Rust: `Z_TYPE`/`Z_OBJ`, no call into the shim on the hot path).
+    unsafe {
+        let this = &(*call.execute_data).This;
+        if u32::from(this.u1.v.type_) == sys::IS_OBJECT {
+            this.value.obj
+        } else {
+            std::ptr::null_mut()
+        }
+    }
 }
 
 /// Argument `n` (1-based) as bytes when it is a string. Valid until the
@@ -182,9 +196,22 @@ fn zval_str<'a>(zv: *const sys::zval) -> Option<&'a [u8]> {
 }
 
 /// The type (IS_*) of the call's return value.
+#[inline]
 pub fn ret_type(call: &Call) -> u32 {
-    // SAFETY: `return_value` is the zval Zend passed to the handler.
-    unsafe { sys::sonde_shim_zval_type(call.return_value) as u32 }
+    if call.return_value.is_null() {
+        return sys::IS_UNDEF;
+    }
+    // SAFETY: `return_value` is the zval Zend passed to the handler; its
+    // type byte is read in Rust. A reference (not returned by the functions
+    // we hook, but possible) goes through the shim, which dereferences it.
+    unsafe {
+        let t = u32::from((*call.return_value).u1.v.type_);
+        if t == sys::IS_REFERENCE {
+            sys::sonde_shim_zval_type(call.return_value) as u32
+        } else {
+            t
+        }
+    }
 }
 
 /// The return value as an int (0 unless it is one).

@@ -62,9 +62,9 @@ fn before_exec(call: &Call) {
     crate::module::running(sonde_core::scoreboard::CURRENT_EXTERNAL, b"curl_exec");
     let propagate = zend::ini_long(c"sonde.propagate") != 0;
     let ch = zend::arg_zval(call, 1);
-    if let Some((traceparent, tracestate)) = outgoing() {
+    if let Some(o) = outgoing() {
         if propagate {
-            zend::curl_inject(ch, traceparent.as_str(), &tracestate);
+            zend::curl_inject(ch, o.traceparent.as_str(), &o.tracestate);
         }
     }
 }
@@ -98,9 +98,9 @@ fn exec(call: &Call) {
 fn before_multi_add(call: &Call) {
     let propagate = zend::ini_long(c"sonde.propagate") != 0;
     let ch = zend::arg_zval(call, 2);
-    if let Some((traceparent, tracestate)) = outgoing() {
+    if let Some(o) = outgoing() {
         if propagate {
-            zend::curl_inject(ch, traceparent.as_str(), &tracestate);
+            zend::curl_inject(ch, o.traceparent.as_str(), &o.tracestate);
         }
     }
 }

@@ -34,6 +34,9 @@ pub const ALL: &[&[HookSpec]] = &[
 pub(crate) enum Statement<'a> {
     /// The text as passed, and the connection `key` with its (driver, DSN).
     Text(Option<&'a [u8]>, usize, Option<(&'a [u8], &'a [u8])>),
+    /// The text as passed, on PDO connection `dbh`, whose driver and DSN
+    /// are read only the first time the request sees it.
+    Pdo(Option<&'a [u8]>, *mut crate::sys::zend_object),
     /// A statement prepared earlier in the request, by its key.
     Prepared(usize),
 }
@@ -56,6 +59,10 @@ pub(crate) fn sql_span(
             Statement::Text(text, key, driver_dsn) => (
                 buf.text(text.unwrap_or_default()),
                 buf.db(key, || driver_dsn),
+            ),
+            Statement::Pdo(text, dbh) => (
+                buf.text(text.unwrap_or_default()),
+                buf.db(dbh as usize, || zend::pdo_dbh(dbh)),
             ),
             Statement::Prepared(key) => buf
                 .prepared_text(key)

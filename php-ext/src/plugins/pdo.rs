@@ -86,13 +86,7 @@ fn exec(call: &Call) {
         t if t == sys::IS_LONG => (zend::ret_long(call), false),
         _ => (0, true),
     };
-    sql_span(
-        call,
-        LIBRARY,
-        Statement::Text(sql, dbh as usize, zend::pdo_dbh(dbh)),
-        rows,
-        failed,
-    );
+    sql_span(call, LIBRARY, Statement::Pdo(sql, dbh), rows, failed);
 }
 
 fn query(call: &Call) {
@@ -103,7 +97,7 @@ fn query(call: &Call) {
     let idx = sql_span(
         call,
         LIBRARY,
-        Statement::Text(sql, dbh as usize, zend::pdo_dbh(dbh)),
+        Statement::Pdo(sql, dbh),
         rows,
         stmt.is_null(),
     );
@@ -118,13 +112,7 @@ fn execute(call: &Call) {
         return;
     };
     let failed = zend::ret_type(call) != sys::IS_TRUE;
-    let idx = sql_span(
-        call,
-        LIBRARY,
-        Statement::Text(Some(sql), dbh as usize, zend::pdo_dbh(dbh)),
-        rows,
-        failed,
-    );
+    let idx = sql_span(call, LIBRARY, Statement::Pdo(Some(sql), dbh), rows, failed);
     with_spans(|buf, _| buf.open_result(stmt as usize, idx));
 }
 
@@ -145,12 +133,18 @@ fn fetch(call: &Call, rows: i64) {
 }
 
 fn running_arg1(call: &Call) {
+    if !crate::module::board_active() {
+        return;
+    }
     if let Some(sql) = zend::arg_str(call, 1) {
         crate::module::running(sonde_core::scoreboard::CURRENT_SQL, sql);
     }
 }
 
 fn running_stmt(call: &Call) {
+    if !crate::module::board_active() {
+        return;
+    }
     if let Some((sql, _, _)) = zend::pdo_stmt(zend::this(call)) {
         crate::module::running(sonde_core::scoreboard::CURRENT_SQL, sql);
     }
