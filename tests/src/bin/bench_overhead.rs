@@ -128,13 +128,26 @@ fn main() -> Result<()> {
     };
     let base_rps = median(results[0].iter().map(|r| r.rps).collect());
     let base_cpu = median(results[0].iter().map(|r| r.cpu_us_per_req).collect());
-    println!("| configuration | req/s (median) | ratio | php-fpm CPU µs/req (median) | ratio |");
-    println!("|---|---|---|---|---|");
+    // Also each round's ratio to the baseline run just before it: the
+    // machine's speed drifts between rounds more than within one.
+    let paired = |i: usize, f: fn(&Run) -> f64| -> (f64, f64, f64) {
+        let mut v: Vec<f64> = results[i]
+            .iter()
+            .zip(&results[0])
+            .map(|(r, b)| f(r) / f(b))
+            .collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    println!("| configuration | req/s (median) | ratio | php-fpm CPU µs/req (median) | ratio | per-round req/s ratio: median (min–max) | per-round CPU ratio: median (min–max) |");
+    println!("|---|---|---|---|---|---|---|");
     for (i, (name, _)) in configs.iter().enumerate() {
         let rps = median(results[i].iter().map(|r| r.rps).collect());
         let cpu = median(results[i].iter().map(|r| r.cpu_us_per_req).collect());
+        let (pr, pr_lo, pr_hi) = paired(i, |r| r.rps);
+        let (pc, pc_lo, pc_hi) = paired(i, |r| r.cpu_us_per_req);
         println!(
-            "| {name} | {rps:.0} | ×{:.3} | {cpu:.1} | ×{:.3} |",
+            "| {name} | {rps:.0} | ×{:.3} | {cpu:.1} | ×{:.3} | ×{pr:.3} ({pr_lo:.3}–{pr_hi:.3}) | ×{pc:.3} ({pc_lo:.3}–{pc_hi:.3}) |",
             rps / base_rps,
             cpu / base_cpu
         );
