@@ -862,29 +862,10 @@ pub fn detail(
     let blob: Option<Vec<u8>> = if !spans {
         None
     } else if legacy_detail(conn, day)? {
-        conn.prepare_cached(&format!(
-            "SELECT record FROM {} WHERE seq = ?1",
-            rec_table(day)
-        ))?
-        .query_row([seq], |r| r.get(0))
-        .optional()?
+        legacy_record(conn, day, seq)?
     } else {
-        let block: Option<(i64, Vec<u8>)> = conn
-            .prepare_cached(&format!(
-                "SELECT seq, block FROM {} WHERE seq <= ?1 AND last >= ?1
-                 ORDER BY seq DESC LIMIT 1",
-                blk_table(day)
-            ))?
-            .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        match block {
-            Some((first, packed)) => {
-                let bytes =
-                    zstd::decode_all(&packed[..]).map_err(|e| StoreError::Backend(Box::new(e)))?;
-                find_in_block(&bytes, first, seq).map(<[u8]>::to_vec)
-            }
-            None => None,
-        }
+        block_of(conn, day, seq)?
+            .and_then(|(first, _, bytes)| find_in_block(&bytes, first, seq).map(<[u8]>::to_vec))
     };
     let (host, endpoint) = (cols.host.clone(), cols.endpoint.clone());
     let record = match blob {
@@ -972,36 +953,13 @@ pub fn urls(conn: &Connection, ids: &[TxId]) -> Result<Vec<Option<String>>, Stor
             continue;
         }
         let blob: Option<Vec<u8>> = if legacy {
-            conn.prepare_cached(&format!(
-                "SELECT record FROM {} WHERE seq = ?1",
-                rec_table(day)
-            ))?
-            .query_row([seq], |r| r.get(0))
-            .optional()?
+            legacy_record(conn, day, seq)?
         } else {
             let cached = block
                 .as_ref()
                 .is_some_and(|b| b.0 == day && b.1 <= seq && seq <= b.2);
             if !cached {
-                block = conn
-                    .prepare_cached(&format!(
-                        "SELECT seq, last, block FROM {} WHERE seq <= ?1 AND last >= ?1
-                         ORDER BY seq DESC LIMIT 1",
-                        blk_table(day)
-                    ))?
-                    .query_row([seq], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, Vec<u8>>(2)?,
-                        ))
-                    })
-                    .optional()?
-                    .map(|(first, last, packed)| {
-                        zstd::decode_all(&packed[..]).map(|b| (day, first, last, b))
-                    })
-                    .transpose()
-                    .map_err(|e| StoreError::Backend(Box::new(e)))?;
+                block = block_of(conn, day, seq)?.map(|(first, last, b)| (day, first, last, b));
             }
             block
                 .as_ref()
@@ -1015,6 +973,40 @@ pub fn urls(conn: &Connection, ids: &[TxId]) -> Result<Vec<Option<String>>, Stor
         out.push(blob_url.or(row_url));
     }
     Ok(out)
+}
+
+/// The compact record `seq` of a day written before blocks.
+fn legacy_record(conn: &Connection, day: i64, seq: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT record FROM {} WHERE seq = ?1",
+            rec_table(day)
+        ))?
+        .query_row([seq], |r| r.get(0))
+        .optional()?)
+}
+
+/// The detail block holding rowid `seq`, unpacked: (first, last, bytes).
+fn block_of(
+    conn: &Connection,
+    day: i64,
+    seq: i64,
+) -> Result<Option<(i64, i64, Vec<u8>)>, StoreError> {
+    let packed: Option<(i64, i64, Vec<u8>)> = conn
+        .prepare_cached(&format!(
+            "SELECT seq, last, block FROM {} WHERE seq <= ?1 AND last >= ?1
+             ORDER BY seq DESC LIMIT 1",
+            blk_table(day)
+        ))?
+        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    packed
+        .map(|(first, last, packed)| {
+            zstd::decode_all(&packed[..])
+                .map(|bytes| (first, last, bytes))
+                .map_err(|e| StoreError::Backend(Box::new(e)))
+        })
+        .transpose()
 }
 
 fn summary_record(c: Columns) -> RequestRecord {
