@@ -21,6 +21,9 @@ pub const MAX_FRAME_BYTES: usize = 192 * 1024;
 pub enum Kind {
     /// A protobuf-encoded `sonde.v1.ExtMessage`.
     ExtMessage = 1,
+    /// A request as the extension captured it, not yet encoded: the agent
+    /// turns it into a `RequestRecord` (`sonde-capture`'s `raw` module).
+    Raw = 2,
 }
 
 /// Why a frame was refused.
@@ -61,6 +64,7 @@ pub fn decode(frame: &[u8]) -> Result<(Kind, &[u8]), FrameError> {
     }
     let kind = match frame[3] {
         1 => Kind::ExtMessage,
+        2 => Kind::Raw,
         k => return Err(FrameError::Kind(k)),
     };
     Ok((kind, &frame[HEADER_LEN..]))

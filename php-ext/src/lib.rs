@@ -11,20 +11,20 @@
 //! Layout: `sys` (bindgen + C shim), `zend` (the only code that reads Zend
 //! state), `module` (the callbacks Zend calls), `hooks` (wrapping internal
 //! functions' handlers), `plugins/` (one file per instrumented library),
-//! `spans` (the per-request span buffer, PHP-free), `record` (building the
-//! `sonde.v1.RequestRecord`, PHP-free) with `pb` (protobuf wire writing), `ring` and `ipc` (the two
+//! `spans` (the per-request span buffer) and `record` (ids, and the
+//! `sonde.v1.RequestRecord` encoding used when a request is too large to
+//! hand over raw) from the PHP-free `sonde-capture` crate, whose `raw`
+//! frame is what a request normally becomes, `ring` and `ipc` (the two
 //! transports, PHP-free), `scoreboard` (the in-flight slot), `connections` (open DB connections for it), `shm`
 //! (mapping the agent's shared files), `clock` (hook timestamps).
 
 pub mod clock;
 pub mod connections;
 pub mod ipc;
-pub mod pb;
-pub mod record;
 pub mod ring;
 pub mod scoreboard;
 pub mod shm;
-pub mod spans;
+pub use sonde_capture::{pb, raw, record, spans};
 
 #[cfg(not(test))]
 mod errors;

@@ -77,6 +77,7 @@ impl Process {
             builder: Builder::new(seed(pid)),
             calibration: crate::clock::Calibration::default(),
             statements: crate::spans::StatementCache::default(),
+            raw: Vec::with_capacity(16 * 1024),
         });
         p.calibration.observe();
         p
@@ -90,6 +91,8 @@ struct Process {
     calibration: crate::clock::Calibration,
     /// Normalised statements already seen by this process.
     statements: crate::spans::StatementCache,
+    /// The reused buffer of the raw frame (`sonde_capture::raw`).
+    raw: Vec<u8>,
 }
 
 struct Request {
@@ -672,7 +675,6 @@ fn request_end() {
         .unwrap_or("");
 
     let process = Process::of(&mut st.process, pid);
-    process.builder.set_endpoint_params(endpoint_params);
     let captured = Captured {
         app,
         pid,
@@ -696,13 +698,31 @@ fn request_end() {
         dropped_records: st.socket.dropped_since_sent,
         name: req.name.as_deref(),
         attributes: &req.attributes,
+        ext_version: crate::VERSION,
     };
-    let spans = st.spans.as_mut().map(|buf| Spans {
-        buf,
-        ns_per_tick: process.calibration.ns_per_tick(),
-        cache: &mut process.statements,
-    });
-    let frame = process.builder.frame(&captured, spans);
+    // Handed over raw: the agent normalises, names and encodes (the same
+    // code, `sonde_capture::raw`). Only a request whose raw frame would not
+    // fit (thousands of spans) is encoded here, more compactly.
+    let ns_per_tick = process.calibration.ns_per_tick();
+    let mut raw_frame = std::mem::take(&mut process.raw);
+    crate::raw::write(
+        &mut raw_frame,
+        &captured,
+        endpoint_params,
+        st.spans.as_ref().map(|buf| (buf, ns_per_tick)),
+    );
+    process.raw = raw_frame;
+    let frame: &[u8] = if process.raw.len() <= sonde_core::frame::MAX_FRAME_BYTES {
+        &process.raw
+    } else {
+        process.builder.set_endpoint_params(endpoint_params);
+        let spans = st.spans.as_mut().map(|buf| Spans {
+            buf,
+            ns_per_tick,
+            cache: &mut process.statements,
+        });
+        process.builder.frame(&captured, spans)
+    };
     if frame.len() > sonde_core::frame::MAX_FRAME_BYTES {
         st.drops[3] += 1;
         st.socket.dropped_total += 1;

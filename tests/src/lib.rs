@@ -376,7 +376,19 @@ impl Stack {
                 sock = self.agent_socket.display(),
             ),
         )?;
-        let mut cmd = Command::new(php_fpm_bin()?);
+        // SONDE_E2E_FPM_WRAP runs php-fpm under a tool, e.g. "valgrind
+        // --log-file=/tmp/vg.%p" (memcheck follows the forked workers; set
+        // USE_ZEND_ALLOC=0 too so PHP's allocations are checked).
+        let wrap = std::env::var("SONDE_E2E_FPM_WRAP").unwrap_or_default();
+        let mut wrap = wrap.split_whitespace();
+        let mut cmd = match wrap.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(wrap).arg(php_fpm_bin()?);
+                c
+            }
+            None => Command::new(php_fpm_bin()?),
+        };
         cmd.arg("--nodaemonize")
             .arg("--fpm-config")
             .arg(&cfg)

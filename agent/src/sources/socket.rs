@@ -24,6 +24,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{self as nixsock, AddressFamily, SockFlag, SockType, UnixAddr};
 use prost::bytes::Bytes;
 use prost::Message;
+use sonde_capture::raw::{Encoder, RawError};
 use sonde_core::frame::{self, FrameError, MAX_FRAME_BYTES};
 use sonde_proto::v1::{ext_message, ExtMessage, RequestRecord};
 use thiserror::Error;
@@ -93,6 +94,8 @@ pub enum MessageError {
     Empty,
     #[error("record or in-flight update without a request id")]
     NoId,
+    #[error(transparent)]
+    Raw(#[from] RawError),
 }
 
 /// What is at the socket path before we bind.
@@ -294,6 +297,10 @@ pub struct Context {
     seen_cache: Mutex<HashSet<u64>>,
     malformed_log: RateLimit,
     buffers: Mutex<Vec<Box<[u8]>>>,
+    /// Turns the extension's raw frames into records (normalising SQL,
+    /// naming endpoints and instances): one per agent, its caches shared
+    /// by every worker. Held only while one frame is encoded.
+    encoder: Mutex<Encoder>,
 }
 
 impl Context {
@@ -313,6 +320,7 @@ impl Context {
             seen_cache: Mutex::new(HashSet::new()),
             malformed_log: RateLimit::new(MALFORMED_LOG_PERIOD),
             buffers: Mutex::new(Vec::new()),
+            encoder: Mutex::new(Encoder::new(encoder_seed())),
         }
     }
 
@@ -373,7 +381,30 @@ impl Context {
         if truncated {
             return Err(MessageError::TooLarge);
         }
-        let (frame::Kind::ExtMessage, payload) = frame::decode(msg)?;
+        let payload = match frame::decode(msg)? {
+            (frame::Kind::ExtMessage, payload) => payload,
+            (frame::Kind::Raw, payload) => {
+                // The record is encoded here; its bytes are then checked and
+                // forwarded like those of an encoded frame.
+                let encoded = {
+                    let mut enc = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
+                    Bytes::copy_from_slice(&enc.encode_payload(payload)?[frame::HEADER_LEN..])
+                };
+                return self.try_handle_ext(&encoded, Some(&encoded), ring_end, conn);
+            }
+        };
+        self.try_handle_ext(payload, owner, ring_end, conn)
+    }
+
+    /// Handles the payload of an `ExtMessage` frame (`owner`, when given,
+    /// holds `payload`'s bytes).
+    fn try_handle_ext(
+        &self,
+        payload: &[u8],
+        owner: Option<&Bytes>,
+        ring_end: u64,
+        conn: u64,
+    ) -> Result<(), MessageError> {
         match wire::check_ext(payload)? {
             Ext::Record(bytes, fields) => {
                 let id = fields.id.unwrap_or_default();
@@ -446,6 +477,17 @@ impl Context {
             ..Default::default()
         });
     }
+}
+
+/// Seeds the ids the encoder makes up for a raw frame without them (the
+/// extension always sends its own): distinct per agent run.
+fn encoder_seed() -> [u64; 2] {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut h = DefaultHasher::new();
+    (now, std::process::id()).hash(&mut h);
+    [now, h.finish()]
 }
 
 /// One PHP worker's connection: read frames until it closes or shutdown.

@@ -11,7 +11,7 @@ use crate::hooks::{Call, HookSpec};
 use crate::module::{outgoing, with_spans};
 use crate::{sys, zend};
 
-const LIBRARY: &str = "curl";
+const LIBRARY: crate::spans::Library = crate::spans::Library::CURL;
 const CURLOPT_HTTPHEADER: i64 = 10023;
 
 macro_rules! spec {

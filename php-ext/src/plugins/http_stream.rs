@@ -20,7 +20,7 @@ use crate::hooks;
 use crate::module::{in_boundary, with_spans};
 use crate::sys;
 
-const LIBRARY: &str = "http-stream";
+const LIBRARY: crate::spans::Library = crate::spans::Library::HTTP_STREAM;
 
 /// Wraps the http and https stream wrappers (start-up, once every module
 /// has registered its wrappers). True when wrapped.

@@ -15,7 +15,7 @@ use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
 
-const LIBRARY: &str = "memcached";
+const LIBRARY: crate::spans::Library = crate::spans::Library::MEMCACHED;
 
 macro_rules! commands {
     ($($name:literal),* $(,)?) => {

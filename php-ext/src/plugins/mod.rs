@@ -15,7 +15,7 @@ use sonde_proto::v1::SpanKind;
 
 use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
-use crate::spans::{RawSpan, Text};
+use crate::spans::{Library, RawSpan, Text};
 use crate::zend;
 
 /// Every plugin's hooks.
@@ -46,7 +46,7 @@ pub(crate) enum Statement<'a> {
 /// Returns the span's index.
 pub(crate) fn sql_span(
     call: &Call,
-    library: &'static str,
+    library: Library,
     statement: Statement<'_>,
     rows: i64,
     failed: bool,
@@ -138,7 +138,7 @@ fn write_error(out: &mut [u8], class: &str, msg: &str) -> usize {
 }
 
 /// Records one fetch call on result set `key` returning `rows` rows.
-pub(crate) fn fetch(call: &Call, library: &'static str, key: usize, rows: i64) {
+pub(crate) fn fetch(call: &Call, library: Library, key: usize, rows: i64) {
     with_spans(|buf, req_start| {
         let start = call.start.saturating_sub(req_start);
         let end = call.end.saturating_sub(req_start);

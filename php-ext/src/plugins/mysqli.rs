@@ -11,7 +11,7 @@ use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
 
-const LIBRARY: &str = "mysqli";
+const LIBRARY: crate::spans::Library = crate::spans::Library::MYSQLI;
 
 macro_rules! spec {
     ($class:expr, $f:expr, $rec:expr) => {

@@ -65,7 +65,7 @@ pub const HOOKS: &[HookSpec] = &[
     },
 ];
 
-const LIBRARY: &str = "pdo";
+const LIBRARY: crate::spans::Library = crate::spans::Library::PDO;
 
 /// `new PDO(...)`: a connection opened (counted for the scoreboard; a
 /// persistent one through the process's persistent list).

@@ -13,7 +13,7 @@ use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
 
-const LIBRARY: &str = "pgsql";
+const LIBRARY: crate::spans::Library = crate::spans::Library::PGSQL;
 /// The key of "the last connection opened", used by calls without one.
 const DEFAULT_CONN: usize = usize::MAX;
 

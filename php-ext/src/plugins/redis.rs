@@ -7,7 +7,7 @@ use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
 use crate::zend;
 
-const LIBRARY: &str = "redis";
+const LIBRARY: crate::spans::Library = crate::spans::Library::REDIS;
 
 macro_rules! commands {
     ($($name:literal),* $(,)?) => {

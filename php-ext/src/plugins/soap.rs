@@ -17,7 +17,7 @@ use crate::hooks::{Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
 
-const LIBRARY: &str = "soap";
+const LIBRARY: crate::spans::Library = crate::spans::Library::SOAP;
 
 pub const HOOKS: &[HookSpec] = &[
     HookSpec {

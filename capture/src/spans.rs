@@ -7,7 +7,7 @@
 //! naming DB instances) happens once, at request end.
 
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use sonde_core::{dsn, sql};
 use sonde_proto::v1::SpanKind;
@@ -32,15 +32,60 @@ const DBS: usize = 32;
 /// A range of the text arena.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Text {
-    off: u32,
-    len: u32,
+    pub(crate) off: u32,
+    pub(crate) len: u32,
+}
+
+/// The library a span came from: an index into [`Library::NAMES`], so a
+/// span carries one byte for it and the raw hand-off copies it as is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Library(pub(crate) u8);
+
+impl Library {
+    /// The names, by index (the `library` field of a `Span`).
+    pub const NAMES: [&'static str; 9] = [
+        "php",
+        "pdo",
+        "mysqli",
+        "pgsql",
+        "curl",
+        "http-stream",
+        "redis",
+        "memcached",
+        "soap",
+    ];
+    pub const PHP: Library = Library(0);
+    pub const PDO: Library = Library(1);
+    pub const MYSQLI: Library = Library(2);
+    pub const PGSQL: Library = Library(3);
+    pub const CURL: Library = Library(4);
+    pub const HTTP_STREAM: Library = Library(5);
+    pub const REDIS: Library = Library(6);
+    pub const MEMCACHED: Library = Library(7);
+    pub const SOAP: Library = Library(8);
+
+    /// The library of index `i`, if there is one.
+    pub fn from_index(i: u8) -> Option<Library> {
+        (usize::from(i) < Self::NAMES.len()).then_some(Library(i))
+    }
+
+    pub fn index(self) -> u8 {
+        self.0
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES
+            .get(usize::from(self.0))
+            .copied()
+            .unwrap_or("other")
+    }
 }
 
 /// What a hook saw of one call, before normalising.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RawSpan {
     pub kind: i32,
-    pub library: &'static str,
+    pub library: Library,
     pub start_ns: u64,
     pub duration_ns: u64,
     pub text: Text,
@@ -62,12 +107,12 @@ pub struct RawSpan {
 
 /// The error that failed the request, as texts in the arena.
 #[derive(Debug, Clone, Copy, Default)]
-struct ReqError {
-    class: Text,
-    message: Text,
-    file: Text,
-    line: u32,
-    fatal: bool,
+pub(crate) struct ReqError {
+    pub(crate) class: Text,
+    pub(crate) message: Text,
+    pub(crate) file: Text,
+    pub(crate) line: u32,
+    pub(crate) fatal: bool,
 }
 
 /// PHP error types (`E_*`) that end the request.
@@ -75,20 +120,20 @@ const FATAL_TYPES: i32 = 1 | 4 | 16 | 64 | 256 | 4096; // E_ERROR, E_PARSE, E_CO
 
 /// A database connection seen in this request.
 #[derive(Debug, Clone, Copy)]
-struct Db {
+pub(crate) struct Db {
     /// Identity of the connection object (its address).
-    key: usize,
-    driver: Text,
-    dsn: Text,
+    pub(crate) key: usize,
+    pub(crate) driver: Text,
+    pub(crate) dsn: Text,
 }
 
 /// The per-request buffer.
 #[derive(Debug)]
 pub struct SpanBuf {
-    spans: Vec<RawSpan>,
+    pub(crate) spans: Vec<RawSpan>,
     max_spans: usize,
-    arena: Vec<u8>,
-    dbs: Vec<Db>,
+    pub(crate) arena: Vec<u8>,
+    pub(crate) dbs: Vec<Db>,
     /// (result key, index of its fetch span or usize::MAX before the first fetch, its statement span)
     open: [(usize, usize, usize); OPEN_RESULTS],
     open_next: usize,
@@ -99,8 +144,8 @@ pub struct SpanBuf {
     pub dropped_spans: u32,
     pub truncated_texts: u32,
     /// The last exception thrown in the request (class, message).
-    last_exception: Option<(Text, Text)>,
-    error: Option<ReqError>,
+    pub(crate) last_exception: Option<(Text, Text)>,
+    pub(crate) error: Option<ReqError>,
     /// Warnings, notices and deprecations raised in the request.
     pub warnings: u32,
     /// Span ids of outgoing calls in progress (set before, used after).
@@ -267,7 +312,7 @@ impl SpanBuf {
     /// Records a cache command (`operation`, e.g. `hGetAll`) on `db`.
     pub fn cache(
         &mut self,
-        library: &'static str,
+        library: Library,
         start_ns: u64,
         duration_ns: u64,
         operation: &[u8],
@@ -298,7 +343,7 @@ impl SpanBuf {
     #[allow(clippy::too_many_arguments)]
     pub fn external(
         &mut self,
-        library: &'static str,
+        library: Library,
         start_ns: u64,
         duration_ns: u64,
         url: &[u8],
@@ -363,7 +408,7 @@ impl SpanBuf {
         self.last_exception = Some((class, message));
         self.push(RawSpan {
             kind: SpanKind::Error as i32,
-            library: "php",
+            library: Library::PHP,
             start_ns: at_ns,
             text: class,
             error: message,
@@ -410,7 +455,7 @@ impl SpanBuf {
         let m = self.text(message);
         self.push(RawSpan {
             kind: SpanKind::Error as i32,
-            library: "php",
+            library: Library::PHP,
             start_ns: at_ns,
             text: c,
             error: m,
@@ -585,14 +630,7 @@ impl SpanBuf {
     }
 
     /// Records one fetch call on result set `key` that returned `rows` rows.
-    pub fn fetch(
-        &mut self,
-        key: usize,
-        library: &'static str,
-        start_ns: u64,
-        end_ns: u64,
-        rows: i64,
-    ) {
+    pub fn fetch(&mut self, key: usize, library: Library, start_ns: u64, end_ns: u64, rows: i64) {
         let slot = self.open_slot(key);
         let (fetch_idx, stmt_idx) = match slot {
             Some(i) => (self.open[i].1, self.open[i].2),
@@ -687,7 +725,7 @@ impl SpanBuf {
         // The last statement looked up: (its text, PostgreSQL, its field).
         // A fetch follows its statement, and a loop runs the same statement
         // again: comparing the text costs less than hashing it.
-        let mut last: Option<(Text, bool, Rc<[u8]>)> = None;
+        let mut last: Option<(Text, bool, Arc<[u8]>)> = None;
         for k in 0..self.spans.len() {
             let i = if sorted { k } else { self.order[k] as usize };
             let s = &self.spans[i];
@@ -720,7 +758,7 @@ impl SpanBuf {
                     let mut tail = pb::Fields::new();
                     tail.int64(6, s.rows);
                     tail.uint(10, u64::from(s.calls));
-                    tail.str(12, s.library);
+                    tail.str(12, s.library.as_str());
                     if let (Some(head), Some(tail)) = (head.as_slice(), tail.as_slice()) {
                         let len = head.len() + statement.len() + instance.len() + tail.len();
                         out.reserve(len + 12);
@@ -741,7 +779,7 @@ impl SpanBuf {
                 pb::int64(out, 6, s.rows);
                 pb::string(out, 9, self.get(s.error));
                 pb::uint(out, 10, u64::from(s.calls));
-                pb::str(out, 12, s.library);
+                pb::str(out, 12, s.library.as_str());
                 pb::string(out, 15, self.get(s.file));
                 pb::uint(out, 16, u64::from(s.line));
                 pb::end(out, m);
@@ -751,7 +789,7 @@ impl SpanBuf {
             pb::uint(out, 1, s.kind as u64);
             pb::uint(out, 2, ns(s.start_ns));
             if s.kind == SpanKind::Error as i32 {
-                pb::str(out, 12, s.library);
+                pb::str(out, 12, s.library.as_str());
                 let e = pb::begin(out, 13);
                 pb::string(out, 1, self.get(s.text));
                 pb::string(out, 2, self.get(s.error));
@@ -768,14 +806,14 @@ impl SpanBuf {
                 let at = out.len();
                 pb::string(out, 11, self.get(s.text));
                 out[at..].make_ascii_uppercase();
-                pb::str(out, 12, s.library);
+                pb::str(out, 12, s.library.as_str());
             } else if s.kind == SpanKind::External as i32 {
                 pb::string(out, 7, self.get(s.text));
                 pb::uint(out, 8, u64::from(s.status));
                 pb::string(out, 9, self.get(s.error));
                 pb::uint(out, 10, 1);
                 pb::string(out, 11, self.get(s.op));
-                pb::str(out, 12, s.library);
+                pb::str(out, 12, s.library.as_str());
                 if s.span_id != [0; 8] {
                     pb::bytes(out, 14, &s.span_id);
                 }
@@ -784,7 +822,7 @@ impl SpanBuf {
                 pb::int64(out, 6, s.rows);
                 pb::string(out, 9, self.get(s.error));
                 pb::uint(out, 10, u64::from(s.calls));
-                pb::str(out, 12, s.library);
+                pb::str(out, 12, s.library.as_str());
                 pb::string(out, 15, self.get(s.file));
                 pb::uint(out, 16, u64::from(s.line));
             }
@@ -821,7 +859,7 @@ impl SpanBuf {
 /// before that differs from a known one only in its numbers (an id inlined
 /// into the SQL: `WHERE id = 17`, then `= 233`) is found by its
 /// literal-blind hash, so it is not normalised again.
-fn normalized(cache: &mut Statements, raw: &[u8], dialect: sql::Dialect) -> Rc<[u8]> {
+fn normalized(cache: &mut Statements, raw: &[u8], dialect: sql::Dialect) -> Arc<[u8]> {
     let pg = dialect == sql::Dialect::Postgres;
     let key = (text_hash(raw), raw.len() as u32, pg);
     if let Some(t) = cache.exact.get(&key) {
@@ -841,7 +879,7 @@ fn normalized(cache: &mut Statements, raw: &[u8], dialect: sql::Dialect) -> Rc<[
             let text = sql::normalize(&String::from_utf8_lossy(raw), dialect, MAX_STATEMENT);
             let mut field = Vec::with_capacity(text.len() + 3);
             pb::str(&mut field, 4, &text);
-            Rc::from(field)
+            Arc::from(field)
         })
         .clone();
     cache.exact.insert(key, field.clone());
@@ -1020,9 +1058,9 @@ pub struct StatementCache {
 #[derive(Debug, Default)]
 struct Statements {
     /// By (hash, length, is PostgreSQL) of the raw text.
-    exact: HashMap<(u64, u32, bool), Rc<[u8]>, KeyIsHash>,
+    exact: HashMap<(u64, u32, bool), Arc<[u8]>, KeyIsHash>,
     /// By (literal-blind hash, is PostgreSQL).
-    blind: HashMap<(u64, bool), Rc<[u8]>, KeyIsHash>,
+    blind: HashMap<(u64, bool), Arc<[u8]>, KeyIsHash>,
 }
 
 /// The keys are already hashes: hashing them again (SipHash) is waste.
@@ -1121,7 +1159,7 @@ mod tests {
         });
         buf.push(RawSpan {
             kind: SpanKind::Sql as i32,
-            library: "pdo",
+            library: Library::PDO,
             start_ns: start,
             duration_ns: 10,
             text,
@@ -1318,13 +1356,13 @@ mod tests {
         let s1 = sql_span(&mut b, "SELECT * FROM t WHERE id = 1", 0);
         b.open_result(0xAA, s1);
         for i in 0..5 {
-            b.fetch(0xAA, "pdo", 100 + i * 10, 105 + i * 10, 1);
+            b.fetch(0xAA, Library::PDO, 100 + i * 10, 105 + i * 10, 1);
         }
-        b.fetch(0xAA, "pdo", 200, 201, 0);
+        b.fetch(0xAA, Library::PDO, 200, 201, 0);
         // Re-executing the same statement object starts a new result set.
         let s2 = sql_span(&mut b, "SELECT * FROM t WHERE id = 2", 300);
         b.open_result(0xAA, s2);
-        b.fetch(0xAA, "pdo", 400, 450, 1000);
+        b.fetch(0xAA, Library::PDO, 400, 450, 1000);
         let spans = finish(&mut b, &mut StatementCache::default());
         assert_eq!(spans.len(), 4);
         assert_eq!(spans[1].kind, SpanKind::Fetch as i32);

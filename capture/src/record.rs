@@ -47,6 +47,8 @@ pub struct Captured<'a> {
     pub name: Option<&'a str>,
     /// Attributes the application added (`sonde_add_attribute()`).
     pub attributes: &'a [(String, String)],
+    /// The extension's version.
+    pub ext_version: &'a str,
 }
 
 /// A request's ids, chosen when it starts (so hooks can pass the trace on
@@ -205,7 +207,7 @@ impl Builder {
         pb::end(&mut out, d);
         pb::str(&mut out, 20, c.sapi);
         pb::str(&mut out, 21, c.php_version);
-        pb::str(&mut out, 22, crate::VERSION);
+        pb::str(&mut out, 22, c.ext_version);
         pb::str(&mut out, 24, c.http_host);
         for (k, v) in c.attributes {
             let a = pb::begin(&mut out, 25);
@@ -373,6 +375,7 @@ mod tests {
             uri: "/photos/17?lang=ko&token=secret",
             status: 200,
             extra_redact: "lang",
+            ext_version: "9.9.9",
             ..Default::default()
         };
         let ids = b.start(
@@ -391,7 +394,7 @@ mod tests {
         assert_eq!(r.endpoint, "/photos/{num}");
         assert_eq!(r.status, 200);
         assert_eq!(r.wall_ns, 51_000_000);
-        assert_eq!(r.ext_version, crate::VERSION);
+        assert_eq!(r.ext_version, "9.9.9");
         let t = r.trace.unwrap();
         assert_eq!(t.trace_id[0], 0x4b);
         assert_eq!(t.parent_span_id.len(), 8);
@@ -415,7 +418,7 @@ mod tests {
             });
             buf.push(RawSpan {
                 kind: SpanKind::Sql as i32,
-                library: "pgsql",
+                library: crate::spans::Library::PGSQL,
                 start_ns: start,
                 duration_ns: 1_000,
                 text: t,
@@ -432,15 +435,22 @@ mod tests {
             3,
         );
         buf.open_result(9, s);
-        buf.fetch(9, "pgsql", 2_000, 2_500, 1);
-        buf.fetch(9, "pgsql", 2_600, 2_700, 1);
+        buf.fetch(9, crate::spans::Library::PGSQL, 2_000, 2_500, 1);
+        buf.fetch(9, crate::spans::Library::PGSQL, 2_600, 2_700, 1);
         // Pushed after a span that started later: encoded in start order.
         push_sql(&mut buf, &format!("SELECT '{}'", "é".repeat(200)), 100, -1);
         let slow = push_sql(&mut buf, "UPDATE t SET a = 1", 3_000, 0).unwrap();
         buf.set_location(slow, b"/app/x.php", 12);
-        buf.cache("redis", 4_000, 30, b"hGetAll", u16::MAX, b"");
+        buf.cache(
+            crate::spans::Library::REDIS,
+            4_000,
+            30,
+            b"hGetAll",
+            u16::MAX,
+            b"",
+        );
         buf.external(
-            "soap",
+            crate::spans::Library::SOAP,
             5_000,
             70_000,
             b"http://h/svc?wsdl",
