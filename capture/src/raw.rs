@@ -21,8 +21,9 @@
 //! [16] record id, [16] trace id, [8] span id
 //! u8 flags (1: parent span, 2: parent record, 4: name, 8: spans)
 //! [8] parent span, [16] parent record      (zeros when absent)
-//! str app, method, uri, client_ip, visitor_id, http_host, sapi,
-//!     php_version, ext_version, extra_redact, endpoint_params, tracestate, name
+//! u32 lengths of 13 strings, then their UTF-8 bytes: app, method, uri,
+//!     client_ip, visitor_id, http_host, sapi, php_version, ext_version,
+//!     extra_redact, endpoint_params, tracestate, name
 //! u32 attributes; then str key, str value each
 //! when flag 8:
 //!   u32 dropped_spans, truncated_texts, warnings
@@ -40,6 +41,11 @@ use thiserror::Error;
 
 use crate::record::{Builder, Captured, Ids, Spans};
 use crate::spans::{Db, Library, RawSpan, ReqError, SpanBuf, StatementCache, Text};
+
+/// Strings after the fixed header.
+const STRINGS: usize = 13;
+/// The fixed header and the strings' lengths.
+const HEAD_BYTES: usize = 8 + 4 * 4 + 8 + 5 * 8 + 16 + 16 + 8 + 1 + 8 + 16 + STRINGS * 4;
 
 /// Bytes per span in a raw frame.
 pub const SPAN_BYTES: usize = 80;
@@ -82,24 +88,8 @@ pub fn write(
     spans: Option<(&SpanBuf, f64)>,
 ) {
     frame::start(out, frame::Kind::Raw);
-    let ids = c.ids.cloned().unwrap_or_default();
-    out.extend_from_slice(&spans.map_or(1.0, |s| s.1).to_le_bytes());
-    for v in [c.pid, c.status, c.truncated_texts, c.dropped_records] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out.extend_from_slice(&c.start_unix_ns.to_le_bytes());
-    for v in [
-        c.wall_ns,
-        c.queue_ns,
-        c.cpu_user_ns,
-        c.cpu_sys_ns,
-        c.peak_memory_bytes,
-    ] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out.extend_from_slice(&ids.record);
-    out.extend_from_slice(&ids.trace);
-    out.extend_from_slice(&ids.span);
+    let fallback = Ids::default();
+    let ids = c.ids.unwrap_or(&fallback);
     let mut flags = 0;
     if ids.parent_span.is_some() {
         flags |= PARENT_SPAN;
@@ -113,10 +103,7 @@ pub fn write(
     if spans.is_some() {
         flags |= SPANS;
     }
-    out.push(flags);
-    out.extend_from_slice(&ids.parent_span.unwrap_or_default());
-    out.extend_from_slice(&ids.parent_record.unwrap_or_default());
-    for s in [
+    let strings: [&str; STRINGS] = [
         c.app,
         c.method,
         c.uri,
@@ -130,8 +117,40 @@ pub fn write(
         endpoint_params,
         &ids.tracestate,
         c.name.unwrap_or(""),
+    ];
+    // The fixed part and the strings' lengths in one piece.
+    let mut h = [0u8; HEAD_BYTES];
+    let mut at = 0;
+    let mut put = |b: &[u8]| {
+        h[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+    };
+    put(&spans.map_or(1.0, |s| s.1).to_le_bytes());
+    for v in [c.pid, c.status, c.truncated_texts, c.dropped_records] {
+        put(&v.to_le_bytes());
+    }
+    put(&c.start_unix_ns.to_le_bytes());
+    for v in [
+        c.wall_ns,
+        c.queue_ns,
+        c.cpu_user_ns,
+        c.cpu_sys_ns,
+        c.peak_memory_bytes,
     ] {
-        put_str(out, s.as_bytes());
+        put(&v.to_le_bytes());
+    }
+    put(&ids.record);
+    put(&ids.trace);
+    put(&ids.span);
+    put(&[flags]);
+    put(&ids.parent_span.unwrap_or_default());
+    put(&ids.parent_record.unwrap_or_default());
+    for s in strings {
+        put(&(s.len() as u32).to_le_bytes());
+    }
+    out.extend_from_slice(&h);
+    for s in strings {
+        out.extend_from_slice(s.as_bytes());
     }
     out.extend_from_slice(&(c.attributes.len() as u32).to_le_bytes());
     for (k, v) in c.attributes {
@@ -341,19 +360,46 @@ pub fn read(payload: &[u8], buf: &mut SpanBuf) -> Result<Request, RawError> {
     let parent_record: [u8; 16] = c.array("ids")?;
     r.ids.parent_span = (flags & PARENT_SPAN != 0).then_some(parent_span);
     r.ids.parent_record = (flags & PARENT_RECORD != 0).then_some(parent_record);
-    r.app = c.string("app")?;
-    r.method = c.string("method")?;
-    r.uri = c.string("uri")?;
-    r.client_ip = c.string("client_ip")?;
-    r.visitor_id = c.string("visitor_id")?;
-    r.http_host = c.string("http_host")?;
-    r.sapi = c.string("sapi")?;
-    r.php_version = c.string("php_version")?;
-    r.ext_version = c.string("ext_version")?;
-    r.extra_redact = c.string("extra_redact")?;
-    r.endpoint_params = c.string("endpoint_params")?;
-    r.ids.tracestate = c.string("tracestate")?;
-    let name = c.string("name")?;
+    let mut lens = [0usize; STRINGS];
+    for l in &mut lens {
+        *l = c.u32("string lengths")? as usize;
+    }
+    let mut strings: [String; STRINGS] = Default::default();
+    const WHAT: [&str; STRINGS] = [
+        "app",
+        "method",
+        "uri",
+        "client_ip",
+        "visitor_id",
+        "http_host",
+        "sapi",
+        "php_version",
+        "ext_version",
+        "extra_redact",
+        "endpoint_params",
+        "tracestate",
+        "name",
+    ];
+    for ((s, len), what) in strings.iter_mut().zip(lens).zip(WHAT) {
+        let b = c.take(len, what)?;
+        *s = std::str::from_utf8(b)
+            .map_err(|_| RawError::Utf8(what))?
+            .to_owned();
+    }
+    let [app, method, uri, client_ip, visitor_id, http_host, sapi, php_version, ext_version, extra_redact, endpoint_params, tracestate, name] =
+        strings;
+    r.app = app;
+    r.method = method;
+    r.uri = uri;
+    r.client_ip = client_ip;
+    r.visitor_id = visitor_id;
+    r.http_host = http_host;
+    r.sapi = sapi;
+    r.php_version = php_version;
+    r.ext_version = ext_version;
+    r.extra_redact = extra_redact;
+    r.endpoint_params = endpoint_params;
+    r.ids.tracestate = tracestate;
     r.name = (flags & NAME != 0).then_some(name);
     let n = c.u32("attributes")?;
     // Each attribute takes at least 8 bytes: a count beyond what is left

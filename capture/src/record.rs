@@ -103,7 +103,9 @@ impl Builder {
             span: self.ids.id64(),
             parent_span: incoming.map(|tp| tp.parent_id),
             parent_record: incoming.and(tracestate).and_then(sonde_parent),
-            tracestate: tracestate.unwrap_or_default().to_string(),
+            // W3C: without a valid `traceparent`, `tracestate` is ignored
+            // (not passed on to callees either).
+            tracestate: incoming.and(tracestate).unwrap_or_default().to_string(),
         }
     }
 
@@ -401,6 +403,12 @@ mod tests {
         assert_eq!(t.span_id.len(), 8);
         assert_eq!(t.parent_record_id, vec![0xcd; 16]);
         assert_eq!(t.tracestate, format!("x=1,sonde={}", "cd".repeat(16)));
+        // A `tracestate` without a valid `traceparent` is ignored (W3C).
+        for tp in [None, Some("00-bad")] {
+            let ids = b.start(tp, Some("x=1"));
+            assert_eq!(ids.tracestate, "");
+            assert_eq!(ids.parent_record, None);
+        }
         assert!(r.dropped.is_some());
     }
 

@@ -417,7 +417,11 @@ fn request_start() {
     let (tp_buf, rest) = rest.split_at_mut(128);
     let ts_buf = &mut rest[..512];
     let traceparent = zend::sapi_env(c"HTTP_TRACEPARENT", tp_buf).map(|(t, _)| t);
-    let tracestate = zend::sapi_env(c"HTTP_TRACESTATE", ts_buf).map(|(t, _)| t);
+    // W3C: `tracestate` counts only beside a `traceparent` (so most
+    // requests, which have none, skip the lookup).
+    let tracestate = traceparent
+        .and_then(|_| zend::sapi_env(c"HTTP_TRACESTATE", ts_buf))
+        .map(|(t, _)| t);
     let ids = process.builder.start(traceparent, tracestate);
     let start = Instant::now();
     let start_ticks = crate::clock::ticks();
