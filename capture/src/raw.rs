@@ -68,7 +68,7 @@ pub enum RawError {
     Library(u8),
     #[error("raw record: {0} trailing bytes")]
     Trailing(usize),
-    #[error("raw record: {0} database entries (at most {max})", max = u16::MAX)]
+    #[error("raw record: {0} database entries (at most {max})", max = crate::spans::DBS)]
     Dbs(u32),
     #[error("not a raw record frame: {0}")]
     Frame(#[from] frame::FrameError),
@@ -220,10 +220,10 @@ fn put_text(out: &mut Vec<u8>, t: Text) {
     out.extend_from_slice(&t.len.to_le_bytes());
 }
 
-/// A request read back from a raw frame: the owned values behind a
-/// [`Captured`] (the span buffer is filled separately).
+/// A request read back from a raw frame: the values behind a [`Captured`],
+/// borrowed from the frame (the span buffer is filled separately).
 #[derive(Debug, Default)]
-pub struct Request {
+pub struct Request<'a> {
     pub ns_per_tick: f64,
     pub pid: u32,
     pub status: u32,
@@ -237,48 +237,48 @@ pub struct Request {
     pub peak_memory_bytes: u64,
     pub ids: Ids,
     pub has_spans: bool,
-    pub app: String,
-    pub method: String,
-    pub uri: String,
-    pub client_ip: String,
-    pub visitor_id: String,
-    pub http_host: String,
-    pub sapi: String,
-    pub php_version: String,
-    pub ext_version: String,
-    pub extra_redact: String,
-    pub endpoint_params: String,
-    pub name: Option<String>,
+    pub app: &'a str,
+    pub method: &'a str,
+    pub uri: &'a str,
+    pub client_ip: &'a str,
+    pub visitor_id: &'a str,
+    pub http_host: &'a str,
+    pub sapi: &'a str,
+    pub php_version: &'a str,
+    pub ext_version: &'a str,
+    pub extra_redact: &'a str,
+    pub endpoint_params: &'a str,
+    pub name: Option<&'a str>,
     pub attributes: Vec<(String, String)>,
 }
 
-impl Request {
+impl Request<'_> {
     /// The values as the extension captured them.
     pub fn captured(&self) -> Captured<'_> {
         Captured {
-            app: &self.app,
+            app: self.app,
             pid: self.pid,
             start_unix_ns: self.start_unix_ns,
             wall_ns: self.wall_ns,
-            method: &self.method,
-            uri: &self.uri,
+            method: self.method,
+            uri: self.uri,
             status: self.status,
             cpu_user_ns: self.cpu_user_ns,
             cpu_sys_ns: self.cpu_sys_ns,
             peak_memory_bytes: self.peak_memory_bytes,
-            client_ip: &self.client_ip,
-            visitor_id: &self.visitor_id,
+            client_ip: self.client_ip,
+            visitor_id: self.visitor_id,
             queue_ns: self.queue_ns,
-            http_host: &self.http_host,
+            http_host: self.http_host,
             ids: Some(&self.ids),
-            sapi: &self.sapi,
-            php_version: &self.php_version,
-            extra_redact: &self.extra_redact,
+            sapi: self.sapi,
+            php_version: self.php_version,
+            extra_redact: self.extra_redact,
             truncated_texts: self.truncated_texts,
             dropped_records: self.dropped_records,
-            name: self.name.as_deref(),
+            name: self.name,
             attributes: &self.attributes,
-            ext_version: &self.ext_version,
+            ext_version: self.ext_version,
         }
     }
 }
@@ -332,7 +332,7 @@ fn checked_text(off: u32, len: u32, arena: u32) -> Result<Text, RawError> {
 
 /// Reads the payload of a raw frame (after its header): the request's
 /// values, and its spans into `buf` (cleared first).
-pub fn read(payload: &[u8], buf: &mut SpanBuf) -> Result<Request, RawError> {
+pub fn read<'a>(payload: &'a [u8], buf: &mut SpanBuf) -> Result<Request<'a>, RawError> {
     buf.clear();
     let mut c = Cursor { b: payload };
     let mut r = Request {
@@ -364,7 +364,7 @@ pub fn read(payload: &[u8], buf: &mut SpanBuf) -> Result<Request, RawError> {
     for l in &mut lens {
         *l = c.u32("string lengths")? as usize;
     }
-    let mut strings: [String; STRINGS] = Default::default();
+    let mut strings: [&str; STRINGS] = [""; STRINGS];
     const WHAT: [&str; STRINGS] = [
         "app",
         "method",
@@ -382,9 +382,7 @@ pub fn read(payload: &[u8], buf: &mut SpanBuf) -> Result<Request, RawError> {
     ];
     for ((s, len), what) in strings.iter_mut().zip(lens).zip(WHAT) {
         let b = c.take(len, what)?;
-        *s = std::str::from_utf8(b)
-            .map_err(|_| RawError::Utf8(what))?
-            .to_owned();
+        *s = std::str::from_utf8(b).map_err(|_| RawError::Utf8(what))?;
     }
     let [app, method, uri, client_ip, visitor_id, http_host, sapi, php_version, ext_version, extra_redact, endpoint_params, tracestate, name] =
         strings;
@@ -399,7 +397,7 @@ pub fn read(payload: &[u8], buf: &mut SpanBuf) -> Result<Request, RawError> {
     r.ext_version = ext_version;
     r.extra_redact = extra_redact;
     r.endpoint_params = endpoint_params;
-    r.ids.tracestate = tracestate;
+    r.ids.tracestate = tracestate.to_owned();
     r.name = (flags & NAME != 0).then_some(name);
     let n = c.u32("attributes")?;
     // Each attribute takes at least 8 bytes: a count beyond what is left
@@ -447,7 +445,7 @@ fn read_spans(c: &mut Cursor<'_>, buf: &mut SpanBuf) -> Result<(), RawError> {
         ]),
     };
     let n_dbs = c.u32("dbs")?;
-    if n_dbs >= u32::from(u16::MAX) {
+    if n_dbs as usize > crate::spans::DBS {
         return Err(RawError::Dbs(n_dbs));
     }
     let dbs = c.take(n_dbs as usize * 16, "dbs")?;
@@ -491,7 +489,16 @@ fn read_spans(c: &mut Cursor<'_>, buf: &mut SpanBuf) -> Result<(), RawError> {
             u64::from_le_bytes(a)
         };
         let library = Library::from_index(b[1]).ok_or(RawError::Library(b[1]))?;
-        let text = |at: usize| checked_text(u32_at(at), u32_at(at + 4), alen);
+        // The four texts checked together, without a `Result` each.
+        let text = |at: usize| Text {
+            off: u32_at(at),
+            len: u32_at(at + 4),
+        };
+        let (text, error, op, file) = (text(40), text(48), text(56), text(64));
+        let end = |t: Text| u64::from(t.off) + u64::from(t.len);
+        if end(text).max(end(error)).max(end(op)).max(end(file)) > u64::from(alen) {
+            return Err(RawError::TextRange(alen));
+        }
         let mut span_id = [0u8; 8];
         span_id.copy_from_slice(&b[72..80]);
         buf.spans.push(RawSpan {
@@ -504,10 +511,10 @@ fn read_spans(c: &mut Cursor<'_>, buf: &mut SpanBuf) -> Result<(), RawError> {
             rows: u64_at(24) as i64,
             calls: u32_at(32),
             status: u32_at(36),
-            text: text(40)?,
-            error: text(48)?,
-            op: text(56)?,
-            file: text(64)?,
+            text,
+            error,
+            op,
+            file,
             span_id,
         });
     }
@@ -548,7 +555,7 @@ impl Encoder {
     /// Like `encode`, for the payload after the frame header.
     pub fn encode_payload(&mut self, payload: &[u8]) -> Result<&[u8], RawError> {
         let r = read(payload, &mut self.spans)?;
-        self.builder.set_endpoint_params(&r.endpoint_params);
+        self.builder.set_endpoint_params(r.endpoint_params);
         let spans = r.has_spans.then_some(Spans {
             buf: &mut self.spans,
             ns_per_tick: r.ns_per_tick,
@@ -556,6 +563,34 @@ impl Encoder {
         });
         Ok(self.builder.frame(&r.captured(), spans))
     }
+
+    /// Encodes the payload of a raw frame and calls `f` with the encoded
+    /// `RequestRecord` (the bytes inside the `ExtMessage`) and the request
+    /// it was read from: for a caller that needs the record's own fields
+    /// without walking the encoding it was just given.
+    pub fn encode_record<R>(
+        &mut self,
+        payload: &[u8],
+        f: impl FnOnce(&[u8], &Request<'_>) -> R,
+    ) -> Result<R, RawError> {
+        let r = read(payload, &mut self.spans)?;
+        self.builder.set_endpoint_params(r.endpoint_params);
+        let spans = r.has_spans.then_some(Spans {
+            buf: &mut self.spans,
+            ns_per_tick: r.ns_per_tick,
+            cache: &mut self.cache,
+        });
+        let frame = self.builder.frame(&r.captured(), spans);
+        Ok(f(record_body(frame), &r))
+    }
+}
+
+/// The `RequestRecord` inside an `ExtMessage` frame `Builder::frame` wrote:
+/// after the frame header, the tag of field 1 and the varint length.
+fn record_body(frame: &[u8]) -> &[u8] {
+    let rest = frame.get(frame::HEADER_LEN + 1..).unwrap_or_default();
+    let n = rest.iter().take_while(|b| **b & 0x80 != 0).count() + 1;
+    rest.get(n..).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -681,6 +716,20 @@ mod tests {
             .to_vec();
         let mut enc = Encoder::new([3, 4]);
         assert_eq!(enc.encode(&raw).unwrap(), &direct[..]);
+        // The record alone, as the agent takes it, with the request's fields.
+        let (kind, payload) = frame::decode(&direct).unwrap();
+        assert_eq!(kind, frame::Kind::ExtMessage);
+        let (body, app, id) = enc
+            .encode_record(&raw[frame::HEADER_LEN..], |body, r| {
+                (body.to_vec(), r.app.to_string(), r.ids.record)
+            })
+            .unwrap();
+        assert_eq!((app.as_str(), id), ("shop", ids.record));
+        let msg = <sonde_proto::v1::ExtMessage as prost::Message>::decode(payload).unwrap();
+        let Some(sonde_proto::v1::ext_message::Msg::Record(rec)) = msg.msg else {
+            panic!("not a record")
+        };
+        assert_eq!(body, prost::Message::encode_to_vec(&rec));
         // Again, with the agent's caches warm.
         assert_eq!(enc.encode(&raw).unwrap(), &direct[..]);
         // And without spans.
@@ -706,7 +755,13 @@ mod tests {
             for v in [0u8, 0x7f, 0xff] {
                 let mut bad = raw.clone();
                 bad[i] = v;
-                let _ = enc.encode(&bad);
+                // Whatever is accepted encodes into a record the collector
+                // decodes (the agent forwards it without checking it again).
+                if let Ok(frame) = enc.encode(&bad) {
+                    let (_, payload) = frame::decode(frame).unwrap();
+                    <sonde_proto::v1::ExtMessage as prost::Message>::decode(payload)
+                        .unwrap_or_else(|e| panic!("byte {i} = {v}: {e}"));
+                }
             }
         }
         let mut long = raw.clone();
@@ -738,6 +793,29 @@ mod tests {
         raw[at..at + 4].copy_from_slice(&1000u32.to_le_bytes());
         let mut enc = Encoder::new([3, 4]);
         assert_eq!(enc.encode(&raw), Err(RawError::TextRange(8)));
+    }
+
+    #[test]
+    fn more_database_entries_than_a_request_tracks_are_refused() {
+        let mut b = Builder::new([1, 2]);
+        let mut buf = SpanBuf::new(10);
+        let ids = b.start(None, None);
+        let t = buf.text(b"mysql");
+        for key in 0..=crate::spans::DBS {
+            buf.dbs.push(Db {
+                key,
+                driver: t,
+                dsn: t,
+            });
+        }
+        let mut raw = Vec::new();
+        let c = Captured {
+            ids: Some(&ids),
+            ..Default::default()
+        };
+        write(&mut raw, &c, "", Some((&buf, 1.0)));
+        let mut enc = Encoder::new([3, 4]);
+        assert_eq!(enc.encode(&raw), Err(RawError::Dbs(33)));
     }
 
     #[test]

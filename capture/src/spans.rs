@@ -7,7 +7,6 @@
 //! naming DB instances) happens once, at request end.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use sonde_core::{dsn, sql};
 use sonde_proto::v1::SpanKind;
@@ -27,7 +26,7 @@ const OPEN_RESULTS: usize = 16;
 /// Prepared statements remembered at once (mysqli, pgsql).
 const PREPARED: usize = 32;
 /// Distinct connections (objects) tracked per request.
-const DBS: usize = 32;
+pub(crate) const DBS: usize = 32;
 
 /// A range of the text arena.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -705,7 +704,7 @@ impl SpanBuf {
         } = cache;
         // (is PostgreSQL, the encoded `db` field) per connection entry.
         let mut names: [(bool, &[u8]); DBS] = [(false, &[]); DBS];
-        for (n, k) in names.iter_mut().zip(&keys[..self.dbs.len()]) {
+        for (n, k) in names.iter_mut().zip(&keys[..self.dbs.len().min(DBS)]) {
             if let Some((pg, field)) = instances.get(k) {
                 *n = (*pg, field);
             }
@@ -725,17 +724,19 @@ impl SpanBuf {
         // The last statement looked up: (its text, PostgreSQL, its field).
         // A fetch follows its statement, and a loop runs the same statement
         // again: comparing the text costs less than hashing it.
-        let mut last: Option<(Text, bool, Arc<[u8]>)> = None;
+        // (Indices into the cache's fields: `last` is set after every
+        // lookup, so it never outlives a clearing of the cache.)
+        let mut last: Option<(Text, bool, u32)> = None;
         for k in 0..self.spans.len() {
             let i = if sorted { k } else { self.order[k] as usize };
             let s = &self.spans[i];
             let (pg, instance) = names.get(s.db as usize).copied().unwrap_or((false, &[]));
             if s.kind == SpanKind::Sql as i32 || s.kind == SpanKind::Fetch as i32 {
-                let statement = match &last {
+                let idx = match last {
                     Some((t, p, f))
-                        if *p == pg && (*t == s.text || self.get(*t) == self.get(s.text)) =>
+                        if p == pg && (t == s.text || self.get(t) == self.get(s.text)) =>
                     {
-                        f.clone()
+                        f
                     }
                     _ => {
                         let dialect = if pg {
@@ -744,10 +745,11 @@ impl SpanBuf {
                             sql::Dialect::MySql
                         };
                         let f = normalized(statements, self.get(s.text), dialect);
-                        last = Some((s.text, pg, f.clone()));
+                        last = Some((s.text, pg, f));
                         f
                     }
                 };
+                let statement: &[u8] = statements.fields.get(idx as usize).map_or(&[], |f| &f[..]);
                 // The common case (no error, not slow): numbers around two
                 // encoded texts, the span's length known before its body.
                 if s.error.len == 0 && s.file.len == 0 && s.line == 0 {
@@ -764,7 +766,7 @@ impl SpanBuf {
                         out.reserve(len + 12);
                         pb::len_prefix(out, 17, len);
                         out.extend_from_slice(head);
-                        out.extend_from_slice(&statement);
+                        out.extend_from_slice(statement);
                         out.extend_from_slice(instance);
                         out.extend_from_slice(tail);
                         continue;
@@ -774,7 +776,7 @@ impl SpanBuf {
                 pb::uint(out, 1, s.kind as u64);
                 pb::uint(out, 2, ns(s.start_ns));
                 pb::uint(out, 3, ns(s.duration_ns));
-                out.extend_from_slice(&statement);
+                out.extend_from_slice(statement);
                 out.extend_from_slice(instance);
                 pb::int64(out, 6, s.rows);
                 pb::string(out, 9, self.get(s.error));
@@ -859,31 +861,35 @@ impl SpanBuf {
 /// before that differs from a known one only in its numbers (an id inlined
 /// into the SQL: `WHERE id = 17`, then `= 233`) is found by its
 /// literal-blind hash, so it is not normalised again.
-fn normalized(cache: &mut Statements, raw: &[u8], dialect: sql::Dialect) -> Arc<[u8]> {
+fn normalized(cache: &mut Statements, raw: &[u8], dialect: sql::Dialect) -> u32 {
     let pg = dialect == sql::Dialect::Postgres;
     let key = (text_hash(raw), raw.len() as u32, pg);
-    if let Some(t) = cache.exact.get(&key) {
-        return t.clone();
+    if let Some(i) = cache.exact.get(&key) {
+        return *i;
     }
     if cache.exact.len() >= STATEMENT_CACHE {
         cache.exact.clear();
     }
     let blind = (literal_blind_hash(raw), pg);
-    if cache.blind.len() >= STATEMENT_CACHE && !cache.blind.contains_key(&blind) {
-        cache.blind.clear();
+    if let Some(i) = cache.blind.get(&blind) {
+        let i = *i;
+        cache.exact.insert(key, i);
+        return i;
     }
-    let field = cache
-        .blind
-        .entry(blind)
-        .or_insert_with(|| {
-            let text = sql::normalize(&String::from_utf8_lossy(raw), dialect, MAX_STATEMENT);
-            let mut field = Vec::with_capacity(text.len() + 3);
-            pb::str(&mut field, 4, &text);
-            Arc::from(field)
-        })
-        .clone();
-    cache.exact.insert(key, field.clone());
-    field
+    if cache.blind.len() >= STATEMENT_CACHE {
+        // The fields go with their last index: start over.
+        cache.blind.clear();
+        cache.exact.clear();
+        cache.fields.clear();
+    }
+    let text = sql::normalize(&String::from_utf8_lossy(raw), dialect, MAX_STATEMENT);
+    let mut field = Vec::with_capacity(text.len() + 3);
+    pb::str(&mut field, 4, &text);
+    let i = cache.fields.len() as u32;
+    cache.fields.push(field.into_boxed_slice());
+    cache.blind.insert(blind, i);
+    cache.exact.insert(key, i);
+    i
 }
 
 /// A hash of a statement's text that leaves out its numeric literals:
@@ -1054,13 +1060,16 @@ pub struct StatementCache {
 }
 
 /// Normalised statements, as their encoded `statement` field (4), by raw
-/// text and by literal-blind text.
+/// text and by literal-blind text: indices into `fields` (no reference
+/// counts to maintain per span).
 #[derive(Debug, Default)]
 struct Statements {
     /// By (hash, length, is PostgreSQL) of the raw text.
-    exact: HashMap<(u64, u32, bool), Arc<[u8]>, KeyIsHash>,
+    exact: HashMap<(u64, u32, bool), u32, KeyIsHash>,
     /// By (literal-blind hash, is PostgreSQL).
-    blind: HashMap<(u64, bool), Arc<[u8]>, KeyIsHash>,
+    blind: HashMap<(u64, bool), u32, KeyIsHash>,
+    /// The encoded fields, emptied with `blind`.
+    fields: Vec<Box<[u8]>>,
 }
 
 /// The keys are already hashes: hashing them again (SipHash) is waste.

@@ -384,13 +384,28 @@ impl Context {
         let payload = match frame::decode(msg)? {
             (frame::Kind::ExtMessage, payload) => payload,
             (frame::Kind::Raw, payload) => {
-                // The record is encoded here; its bytes are then checked and
-                // forwarded like those of an encoded frame.
-                let encoded = {
-                    let mut enc = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
-                    Bytes::copy_from_slice(&enc.encode_payload(payload)?[frame::HEADER_LEN..])
-                };
-                return self.try_handle_ext(&encoded, Some(&encoded), ring_end, conn);
+                // Encoded here, from a frame whose every field was checked
+                // while reading it: the record's bytes need no walk, and
+                // its fields come from what was read.
+                let mut enc = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
+                return enc
+                    .encode_record(payload, |body, r| {
+                        let fields = RecordFields {
+                            id: Some(&r.ids.record),
+                            app: Some(r.app),
+                            php_version: Some(r.php_version),
+                            ext_version: Some(r.ext_version),
+                            host: None,
+                            dropped_records: Some(r.dropped_records),
+                        };
+                        self.record(
+                            Bytes::copy_from_slice(body),
+                            &r.ids.record,
+                            &fields,
+                            ring_end,
+                        );
+                    })
+                    .map_err(MessageError::from);
             }
         };
         self.try_handle_ext(payload, owner, ring_end, conn)

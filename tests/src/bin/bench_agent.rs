@@ -7,13 +7,18 @@
 //! maximum rate on one core: the agent's CPU time until the collector has
 //! acknowledged the last record, divided by the records.
 //!
+//! With `--raw` the records are raw frames, as the extension hands them
+//! over (`sonde-capture::raw`): the shape of the realistic benchmark page
+//! (10 SQL statements with inlined ids, a fetch of 100 rows, one curl call),
+//! which the agent normalises and encodes itself.
+//!
 //! With `--null-collector` the agent talks to a stand-in collector in this
 //! process that acknowledges every batch at once and stores nothing: the
 //! agent's own ceiling, without the collector's pace (a collector slower
 //! than the agent sends its batches through the disk spool, which the
 //! figures then include).
 //!
-//! Usage: cargo build --release && cargo run --release -p sonde-e2e --bin bench_agent -- [RECORDS] [--null-collector]
+//! Usage: cargo build --release && cargo run --release -p sonde-e2e --bin bench_agent -- [RECORDS] [--null-collector] [--raw]
 
 #![forbid(unsafe_code)]
 
@@ -125,6 +130,85 @@ fn frame(i: u64) -> Vec<u8> {
     out
 }
 
+/// A raw frame like the realistic page's (10 statements, ids inlined and
+/// varying per record; a fetch of 100 rows; one curl call).
+fn raw_frame(i: u64, buf: &mut sonde_capture::spans::SpanBuf, out: &mut Vec<u8>) {
+    use sonde_capture::record::{Captured, Ids};
+    use sonde_capture::spans::{Library, RawSpan};
+    use sonde_proto::v1::SpanKind;
+    buf.clear();
+    let db = buf.db(1, || {
+        Some((&b"mysql"[..], &b"host=127.0.0.1;port=3306;dbname=app"[..]))
+    });
+    for n in 0..10u64 {
+        let sql = match n % 3 {
+            0 => format!(
+                "SELECT id, title, likes FROM photos WHERE id = {}",
+                (i + n) % 5000
+            ),
+            1 => format!(
+                "UPDATE photos SET views = views + 1 WHERE id = {}",
+                (i * 7 + n) % 5000
+            ),
+            _ => "SELECT id, name FROM users WHERE lang = 'ko' ORDER BY id LIMIT 20".to_string(),
+        };
+        let text = buf.text(sql.as_bytes());
+        let idx = buf.push(RawSpan {
+            kind: SpanKind::Sql as i32,
+            library: Library::PDO,
+            start_ns: 10_000 + n * 300_000,
+            duration_ns: 250_000,
+            text,
+            db,
+            rows: 1,
+            calls: 1,
+            ..Default::default()
+        });
+        if n == 9 {
+            buf.open_result(77, idx);
+            buf.fetch(77, Library::PDO, 3_100_000, 3_300_000, 100);
+        }
+    }
+    buf.external(
+        Library::CURL,
+        3_400_000,
+        500_000,
+        b"http://127.0.0.1:8080/t/callee.php?via=curl",
+        b"GET",
+        200,
+        b"",
+        [7; 8],
+    );
+    let mut record = [0u8; 16];
+    record[..8].copy_from_slice(&i.to_be_bytes());
+    record[8..].copy_from_slice(&0x5eed_u64.to_be_bytes());
+    let ids = Ids {
+        record,
+        trace: record,
+        span: [1; 8],
+        ..Default::default()
+    };
+    let uri = format!("/api/v6/photos?lang=ko&page={}", i % 7);
+    let c = Captured {
+        app: "bench",
+        pid: 4242,
+        start_unix_ns: 1_800_000_000_000_000_000 + i as i64 * 1000,
+        wall_ns: 3_000_000,
+        method: "GET",
+        uri: &uri,
+        status: 200,
+        client_ip: "10.0.0.7",
+        visitor_id: "v-17",
+        http_host: "bench.local",
+        ids: Some(&ids),
+        sapi: "fpm-fcgi",
+        php_version: "8.2.36",
+        ext_version: "0.1.0",
+        ..Default::default()
+    };
+    sonde_capture::raw::write(out, &c, "", Some((buf, 0.4)));
+}
+
 /// utime+stime (ticks, 100/s) and RSS (KiB) of `pid`.
 fn usage(pid: u32) -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -229,12 +313,23 @@ fn main() -> Result<()> {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let null_collector = args.iter().any(|a| a == "--null-collector");
+    let raw = args.iter().any(|a| a == "--raw");
+    let mut spans = sonde_capture::spans::SpanBuf::new(100);
+    let mut out = Vec::new();
+    let mut frame = |i: u64| -> Vec<u8> {
+        if raw {
+            raw_frame(i, &mut spans, &mut out);
+            out.clone()
+        } else {
+            frame(i)
+        }
+    };
     let n: u64 = args
         .iter()
         .find(|a| !a.starts_with("--"))
         .map(|a| a.parse())
         .transpose()
-        .context("usage: bench_agent [RECORDS] [--null-collector]")?
+        .context("usage: bench_agent [RECORDS] [--null-collector] [--raw]")?
         .unwrap_or(300_000);
     let stack = Stack::start(&StackOptions {
         extension: false,
