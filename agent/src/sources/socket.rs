@@ -740,6 +740,93 @@ mod tests {
         );
     }
 
+    /// The extension's raw frames: each becomes the record the extension
+    /// would have encoded itself (host added), its drop count is counted,
+    /// and a cut or corrupted one is counted as malformed, never a panic.
+    #[test]
+    fn raw_frames_become_records_and_bad_ones_are_counted() {
+        use crate::counters::get;
+        use sonde_capture::record::{Builder, Captured, Spans};
+        use sonde_capture::spans::{Library, RawSpan, SpanBuf, StatementCache};
+        let counters = Arc::new(Counters::default());
+        let (q, mut rx) = queue::bounded(1000, 1 << 24, counters.clone());
+        let ctx = Context::new(
+            q,
+            Arc::default(),
+            Arc::default(),
+            counters.clone(),
+            "h".into(),
+        );
+        let mut b = Builder::new([5, 6]);
+        let mut buf = SpanBuf::new(10);
+        let text = buf.text(b"SELECT * FROM photos WHERE id = 17");
+        let db = buf.db(1, || Some((&b"mysql"[..], &b"host=db;dbname=app"[..])));
+        buf.push(RawSpan {
+            kind: sonde_proto::v1::SpanKind::Sql as i32,
+            library: Library::PDO,
+            start_ns: 10,
+            duration_ns: 500,
+            text,
+            db,
+            rows: 1,
+            calls: 1,
+            ..Default::default()
+        });
+        let ids = b.start(None, None);
+        let c = Captured {
+            app: "shop",
+            method: "GET",
+            uri: "/photos/17?token=s",
+            status: 200,
+            ids: Some(&ids),
+            dropped_records: 4,
+            ext_version: "1.2.3",
+            ..Default::default()
+        };
+        let mut raw = Vec::new();
+        sonde_capture::raw::write(&mut raw, &c, "", Some((&buf, 1.0)));
+        let direct = b
+            .frame(
+                &c,
+                Some(Spans {
+                    buf: &mut buf,
+                    ns_per_tick: 1.0,
+                    cache: &mut StatementCache::default(),
+                }),
+            )
+            .to_vec();
+        let (_, payload) = frame::decode(&direct).unwrap();
+        let Some(ext_message::Msg::Record(mut want)) = ExtMessage::decode(payload).unwrap().msg
+        else {
+            panic!("not a record")
+        };
+        want.host = "h".into();
+        assert_eq!(want.spans[0].statement, "SELECT * FROM photos WHERE id = ?");
+
+        ctx.handle(&raw, false, 1, None);
+        ctx.handle_shared(&Bytes::from(raw.clone()), 0, 1);
+        for _ in 0..2 {
+            assert_eq!(rx.try_recv().unwrap().decode(), want);
+        }
+        assert_eq!(get(&counters.records_received), 2);
+        assert_eq!(get(&counters.ext_records_dropped), 8);
+
+        // Cut anywhere: malformed. A string that is not UTF-8: malformed.
+        for n in 0..raw.len() {
+            ctx.handle(&raw[..n], false, 1, None);
+        }
+        let at = raw
+            .windows(4)
+            .position(|w| w == b"shop")
+            .expect("the app name is in the frame");
+        let mut bad = raw.clone();
+        bad[at] = 0xff;
+        ctx.handle(&bad, false, 1, None);
+        assert_eq!(get(&counters.records_received), 2);
+        assert_eq!(get(&counters.records_malformed), raw.len() as u64 + 1);
+        assert!(rx.try_recv().is_none());
+    }
+
     #[tokio::test]
     async fn frames_become_records_and_garbage_is_counted() {
         let dir = tempfile::tempdir().unwrap();
