@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use sonde_core::civil::civil_from_days;
 use sonde_e2e::{now_ms, wait_for, Stack, StackOptions};
 use sonde_proto::v1::collector_client::CollectorClient;
 use sonde_proto::v1::{
@@ -242,16 +243,7 @@ fn restart(stack: &mut Stack, storage: &str) {
 }
 
 fn date(ms: i64) -> String {
-    let days = ms.div_euclid(DAY);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = civil_from_days(ms.div_euclid(DAY));
     format!("{y:04}-{m:02}-{d:02}")
 }
 

@@ -4,6 +4,7 @@
 //! days (partitions), rollups by bucket.
 
 use serde::Serialize;
+use sonde_core::civil::civil_from_days;
 
 pub const DAY_MS: i64 = 86_400_000;
 
@@ -59,19 +60,11 @@ pub fn day_of(ts_ms: i64) -> i64 {
     ts_ms.div_euclid(DAY_MS)
 }
 
-/// `YYYYMMDD` of a day number (proleptic Gregorian, Howard Hinnant's
-/// algorithm), as partitions are named.
+/// `YYYYMMDD` of a day number (proleptic Gregorian, see
+/// [`sonde_core::civil`]), as partitions are named.
 pub fn civil(day: i64) -> i64 {
-    let z = day + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    y * 10_000 + m * 100 + d
+    let (y, m, d) = civil_from_days(day);
+    y * 10_000 + i64::from(m) * 100 + i64::from(d)
 }
 
 /// What one retention run removed.

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use prost::Message;
+use sonde_core::civil::civil_from_days;
 use sonde_e2e::{free_port, http, now_ms, wait_for};
 use sonde_proto::v1::collector_client::CollectorClient;
 use sonde_proto::v1::{
@@ -527,17 +528,7 @@ fn main() -> Result<()> {
 
     // Every screen's queries over the whole range.
     let day = |ms: i64| {
-        let days = ms.div_euclid(86_400_000);
-        // Civil date from days since the epoch (Howard Hinnant's algorithm).
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = yoe + era * 400 + i64::from(m <= 2);
+        let (y, m, d) = civil_from_days(ms.div_euclid(86_400_000));
         format!("{y:04}-{m:02}-{d:02}")
     };
     // The data ends when ingest started (`to_ms`); the screens look at
