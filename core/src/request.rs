@@ -42,8 +42,9 @@ pub fn client_ip<'a>(remote_addr: &'a str, trusted_header_value: Option<&'a str>
 
 /// An opaque visitor id: a hash of the first session cookie found among
 /// `cookie_names` in the `Cookie` header, else of the client address. The
-/// session id itself never leaves the process.
-pub fn visitor_id(cookie_header: Option<&str>, cookie_names: &str, client_ip: &str) -> String {
+/// session id itself never leaves the process. Built on the stack (a tag
+/// letter and 16 hex digits), since the extension makes one per request.
+pub fn visitor_id(cookie_header: Option<&str>, cookie_names: &str, client_ip: &str) -> VisitorId {
     let session = cookie_header.and_then(|h| {
         cookie_names
             .split(',')
@@ -52,14 +53,34 @@ pub fn visitor_id(cookie_header: Option<&str>, cookie_names: &str, client_ip: &s
             .find_map(|name| cookie_value(h, name))
     });
     let (tag, value) = match session {
-        Some(v) => ("c", v),
-        None => ("i", client_ip),
+        Some(v) => (b'c', v),
+        None => (b'i', client_ip),
     };
+    let mut id = VisitorId([0; 17]);
     if value.is_empty() {
-        return String::new();
+        return id;
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let h = crate::sql::hash(value);
-    format!("{tag}{h:016x}")
+    id.0[0] = tag;
+    for (i, b) in id.0[1..].iter_mut().enumerate() {
+        *b = HEX[((h >> (60 - 4 * i)) & 15) as usize];
+    }
+    id
+}
+
+/// A visitor id (`visitor_id`): empty, or a tag letter and 16 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisitorId([u8; 17]);
+
+impl VisitorId {
+    pub fn as_str(&self) -> &str {
+        if self.0[0] == 0 {
+            return "";
+        }
+        // ASCII by construction.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
@@ -108,15 +129,19 @@ mod tests {
     #[test]
     fn visitor_from_session_cookie_else_ip() {
         let names = "PHPSESSID,laravel_session,ci_session";
-        let a = visitor_id(Some("theme=dark; PHPSESSID=abc123"), names, "1.2.3.4");
-        let b = visitor_id(Some("PHPSESSID=abc123"), names, "5.6.7.8");
+        let id = |c: Option<&str>, ip: &str| visitor_id(c, names, ip).as_str().to_string();
+        let a = id(Some("theme=dark; PHPSESSID=abc123"), "1.2.3.4");
+        let b = id(Some("PHPSESSID=abc123"), "5.6.7.8");
         assert_eq!(a, b, "same session, different IPs: one visitor");
         assert!(a.starts_with('c') && !a.contains("abc123"));
-        let c = visitor_id(Some("laravel_session=zzz"), names, "1.2.3.4");
+        let c = id(Some("laravel_session=zzz"), "1.2.3.4");
         assert_ne!(a, c);
-        let by_ip = visitor_id(None, names, "1.2.3.4");
+        let by_ip = id(None, "1.2.3.4");
         assert!(by_ip.starts_with('i'));
-        assert_eq!(by_ip, visitor_id(Some("other=1"), names, "1.2.3.4"));
-        assert_eq!(visitor_id(None, names, ""), "");
+        assert_eq!(by_ip.len(), 17);
+        // The same id the formatted version gave.
+        assert_eq!(by_ip, format!("i{:016x}", crate::sql::hash("1.2.3.4")));
+        assert_eq!(by_ip, id(Some("other=1"), "1.2.3.4"));
+        assert_eq!(id(None, ""), "");
     }
 }

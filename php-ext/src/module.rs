@@ -653,11 +653,8 @@ fn request_end() {
     let cookie_names = zend::ini_str(c"sonde.visitor_cookies")
         .and_then(|s| s.to_str().ok())
         .unwrap_or("");
-    let visitor_id = if cli {
-        String::new()
-    } else {
-        sonde_core::request::visitor_id(cookies, cookie_names, client_ip)
-    };
+    let visitor = (!cli).then(|| sonde_core::request::visitor_id(cookies, cookie_names, client_ip));
+    let visitor_id = visitor.as_ref().map_or("", |v| v.as_str());
     let queue_ns = zend::sapi_env(c"HTTP_X_REQUEST_START", qs_buf)
         .and_then(|(v, _)| sonde_core::request::queue_ns(v, req.start_unix_ns))
         .unwrap_or(0);
@@ -691,7 +688,7 @@ fn request_end() {
         cpu_sys_ns: cpu.1.saturating_sub(req.cpu_start.1),
         peak_memory_bytes: zend::peak_memory(),
         client_ip,
-        visitor_id: &visitor_id,
+        visitor_id,
         queue_ns,
         http_host,
         ids: Some(&req.ids),
