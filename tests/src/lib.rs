@@ -692,8 +692,11 @@ pub mod certs {
 /// served, the collector's transactions for what was stored.
 pub mod ledger {
     use std::collections::HashMap;
+    use std::time::Duration;
 
-    use super::{now_ms, Stack};
+    use anyhow::{anyhow, Result};
+
+    use super::{now_ms, wait_for, Stack};
 
     /// The `ledger=` tag in a URL or a log line.
     pub fn tag_of(s: &str) -> Option<&str> {
@@ -727,5 +730,30 @@ pub mod ledger {
             }
         }
         out
+    }
+
+    /// Waits up to `timeout` until the collector has stored every tag in
+    /// `served` (transactions ending since `from`, polled through
+    /// [`stored`]). Only that each is there: a test checking "exactly
+    /// once" looks at the counts afterwards, when late duplicates have had
+    /// time to arrive. On timeout the error says how many of the served
+    /// requests were still missing at the last look.
+    ///
+    /// Panics as [`stored`] does when the collector's answer was sampled.
+    pub fn wait_all_stored(
+        stack: &Stack,
+        served: &[String],
+        from: i64,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut last = HashMap::new();
+        wait_for("every served request stored", timeout, || {
+            last = stored(stack, from);
+            served.iter().all(|t| last.contains_key(t))
+        })
+        .map_err(|e| {
+            let missing = served.iter().filter(|t| !last.contains_key(*t)).count();
+            anyhow!("{e}: {missing} of {} served requests missing", served.len())
+        })
     }
 }

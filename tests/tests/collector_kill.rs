@@ -6,13 +6,12 @@
 //! what was acknowledged before a kill was durable, what was not was
 //! resent, and resends of what had been committed were recognised.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use sonde_e2e::{http, ledger, now_ms, wait_for, Stack, StackOptions};
+use sonde_e2e::{http, ledger, now_ms, Stack, StackOptions};
 
 #[test]
 fn kill_9_under_load_loses_nothing_acknowledged_and_stores_nothing_twice() {
@@ -58,23 +57,8 @@ fn kill_9_under_load_loses_nothing_acknowledged_and_stores_nothing_twice() {
 
     let served = ledger::served(&stack);
     assert_eq!(served.len() as u64, sent, "nginx logged every request");
-    let mut last = HashMap::new();
-    let all = wait_for(
-        "every served request stored",
-        Duration::from_secs(120),
-        || {
-            last = ledger::stored(&stack, from);
-            served.iter().all(|t| last.contains_key(t))
-        },
-    );
-    if let Err(e) = all {
-        let missing = served.iter().filter(|t| !last.contains_key(*t)).count();
-        panic!(
-            "{e}: {missing} of {} served requests missing\n{}",
-            served.len(),
-            stack.logs()
-        );
-    }
+    ledger::wait_all_stored(&stack, &served, from, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
     // Replays of batches the killed collector had committed but not
     // acknowledged arrive with the catch-up: give them time.
     std::thread::sleep(Duration::from_secs(3));

@@ -14,7 +14,6 @@
 //! shorten them for a quick local run; CI runs the defaults. The two tests
 //! run at the same time, each with its own stack.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -75,23 +74,8 @@ impl Traffic {
 fn check_exactly_once(stack: &Stack, from: i64) {
     let served = ledger::served(stack);
     assert!(!served.is_empty(), "nginx logged the traffic");
-    let mut last = HashMap::new();
-    let all = wait_for(
-        "every served request stored",
-        Duration::from_secs(180),
-        || {
-            last = ledger::stored(stack, from);
-            served.iter().all(|t| last.contains_key(t))
-        },
-    );
-    if let Err(e) = all {
-        let missing = served.iter().filter(|t| !last.contains_key(*t)).count();
-        panic!(
-            "{e}: {missing} of {} served requests missing\n{}",
-            served.len(),
-            stack.logs()
-        );
-    }
+    ledger::wait_all_stored(stack, &served, from, Duration::from_secs(180))
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
     // Late duplicates would arrive with the replay: give them time.
     std::thread::sleep(Duration::from_secs(3));
     let last = ledger::stored(stack, from);
