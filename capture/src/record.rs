@@ -250,31 +250,6 @@ impl Builder {
     }
 }
 
-/// The `tracestate` of an outgoing call when the request received none:
-/// `sonde=<this record's id>`, built without allocating.
-pub struct SondeTracestate([u8; 38]);
-
-impl SondeTracestate {
-    pub fn new(record: &[u8; 16]) -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        // `sonde`, `=`, 32 hex digits.
-        const _: () = assert!(sonde_core::trace::SONDE_KEY.len() == 5);
-        let mut t = [b'='; 38];
-        let (k, hex) = t.split_at_mut(5);
-        k.copy_from_slice(sonde_core::trace::SONDE_KEY.as_bytes());
-        for (pair, b) in hex[1..].chunks_exact_mut(2).zip(record) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 15)];
-        }
-        SondeTracestate(t)
-    }
-
-    pub fn as_str(&self) -> &str {
-        // ASCII by construction.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
 /// Bytes of the frame header (`frame::start`).
 const HEADER: usize = 4;
 /// Room left for the record's length: 3 varint bytes, up to 2 MiB.
@@ -571,15 +546,6 @@ mod tests {
             let msg = ExtMessage::decode(payload).unwrap();
             assert_eq!(msg.encode_to_vec(), payload);
         }
-    }
-
-    #[test]
-    fn own_tracestate_without_allocating() {
-        let record = [0xa5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0xff];
-        assert_eq!(
-            SondeTracestate::new(&record).as_str(),
-            sonde_core::trace::tracestate(&record, "")
-        );
     }
 
     #[test]

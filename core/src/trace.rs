@@ -73,8 +73,30 @@ pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8]) -> String {
     )
 }
 
-/// The outgoing `tracestate`: our entry first (`sonde=<record id>`), then the
-/// incoming members other than ours, at most 32 in all (the spec's limit).
+/// The `tracestate` passed on to a callee: the incoming members other than
+/// an older Sonde's `sonde=` entry (which would name the wrong caller), at
+/// most 32 (the spec's limit); empty when none remain. The callee finds
+/// its caller by trace id and the caller's span id (`traceparent`).
+pub fn passed_on(incoming: &str) -> String {
+    let mut out = String::new();
+    let members = incoming
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty() && m.split_once('=').is_some_and(|(k, _)| k != SONDE_KEY))
+        .take(32);
+    for m in members {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(m);
+    }
+    out
+}
+
+/// A `tracestate` naming the caller's record (`sonde=<record id>`) first,
+/// then the incoming members other than ours, at most 32 in all (the
+/// spec's limit). Extensions before 2026-11-27 sent it; `sonde_parent`
+/// still reads it.
 pub fn tracestate(record_id: &[u8; 16], incoming: &str) -> String {
     let mut out = format!("{SONDE_KEY}={}", crate::ids::to_hex(record_id));
     let others = incoming
@@ -109,6 +131,18 @@ mod tests {
             "00-01010101010101010101010101010101-0202020202020202-01"
         );
         assert!(parse_traceparent(&traceparent(&[1; 16], &[2; 8])).is_some());
+    }
+
+    #[test]
+    fn passed_on_drops_our_old_entry_only() {
+        assert_eq!(passed_on(""), "");
+        assert_eq!(passed_on("sonde=ab"), "");
+        assert_eq!(
+            passed_on("vendor=x, sonde=00000000000000000000000000000000,other=y"),
+            "vendor=x,other=y"
+        );
+        let many: Vec<String> = (0..40).map(|i| format!("v{i}=1")).collect();
+        assert_eq!(passed_on(&many.join(",")).split(',').count(), 32);
     }
 
     #[test]

@@ -553,7 +553,9 @@ int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, con
         }
     }
     add_next_index_str(&arr, header_line("traceparent: ", 13, traceparent, tp_len));
-    add_next_index_str(&arr, header_line("tracestate: ", 12, tracestate, ts_len));
+    if (ts_len) { /* only the caller's own members, when it sent some */
+        add_next_index_str(&arr, header_line("tracestate: ", 12, tracestate, ts_len));
+    }
     ZVAL_LONG(&opt, SONDE_CURLOPT_HTTPHEADER);
     curl_injecting = 1;
     ok = call2("curl_setopt", &fn_curl_setopt, ch, &opt, &arr, 3, &ret);

@@ -275,7 +275,8 @@ pub(crate) struct Outgoing {
 /// For an outgoing call of the current request (if traced): a new span
 /// id, remembered until the call ends (`SpanBuf::pop_pending`), and the
 /// `traceparent` and `tracestate` values that pass the trace on (the
-/// latter the same for every call of the request, built once).
+/// latter the same for every call of the request, built once; empty when
+/// the request received none).
 pub(crate) fn outgoing() -> Option<Outgoing> {
     let st = state();
     let (Some(req), Some(p), Some(buf)) = (&mut st.request, &mut st.process, &mut st.spans) else {
@@ -284,14 +285,12 @@ pub(crate) fn outgoing() -> Option<Outgoing> {
     let span = p.builder.span_id();
     buf.push_pending(span);
     let ids = &req.ids;
-    let ts = req.tracestate.get_or_insert_with(|| {
-        if ids.tracestate.is_empty() {
-            // The common case, without formatting machinery.
-            Rc::from(crate::record::SondeTracestate::new(&ids.record).as_str())
-        } else {
-            Rc::from(sonde_core::trace::tracestate(&ids.record, &ids.tracestate))
-        }
-    });
+    // The caller's own members only (usually none: then no header at all,
+    // which also spares libcurl a header); the callee is linked to this
+    // transaction by trace id and span id.
+    let ts = req
+        .tracestate
+        .get_or_insert_with(|| Rc::from(sonde_core::trace::passed_on(&ids.tracestate)));
     Some(Outgoing {
         traceparent: Traceparent::new(&ids.trace, &span),
         tracestate: ts.clone(),

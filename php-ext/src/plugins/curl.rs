@@ -1,7 +1,7 @@
 //! curl: each `curl_exec` is an external span (URL without its query,
 //! HTTP status, curl error), and the request's trace goes to the callee in
-//! `traceparent` and `tracestate` (`sonde=<this transaction's id>`), added
-//! to the app's own headers for that handle (`sonde.propagate`, default on:
+//! `traceparent` (and `tracestate`, only to pass on what this request
+//! received), added to the app's own headers for that handle (`sonde.propagate`, default on:
 //! it changes what the callee receives, never what this app returns).
 //! A handle run by `curl_multi` is one external span from
 //! `curl_multi_add_handle` (trace headers added then) lasting curl's own

@@ -896,8 +896,87 @@ pub fn detail(
         if let Some(t) = found {
             d.parent_id = Some(TxId::format(t, parent));
         }
+    } else if let Some(t) = record
+        .trace
+        .as_ref()
+        .filter(|t| !t.trace_id.is_empty() && !t.parent_span_id.is_empty())
+    {
+        // Called with a `traceparent` only (the W3C way): the caller is the
+        // transaction of the same trace with an outgoing call of that span
+        // id, ended from this one's start (a caller that did not wait) to a
+        // minute after its end. No index on trace ids: the window is
+        // scanned, so it stays that narrow (a caller from another monitor
+        // is simply not found).
+        let start = end_ms - (record.wall_ns / 1_000_000) as i64;
+        let own = &id.record_id;
+        let found = find_caller(
+            conn,
+            &t.trace_id,
+            &t.parent_span_id,
+            own,
+            start - 1_000,
+            end_ms + 60_000,
+        )?;
+        if let Some((t, caller)) = found {
+            d.parent_id = Some(TxId::format(t, &caller));
+        }
     }
     Ok(Some(d))
+}
+
+/// Transactions of one trace looked at per day when finding a caller.
+const CALLER_CANDIDATES: usize = 256;
+
+/// The transaction (end, record id) of trace `trace_id` that ended within
+/// `from_ms..=to_ms` and made an outgoing call with span id `span_id`,
+/// other than `own`.
+fn find_caller(
+    conn: &Connection,
+    trace_id: &[u8],
+    span_id: &[u8],
+    own: &[u8],
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+    for (day, spans) in days_in(conn, from_ms, to_ms)? {
+        if !spans {
+            continue;
+        }
+        let candidates: Vec<(i64, i64, Vec<u8>, bool, i64)> = conn
+            .prepare_cached(&format!(
+                "SELECT end_ms, id_hi, id_rest, full_id, seq FROM {} \
+                 WHERE end_ms >= ?1 AND end_ms <= ?2 AND trace_id = ?3 LIMIT {CALLER_CANDIDATES}",
+                tx_table(day)
+            ))?
+            .query_map(params![from_ms, to_ms, trace_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let legacy = legacy_detail(conn, day)?;
+        for (end, hi, rest, full, seq) in candidates {
+            let caller = join_id(hi, &rest, full);
+            if caller == own {
+                continue;
+            }
+            let blob = if legacy {
+                legacy_record(conn, day, seq)?
+            } else {
+                block_of(conn, day, seq)?.and_then(|(first, _, bytes)| {
+                    find_in_block(&bytes, first, seq).map(<[u8]>::to_vec)
+                })
+            };
+            let Some(blob) = blob else { continue };
+            // Only the spans matter here: texts are not looked up.
+            let Ok(record) = codec::decode(&blob, Columns::default(), &mut |_| Some(String::new()))
+            else {
+                continue;
+            };
+            if record.spans.iter().any(|s| s.span_id == span_id) {
+                return Ok(Some((end, caller)));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// See `Store::transaction_urls`. Listed transactions lie close together,

@@ -732,6 +732,67 @@ fn traces_by_time_window_and_the_caller_linked_by_its_full_id() {
     assert!(s.transaction(&caller.id).unwrap().is_none());
 }
 
+/// A callee that got only a `traceparent` (no `sonde=` record id) is linked
+/// to the transaction of its trace whose outgoing call has that span id —
+/// not to another transaction of the same trace.
+#[test]
+fn the_caller_is_found_by_trace_and_span_id_without_a_record_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_with(dir.path(), StoreOptions::default());
+    let trace = vec![0xbb; 16];
+    let call = |span_id: u8| Span {
+        kind: SpanKind::External as i32,
+        start_ns: 5_000,
+        duration_ns: 1_000_000,
+        url: "http://api/items".into(),
+        status: 200,
+        span_id: vec![span_id; 8],
+        ..Default::default()
+    };
+    // Two transactions of the trace, each with an outgoing call; the
+    // callee was called by the second.
+    let mut other = rec(1, "front", MIDNIGHT + 2_000, 300);
+    other.trace = Some(TraceContext {
+        trace_id: trace.clone(),
+        ..Default::default()
+    });
+    other.spans.push(call(0x11));
+    let mut caller = rec(2, "front", MIDNIGHT + 2_500, 300);
+    caller.trace = other.trace.clone();
+    caller.spans.push(call(0x22));
+    let mut callee = rec(3, "api", MIDNIGHT + 2_400, 100);
+    callee.trace = Some(TraceContext {
+        trace_id: trace.clone(),
+        parent_span_id: vec![0x22; 8],
+        ..Default::default()
+    });
+    let noise: Vec<_> = (10..100)
+        .map(|i| rec(i, "api", MIDNIGHT + i as i64 * 50, 5))
+        .collect();
+    s.insert_records(&noise, "h").unwrap();
+    s.insert_records(&[other, callee.clone(), caller.clone()], "h")
+        .unwrap();
+    let id = |r: &RequestRecord| TxId::format(end_ms(r), &r.id);
+    let d = s
+        .transaction_at(&TxId::parse(&id(&callee)).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.parent_id, Some(id(&caller)));
+    // A span id no transaction made: no caller.
+    let mut orphan = rec(4, "api", MIDNIGHT + 2_450, 100);
+    orphan.trace = Some(TraceContext {
+        trace_id: trace,
+        parent_span_id: vec![0x33; 8],
+        ..Default::default()
+    });
+    s.insert_records(&[orphan.clone()], "h").unwrap();
+    let d = s
+        .transaction_at(&TxId::parse(&id(&orphan)).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.parent_id, None);
+}
+
 #[test]
 fn endpoint_rules_name_records_as_they_arrive() {
     let dir = tempfile::tempdir().unwrap();
