@@ -34,7 +34,11 @@
 //!   u32 spans; SPAN_BYTES each
 //! ```
 //! where `str` is a u32 length and UTF-8 bytes and `text` two u32s (offset,
-//! length) into the arena.
+//! length) into the arena. A span: u8 kind, u8 library (`Library` index),
+//! u16 database entry (or u16::MAX), u32 line, u64 start and u64 duration
+//! (ticks; times `ns_per_tick` is nanoseconds), i64 rows, u32 calls, u32
+//! status, text (statement, URL or command), text error, text operation,
+//! text file, [8] span id of an outgoing call.
 
 use sonde_core::frame;
 use thiserror::Error;

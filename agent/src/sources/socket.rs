@@ -96,6 +96,8 @@ pub enum MessageError {
     NoId,
     #[error(transparent)]
     Raw(#[from] RawError),
+    #[error("raw record could not be encoded (internal error; the record is skipped)")]
+    EncodePanic,
 }
 
 /// What is at the socket path before we bind.
@@ -388,8 +390,12 @@ impl Context {
                 // while reading it: the record's bytes need no walk, and
                 // its fields come from what was read.
                 let mut enc = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
-                return enc
-                    .encode_record(payload, |body, r| {
+                // A bug in encoding must not take the agent down: the ring
+                // would hand the same record to the next agent, again and
+                // again. Such a record is skipped as malformed, and the
+                // encoder (its caches possibly half-updated) starts afresh.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    enc.encode_record(payload, |body, r| {
                         let fields = RecordFields {
                             id: Some(&r.ids.record),
                             app: Some(r.app),
@@ -405,7 +411,14 @@ impl Context {
                             ring_end,
                         );
                     })
-                    .map_err(MessageError::from);
+                }));
+                return match result {
+                    Ok(done) => done.map_err(MessageError::from),
+                    Err(_) => {
+                        *enc = Encoder::new(encoder_seed());
+                        Err(MessageError::EncodePanic)
+                    }
+                };
             }
         };
         self.try_handle_ext(payload, owner, ring_end, conn)
