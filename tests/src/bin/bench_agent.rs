@@ -12,13 +12,17 @@
 //! (10 SQL statements with inlined ids, a fetch of 100 rows, one curl call),
 //! which the agent normalises and encodes itself.
 //!
+//! With `--encode-only` no agent runs: up to 100,000 such raw frames are
+//! made, then turned into records 20 times over by one `Encoder` in this
+//! process — the agent's added cost per raw record, warm.
+//!
 //! With `--null-collector` the agent talks to a stand-in collector in this
 //! process that acknowledges every batch at once and stores nothing: the
 //! agent's own ceiling, without the collector's pace (a collector slower
 //! than the agent sends its batches through the disk spool, which the
 //! figures then include).
 //!
-//! Usage: cargo build --release && cargo run --release -p sonde-e2e --bin bench_agent -- [RECORDS] [--null-collector] [--raw]
+//! Usage: cargo build --release && cargo run --release -p sonde-e2e --bin bench_agent -- [RECORDS] [--null-collector] [--raw] [--encode-only]
 
 #![forbid(unsafe_code)]
 
@@ -209,6 +213,33 @@ fn raw_frame(i: u64, buf: &mut sonde_capture::spans::SpanBuf, out: &mut Vec<u8>)
     sonde_capture::raw::write(out, &c, "", Some((buf, 0.4)));
 }
 
+/// `--encode-only`: the time to turn one raw frame into its record.
+fn encode_only(n: u64) -> Result<()> {
+    let mut spans = sonde_capture::spans::SpanBuf::new(100);
+    let frames: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let mut out = Vec::new();
+            raw_frame(i, &mut spans, &mut out);
+            out
+        })
+        .collect();
+    let mut enc = sonde_capture::raw::Encoder::new([1, 2]);
+    let passes = 20;
+    let t = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..passes {
+        for f in &frames {
+            bytes += enc.encode(f).map_err(|e| anyhow::anyhow!("{e}"))?.len();
+        }
+    }
+    let per = t.elapsed().as_secs_f64() * 1e6 / (n * passes) as f64;
+    println!(
+        "encode only: {n} raw frames x{passes}, {per:.2} µs each, {} bytes per record",
+        bytes / (n * passes) as usize
+    );
+    Ok(())
+}
+
 /// utime+stime (ticks, 100/s) and RSS (KiB) of `pid`.
 fn usage(pid: u32) -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -329,8 +360,11 @@ fn main() -> Result<()> {
         .find(|a| !a.starts_with("--"))
         .map(|a| a.parse())
         .transpose()
-        .context("usage: bench_agent [RECORDS] [--null-collector] [--raw]")?
+        .context("usage: bench_agent [RECORDS] [--null-collector] [--raw] [--encode-only]")?
         .unwrap_or(300_000);
+    if args.iter().any(|a| a == "--encode-only") {
+        return encode_only(n.min(100_000));
+    }
     let stack = Stack::start(&StackOptions {
         extension: false,
         collector: !null_collector,
