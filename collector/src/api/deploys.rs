@@ -98,11 +98,7 @@ pub async fn list(
 ) -> Result<Json<DeploysView>, ApiError> {
     let p = Params(&query);
     let range = p.range(now_ms(), DEFAULT_WINDOW_MS)?;
-    let limit = match p.int("limit")? {
-        None => DEFAULT_LIMIT,
-        Some(n) if n >= 1 => usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT),
-        Some(_) => return Err(ApiError::bad("limit", "must be at least 1")),
-    };
+    let limit = p.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
     let deploys = run_blocking(&state.store, move |s| {
         s.list_deploys(range.from_ms, range.to_ms, range.app.as_deref(), limit)
     })

@@ -35,11 +35,7 @@ pub async fn list(
 ) -> Result<Json<EventsView>, ApiError> {
     let p = Params(&query);
     let range = p.range(now_ms(), DEFAULT_WINDOW_MS)?;
-    let limit = match p.int("limit")? {
-        None => DEFAULT_LIMIT,
-        Some(n) if n >= 1 => usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT),
-        Some(_) => return Err(ApiError::bad("limit", "must be at least 1")),
-    };
+    let limit = p.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
     let (from, to) = (range.from_ms, range.to_ms);
     let mut events = run_blocking(&state.store, move |s| s.list_events(from, to, limit)).await?;
     if let Some(app) = range.app {

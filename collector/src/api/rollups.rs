@@ -42,6 +42,15 @@ impl Params<'_> {
             .transpose()
     }
 
+    /// `limit`: `default` when absent, at least 1, and capped at `max`.
+    pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.int("limit")? {
+            None => Ok(default),
+            Some(n) if n >= 1 => Ok(usize::try_from(n).unwrap_or(max).min(max)),
+            Some(_) => Err(ApiError::bad("limit", "must be at least 1")),
+        }
+    }
+
     /// `from`, `to` (default: the last `window_ms` before now) and `app`.
     pub fn range(&self, now_ms: i64, window_ms: i64) -> Result<RollupRange, ApiError> {
         let to_ms = self.int("to")?.unwrap_or(now_ms);

@@ -939,6 +939,7 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::partition_tests::all;
     use super::*;
     use crate::storage::tests::record;
     use sonde_proto::v1::{ErrorInfo, TraceContext, Versions};
@@ -947,21 +948,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("nested/dir")).unwrap();
         (dir, store)
-    }
-
-    fn all(limit: usize) -> TxFilter {
-        TxFilter {
-            from_ms: 0,
-            to_ms: i64::MAX,
-            app: None,
-            endpoint: None,
-            host: None,
-            trace_id: None,
-            min_ms: None,
-            max_ms: None,
-            errors_only: false,
-            limit,
-        }
     }
 
     #[test]
@@ -1003,7 +989,7 @@ mod tests {
                 expired: 0
             }
         );
-        let page = s.query_transactions(&all(100)).unwrap();
+        let page = s.query_transactions(&all(0, i64::MAX, 100)).unwrap();
         let ids: Vec<_> = page.transactions.iter().map(|t| &t.id[12..14]).collect();
         assert_eq!(ids, ["01", "02", "03"]);
         assert!(!page.truncated);
@@ -1048,42 +1034,42 @@ mod tests {
             q(TxFilter {
                 from_ms: 3000,
                 to_ms: 5000,
-                ..all(100)
+                ..all(0, i64::MAX, 100)
             }),
             [3, 4, 5]
         );
         assert_eq!(
             q(TxFilter {
                 app: Some("blog".into()),
-                ..all(100)
+                ..all(0, i64::MAX, 100)
             }),
             [2]
         );
         assert_eq!(
             q(TxFilter {
                 host: Some("web-2".into()),
-                ..all(100)
+                ..all(0, i64::MAX, 100)
             }),
             [3]
         );
         assert_eq!(
             q(TxFilter {
                 errors_only: true,
-                ..all(100)
+                ..all(0, i64::MAX, 100)
             }),
             [4, 5]
         );
         assert_eq!(
             q(TxFilter {
                 endpoint: Some("/checkout".into()),
-                ..all(100)
+                ..all(0, i64::MAX, 100)
             }),
             [6]
         );
         assert_eq!(
             q(TxFilter {
                 trace_id: Some(vec![0xee; 16]),
-                ..all(100)
+                ..all(0, i64::MAX, 100)
             }),
             [7]
         );
@@ -1091,19 +1077,19 @@ mod tests {
             q(TxFilter {
                 min_ms: Some(8.0),
                 max_ms: Some(9.0),
-                ..all(100)
+                ..all(0, i64::MAX, 100)
             }),
             [8, 9]
         );
         // Past the cap: every failed one (4, 5) kept, the rest sampled
         // evenly over the range, oldest first.
-        let page = s.query_transactions(&all(4)).unwrap();
+        let page = s.query_transactions(&all(0, i64::MAX, 4)).unwrap();
         assert!(page.truncated && page.sampled, "{page:?}");
         let ts: Vec<_> = page.transactions.iter().map(|t| t.ts_ms).collect();
         assert_eq!(ts.len(), 4, "{ts:?}");
         assert!(ts.contains(&4000) && ts.contains(&5000), "{ts:?}");
         assert!(ts.windows(2).all(|w| w[0] <= w[1]));
-        let all10 = s.query_transactions(&all(10)).unwrap();
+        let all10 = s.query_transactions(&all(0, i64::MAX, 10)).unwrap();
         assert!(!all10.truncated && !all10.sampled);
     }
 

@@ -49,7 +49,8 @@ fn rec(n: u64, app: &str, end_ms: i64, elapsed_ms: u64) -> RequestRecord {
     }
 }
 
-fn all(from_ms: i64, to_ms: i64, limit: usize) -> TxFilter {
+/// No filter but the end-time range and `limit`; `mod.rs`'s tests use it too.
+pub(super) fn all(from_ms: i64, to_ms: i64, limit: usize) -> TxFilter {
     TxFilter {
         from_ms,
         to_ms,
