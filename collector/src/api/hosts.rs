@@ -31,11 +31,7 @@ pub async fn series(
     let p = Params(&params);
     let range = p.range(now_ms(), DEFAULT_WINDOW_MS)?;
     let host = p.text("host").map(str::to_owned);
-    let limit = match p.int("limit")? {
-        None => DEFAULT_LIMIT,
-        Some(n) if n < 1 => return Err(ApiError::bad("limit", "must be at least 1")),
-        Some(n) => usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT),
-    };
+    let limit = p.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
     let (hosts, truncated) = run_blocking(&state.store, move |s| {
         s.host_series(range.from_ms, range.to_ms, host.as_deref(), limit)
     })
