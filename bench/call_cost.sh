@@ -4,9 +4,10 @@
 # 5 rounds each, alternated 5 times. Prints ns/call and the difference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SO=${SONDE_SO:-$PWD/target/release/libsonde_php.so}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. bench/lib.sh
 N=${1:-200000}
-for i in 1 2 3 4 5; do
+for _ in 1 2 3 4 5; do
   base=$(php bench/call_cost.php "$N")
   with=$(php -d extension="$SO" -d sonde.trace_cli=1 -d sonde.agent_socket=/nonexistent bench/call_cost.php "$N")
   echo "without $base ns/call   with $with ns/call   extra $(echo "$with - $base" | bc) ns"

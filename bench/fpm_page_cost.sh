@@ -18,13 +18,14 @@
 # local MariaDB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SO=${SONDE_SO:-$PWD/target/release/libsonde_php.so}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. bench/lib.sh
 FPM=$(command -v php-fpm8.2 || echo /usr/sbin/php-fpm8.2)
 WEB=${WEB_PORT:-18391}
 FPM_PORT=${FPM_PORT:-18392}
 D=$(mktemp -d)
 cleanup() {
-  [ -f "$D/nginx.pid" ] && kill "$(cat "$D/nginx.pid")" 2>/dev/null || true
+  if [ -f "$D/nginx.pid" ]; then kill "$(cat "$D/nginx.pid")" 2>/dev/null || true; fi
   if [ -n "${KEEP:-}" ]; then rm -rf "$KEEP"; cp -r "$D" "$KEEP"; fi
   rm -rf "$D"
 }
@@ -79,7 +80,7 @@ listen = 127.0.0.1:$FPM_PORT
 pm = static
 pm.max_children = 1
 clear_env = no
-php_admin_value[sonde.agent_socket] = ${SONDE_SOCKET:-/nonexistent/agent.sock}
+php_admin_value[sonde.agent_socket] = $AGENT_SOCKET
 EOF
   valgrind --tool=callgrind --callgrind-out-file="$out/cg.%p" \
     "$FPM" --nodaemonize --fpm-config "$D/fpm.conf" --allow-to-run-as-root \
@@ -98,12 +99,6 @@ EOF
     sed -n 's/^summary: \([0-9]*\).*/\1/p; s/^totals: \([0-9]*\).*/\1/p' "$f" | head -1
   done
 }
-per_request() {
-  local one many
-  one=$(count "$1" 1)
-  many=$(count "$1" 41)
-  echo $(((many - one) / 40))
-}
-base=$(per_request without)
-with=$(per_request with)
-echo "php-fpm worker instructions per request: without $base, with $with, extra $((with - base)) ($(echo "scale=4; $with / $base" | bc)x)"
+base=$(per_request count without 40)
+with=$(per_request count with 40)
+report_per_request "$base" "$with" "php-fpm worker "

@@ -5,15 +5,9 @@
 # extension (tracing the CLI script); per read = difference / (2 N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SO=${SONDE_SO:-$PWD/target/release/libsonde_php.so}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. bench/lib.sh
 N=${1:-2000}
-count() { # args: rounds, extra php args...
-  local n=$1; shift
-  valgrind --tool=callgrind --callgrind-out-file=/dev/null php "$@" bench/local_read.php "$n" 2>&1 >/dev/null \
-    | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
-}
-EXT=(-d extension="$SO" -d sonde.trace_cli=1 -d sonde.agent_socket=/nonexistent/agent.sock)
-base=$(( $(count $((2 * N))) - $(count "$N") ))
-with=$(( $(count $((2 * N)) "${EXT[@]}") - $(count "$N" "${EXT[@]}") ))
-reads=$((2 * N))
-echo "instructions per local read: without $((base / reads)), with $((with / reads)), extra $(( (with - base) / reads ))"
+base=$(cli_growth bench/local_read.php "$N")
+with=$(cli_growth bench/local_read.php "$N" "${CLI_EXT[@]}")
+report_per_unit "local read" "$base" "$with" $((2 * N))
