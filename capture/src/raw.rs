@@ -224,67 +224,25 @@ fn put_text(out: &mut Vec<u8>, t: Text) {
     out.extend_from_slice(&t.len.to_le_bytes());
 }
 
-/// A request read back from a raw frame: the values behind a [`Captured`],
-/// borrowed from the frame (the span buffer is filled separately).
+/// The parts of a request read back from a raw frame that a [`Captured`]
+/// borrows rather than holds: kept by the reader, reused frame after frame.
 #[derive(Debug, Default)]
-pub struct Request<'a> {
-    pub ns_per_tick: f64,
-    pub pid: u32,
-    pub status: u32,
-    pub truncated_texts: u32,
-    pub dropped_records: u32,
-    pub start_unix_ns: i64,
-    pub wall_ns: u64,
-    pub queue_ns: u64,
-    pub cpu_user_ns: u64,
-    pub cpu_sys_ns: u64,
-    pub peak_memory_bytes: u64,
-    pub ids: Ids,
-    pub has_spans: bool,
-    pub app: &'a str,
-    pub method: &'a str,
-    pub uri: &'a str,
-    pub client_ip: &'a str,
-    pub visitor_id: &'a str,
-    pub http_host: &'a str,
-    pub sapi: &'a str,
-    pub php_version: &'a str,
-    pub ext_version: &'a str,
-    pub extra_redact: &'a str,
-    pub endpoint_params: &'a str,
-    pub name: Option<&'a str>,
-    pub attributes: Vec<(String, String)>,
+pub struct Owned {
+    ids: Ids,
+    attributes: Vec<(String, String)>,
 }
 
-impl Request<'_> {
-    /// The values as the extension captured them.
-    pub fn captured(&self) -> Captured<'_> {
-        Captured {
-            app: self.app,
-            pid: self.pid,
-            start_unix_ns: self.start_unix_ns,
-            wall_ns: self.wall_ns,
-            method: self.method,
-            uri: self.uri,
-            status: self.status,
-            cpu_user_ns: self.cpu_user_ns,
-            cpu_sys_ns: self.cpu_sys_ns,
-            peak_memory_bytes: self.peak_memory_bytes,
-            client_ip: self.client_ip,
-            visitor_id: self.visitor_id,
-            queue_ns: self.queue_ns,
-            http_host: self.http_host,
-            ids: Some(&self.ids),
-            sapi: self.sapi,
-            php_version: self.php_version,
-            extra_redact: self.extra_redact,
-            truncated_texts: self.truncated_texts,
-            dropped_records: self.dropped_records,
-            name: self.name,
-            attributes: &self.attributes,
-            ext_version: self.ext_version,
-        }
-    }
+/// A raw frame read back: the request as the extension captured it (its
+/// strings borrowed from the frame), and what encoding it needs besides.
+#[derive(Debug)]
+pub struct Read<'a> {
+    pub captured: Captured<'a>,
+    /// Ticks to nanoseconds for the worker's span times.
+    pub ns_per_tick: f64,
+    /// Whether the span buffer was filled.
+    pub has_spans: bool,
+    /// The worker's `sonde.endpoint_params`.
+    pub endpoint_params: &'a str,
 }
 
 /// A cursor over a raw payload; every read checks the length.
@@ -335,35 +293,39 @@ fn checked_text(off: u32, len: u32, arena: u32) -> Result<Text, RawError> {
 }
 
 /// Reads the payload of a raw frame (after its header): the request's
-/// values, and its spans into `buf` (cleared first).
-pub fn read<'a>(payload: &'a [u8], buf: &mut SpanBuf) -> Result<Request<'a>, RawError> {
+/// values (ids and attributes into `owned`), and its spans into `buf`
+/// (both cleared first).
+pub fn read<'a>(
+    payload: &'a [u8],
+    owned: &'a mut Owned,
+    buf: &mut SpanBuf,
+) -> Result<Read<'a>, RawError> {
     buf.clear();
+    owned.attributes.clear();
     let mut c = Cursor { b: payload };
-    let mut r = Request {
-        ns_per_tick: f64::from_le_bytes(c.array("header")?),
-        pid: c.u32("header")?,
-        status: c.u32("header")?,
-        truncated_texts: c.u32("header")?,
-        dropped_records: c.u32("header")?,
-        start_unix_ns: c.u64("header")? as i64,
-        wall_ns: c.u64("header")?,
-        queue_ns: c.u64("header")?,
-        cpu_user_ns: c.u64("header")?,
-        cpu_sys_ns: c.u64("header")?,
-        peak_memory_bytes: c.u64("header")?,
-        ..Default::default()
-    };
-    if !r.ns_per_tick.is_finite() || r.ns_per_tick < 0.0 {
-        r.ns_per_tick = 1.0;
+    let mut ns_per_tick = f64::from_le_bytes(c.array("header")?);
+    if !ns_per_tick.is_finite() || ns_per_tick < 0.0 {
+        ns_per_tick = 1.0;
     }
-    r.ids.record = c.array("ids")?;
-    r.ids.trace = c.array("ids")?;
-    r.ids.span = c.array("ids")?;
+    let mut u32s = [0u32; 4];
+    for v in &mut u32s {
+        *v = c.u32("header")?;
+    }
+    let [pid, status, truncated_texts, dropped_records] = u32s;
+    let mut u64s = [0u64; 6];
+    for v in &mut u64s {
+        *v = c.u64("header")?;
+    }
+    let [start, wall_ns, queue_ns, cpu_user_ns, cpu_sys_ns, peak_memory_bytes] = u64s;
+    let ids = &mut owned.ids;
+    ids.record = c.array("ids")?;
+    ids.trace = c.array("ids")?;
+    ids.span = c.array("ids")?;
     let flags = c.u8("flags")?;
     let parent_span: [u8; 8] = c.array("ids")?;
     let parent_record: [u8; 16] = c.array("ids")?;
-    r.ids.parent_span = (flags & PARENT_SPAN != 0).then_some(parent_span);
-    r.ids.parent_record = (flags & PARENT_RECORD != 0).then_some(parent_record);
+    ids.parent_span = (flags & PARENT_SPAN != 0).then_some(parent_span);
+    ids.parent_record = (flags & PARENT_RECORD != 0).then_some(parent_record);
     let mut lens = [0usize; STRINGS];
     for l in &mut lens {
         *l = c.u32("string lengths")? as usize;
@@ -390,39 +352,58 @@ pub fn read<'a>(payload: &'a [u8], buf: &mut SpanBuf) -> Result<Request<'a>, Raw
     }
     let [app, method, uri, client_ip, visitor_id, http_host, sapi, php_version, ext_version, extra_redact, endpoint_params, tracestate, name] =
         strings;
-    r.app = app;
-    r.method = method;
-    r.uri = uri;
-    r.client_ip = client_ip;
-    r.visitor_id = visitor_id;
-    r.http_host = http_host;
-    r.sapi = sapi;
-    r.php_version = php_version;
-    r.ext_version = ext_version;
-    r.extra_redact = extra_redact;
-    r.endpoint_params = endpoint_params;
-    r.ids.tracestate = tracestate.to_owned();
-    r.name = (flags & NAME != 0).then_some(name);
+    ids.tracestate.clear();
+    ids.tracestate.push_str(tracestate);
     let n = c.u32("attributes")?;
     // Each attribute takes at least 8 bytes: a count beyond what is left
     // is malformed, and never reserves more than the frame could hold.
     if n as usize > c.b.len() / 8 {
         return Err(RawError::Short("attributes"));
     }
-    r.attributes.reserve(n as usize);
+    owned.attributes.reserve(n as usize);
     for _ in 0..n {
         let k = c.string("attribute")?;
         let v = c.string("attribute")?;
-        r.attributes.push((k, v));
+        owned.attributes.push((k, v));
     }
-    r.has_spans = flags & SPANS != 0;
-    if r.has_spans {
+    let has_spans = flags & SPANS != 0;
+    if has_spans {
         read_spans(&mut c, buf)?;
     }
     if !c.b.is_empty() {
         return Err(RawError::Trailing(c.b.len()));
     }
-    Ok(r)
+    let owned: &'a Owned = owned;
+    Ok(Read {
+        captured: Captured {
+            app,
+            pid,
+            start_unix_ns: start as i64,
+            wall_ns,
+            method,
+            uri,
+            status,
+            cpu_user_ns,
+            cpu_sys_ns,
+            peak_memory_bytes,
+            client_ip,
+            visitor_id,
+            queue_ns,
+            http_host,
+            ids: Some(&owned.ids),
+            sapi,
+            php_version,
+            extra_redact,
+            truncated_texts,
+            dropped_records,
+            name: (flags & NAME != 0).then_some(name),
+            attributes: &owned.attributes,
+            ext_version,
+        },
+        ns_per_tick,
+        has_spans,
+        endpoint_params,
+    })
 }
 
 fn read_spans(c: &mut Cursor<'_>, buf: &mut SpanBuf) -> Result<(), RawError> {
@@ -526,66 +507,68 @@ fn read_spans(c: &mut Cursor<'_>, buf: &mut SpanBuf) -> Result<(), RawError> {
 }
 
 /// Turns raw frames into `ExtMessage` frames holding a `RequestRecord`
-/// (the agent's side): one builder, one statement cache and one span
-/// buffer, reused for every frame.
+/// (the agent's side): one builder, one statement cache, one span buffer
+/// and the read-back ids and attributes, reused for every frame.
 #[derive(Debug)]
 pub struct Encoder {
     builder: Builder,
     cache: StatementCache,
     spans: SpanBuf,
+    owned: Owned,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Encoder {
+            // Ids come with every raw frame; the builder's own generator,
+            // which makes ids only for a request without them, is unused.
+            builder: Builder::new([0, 0]),
+            cache: StatementCache::default(),
+            spans: SpanBuf::new(0),
+            owned: Owned::default(),
+        }
+    }
 }
 
 impl Encoder {
-    /// An encoder whose fallback ids (for a frame without them) are seeded
-    /// with `seed`.
-    pub fn new(seed: [u64; 2]) -> Self {
-        Encoder {
-            builder: Builder::new(seed),
-            cache: StatementCache::default(),
-            spans: SpanBuf::new(0),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// The `ExtMessage` frame for the raw frame `raw` (header included):
     /// exactly what the extension's `Builder::frame` would have written.
-    pub fn encode(&mut self, raw: &[u8]) -> Result<&[u8], RawError> {
+    pub fn encode<'s>(&'s mut self, raw: &'s [u8]) -> Result<&'s [u8], RawError> {
         let (kind, payload) = frame::decode(raw)?;
         if kind != frame::Kind::Raw {
             return Err(RawError::Kind(kind));
         }
-        self.encode_payload(payload)
+        Ok(self.frame(payload)?.0)
     }
 
-    /// Like `encode`, for the payload after the frame header.
-    pub fn encode_payload(&mut self, payload: &[u8]) -> Result<&[u8], RawError> {
-        let r = read(payload, &mut self.spans)?;
-        self.builder.set_endpoint_params(r.endpoint_params);
-        let spans = r.has_spans.then_some(Spans {
-            buf: &mut self.spans,
-            ns_per_tick: r.ns_per_tick,
-            cache: &mut self.cache,
-        });
-        Ok(self.builder.frame(&r.captured(), spans))
-    }
-
-    /// Encodes the payload of a raw frame and calls `f` with the encoded
-    /// `RequestRecord` (the bytes inside the `ExtMessage`) and the request
-    /// it was read from: for a caller that needs the record's own fields
-    /// without walking the encoding it was just given.
+    /// Encodes the payload of a raw frame (after its header) and calls `f`
+    /// with the encoded `RequestRecord` (the bytes inside the `ExtMessage`)
+    /// and the request it was read from: for a caller that needs the
+    /// record's own fields without walking the encoding it was just given.
     pub fn encode_record<R>(
         &mut self,
         payload: &[u8],
-        f: impl FnOnce(&[u8], &Request<'_>) -> R,
+        f: impl FnOnce(&[u8], &Captured<'_>) -> R,
     ) -> Result<R, RawError> {
-        let r = read(payload, &mut self.spans)?;
+        let (frame, captured) = self.frame(payload)?;
+        Ok(f(record_body(frame), &captured))
+    }
+
+    /// Reads `payload` and writes its `ExtMessage` frame.
+    fn frame<'s>(&'s mut self, payload: &'s [u8]) -> Result<(&'s [u8], Captured<'s>), RawError> {
+        let r = read(payload, &mut self.owned, &mut self.spans)?;
         self.builder.set_endpoint_params(r.endpoint_params);
         let spans = r.has_spans.then_some(Spans {
             buf: &mut self.spans,
             ns_per_tick: r.ns_per_tick,
             cache: &mut self.cache,
         });
-        let frame = self.builder.frame(&r.captured(), spans);
-        Ok(f(record_body(frame), &r))
+        let frame = self.builder.frame(&r.captured, spans);
+        Ok((frame, r.captured))
     }
 }
 
@@ -718,17 +701,17 @@ mod tests {
                 }),
             )
             .to_vec();
-        let mut enc = Encoder::new([3, 4]);
+        let mut enc = Encoder::new();
         assert_eq!(enc.encode(&raw).unwrap(), &direct[..]);
         // The record alone, as the agent takes it, with the request's fields.
         let (kind, payload) = frame::decode(&direct).unwrap();
         assert_eq!(kind, frame::Kind::ExtMessage);
         let (body, app, id) = enc
-            .encode_record(&raw[frame::HEADER_LEN..], |body, r| {
-                (body.to_vec(), r.app.to_string(), r.ids.record)
+            .encode_record(&raw[frame::HEADER_LEN..], |body, c| {
+                (body.to_vec(), c.app.to_string(), c.ids.map(|i| i.record))
             })
             .unwrap();
-        assert_eq!((app.as_str(), id), ("shop", ids.record));
+        assert_eq!((app.as_str(), id), ("shop", Some(ids.record)));
         let msg = <sonde_proto::v1::ExtMessage as prost::Message>::decode(payload).unwrap();
         let Some(sonde_proto::v1::ext_message::Msg::Record(rec)) = msg.msg else {
             panic!("not a record")
@@ -751,7 +734,7 @@ mod tests {
         let (ids, attrs) = sample(&mut buf, &mut b);
         let mut raw = Vec::new();
         write(&mut raw, &captured(&ids, &attrs), "", Some((&buf, 1.0)));
-        let mut enc = Encoder::new([3, 4]);
+        let mut enc = Encoder::new();
         for n in 0..raw.len() {
             assert!(enc.encode(&raw[..n]).is_err(), "cut at {n}");
         }
@@ -773,11 +756,21 @@ mod tests {
         assert_eq!(enc.encode(&long), Err(RawError::Trailing(1)));
     }
 
+    /// The raw frame of a request with ids and nothing else but `buf`.
+    fn raw_of(buf: &SpanBuf) -> Vec<u8> {
+        let ids = Builder::new([1, 2]).start(None, None);
+        let c = Captured {
+            ids: Some(&ids),
+            ..Default::default()
+        };
+        let mut raw = Vec::new();
+        write(&mut raw, &c, "", Some((buf, 1.0)));
+        raw
+    }
+
     #[test]
     fn a_text_outside_the_arena_is_refused() {
-        let mut b = Builder::new([1, 2]);
         let mut buf = SpanBuf::new(10);
-        let ids = b.start(None, None);
         let t = buf.text(b"SELECT 1");
         buf.push(RawSpan {
             kind: SpanKind::Sql as i32,
@@ -786,24 +779,17 @@ mod tests {
             db: u16::MAX,
             ..Default::default()
         });
-        let mut raw = Vec::new();
-        let c = Captured {
-            ids: Some(&ids),
-            ..Default::default()
-        };
-        write(&mut raw, &c, "", Some((&buf, 1.0)));
+        let mut raw = raw_of(&buf);
         // The span's text length is at 44 bytes into its 80: make it long.
         let at = raw.len() - SPAN_BYTES + 44;
         raw[at..at + 4].copy_from_slice(&1000u32.to_le_bytes());
-        let mut enc = Encoder::new([3, 4]);
+        let mut enc = Encoder::new();
         assert_eq!(enc.encode(&raw), Err(RawError::TextRange(8)));
     }
 
     #[test]
     fn more_database_entries_than_a_request_tracks_are_refused() {
-        let mut b = Builder::new([1, 2]);
         let mut buf = SpanBuf::new(10);
-        let ids = b.start(None, None);
         let t = buf.text(b"mysql");
         for key in 0..=crate::spans::DBS {
             buf.dbs.push(Db {
@@ -812,37 +798,25 @@ mod tests {
                 dsn: t,
             });
         }
-        let mut raw = Vec::new();
-        let c = Captured {
-            ids: Some(&ids),
-            ..Default::default()
-        };
-        write(&mut raw, &c, "", Some((&buf, 1.0)));
-        let mut enc = Encoder::new([3, 4]);
+        let raw = raw_of(&buf);
+        let mut enc = Encoder::new();
         assert_eq!(enc.encode(&raw), Err(RawError::Dbs(33)));
     }
 
     #[test]
     fn an_unknown_library_is_refused() {
-        let mut b = Builder::new([1, 2]);
         let mut buf = SpanBuf::new(10);
-        let ids = b.start(None, None);
         buf.push(RawSpan {
             kind: SpanKind::Cache as i32,
             library: Library::REDIS,
             db: u16::MAX,
             ..Default::default()
         });
-        let mut raw = Vec::new();
-        let c = Captured {
-            ids: Some(&ids),
-            ..Default::default()
-        };
-        write(&mut raw, &c, "", Some((&buf, 1.0)));
+        let mut raw = raw_of(&buf);
         let at = raw.len() - SPAN_BYTES + 1;
         assert_eq!(raw[at], Library::REDIS.index());
         raw[at] = Library::NAMES.len() as u8;
-        let mut enc = Encoder::new([3, 4]);
+        let mut enc = Encoder::new();
         assert_eq!(enc.encode(&raw), Err(RawError::Library(9)));
     }
 }

@@ -78,37 +78,13 @@ pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8]) -> String {
 /// most 32 (the spec's limit); empty when none remain. The callee finds
 /// its caller by trace id and the caller's span id (`traceparent`).
 pub fn passed_on(incoming: &str) -> String {
-    let mut out = String::new();
-    let members = incoming
+    let members: Vec<&str> = incoming
         .split(',')
         .map(str::trim)
         .filter(|m| !m.is_empty() && m.split_once('=').is_some_and(|(k, _)| k != SONDE_KEY))
-        .take(32);
-    for m in members {
-        if !out.is_empty() {
-            out.push(',');
-        }
-        out.push_str(m);
-    }
-    out
-}
-
-/// A `tracestate` naming the caller's record (`sonde=<record id>`) first,
-/// then the incoming members other than ours, at most 32 in all (the
-/// spec's limit). Extensions before 2026-11-27 sent it; `sonde_parent`
-/// still reads it.
-pub fn tracestate(record_id: &[u8; 16], incoming: &str) -> String {
-    let mut out = format!("{SONDE_KEY}={}", crate::ids::to_hex(record_id));
-    let others = incoming
-        .split(',')
-        .map(str::trim)
-        .filter(|m| !m.is_empty() && m.split_once('=').is_some_and(|(k, _)| k != SONDE_KEY))
-        .take(31);
-    for m in others {
-        out.push(',');
-        out.push_str(m);
-    }
-    out
+        .take(32)
+        .collect();
+    members.join(",")
 }
 
 #[cfg(test)]
@@ -118,11 +94,8 @@ mod tests {
     #[test]
     fn tracestate_round_trip() {
         let id = [0xabu8; 16];
-        let ts = tracestate(
-            &id,
-            "vendor=x, sonde=00000000000000000000000000000000,other=y",
-        );
-        assert_eq!(ts, format!("sonde={},vendor=x,other=y", "ab".repeat(16)));
+        // What extensions before 2026-11-27 sent: our member first.
+        let ts = format!("sonde={},vendor=x,other=y", "ab".repeat(16));
         assert_eq!(sonde_parent(&ts), Some(id));
         assert_eq!(sonde_parent("vendor=x"), None);
         assert_eq!(sonde_parent("sonde=zz"), None);

@@ -704,14 +704,12 @@ fn request_end() {
     // code, `sonde_capture::raw`). Only a request whose raw frame would not
     // fit (thousands of spans) is encoded here, more compactly.
     let ns_per_tick = process.calibration.ns_per_tick();
-    let mut raw_frame = std::mem::take(&mut process.raw);
     crate::raw::write(
-        &mut raw_frame,
+        &mut process.raw,
         &captured,
         endpoint_params,
         st.spans.as_ref().map(|buf| (buf, ns_per_tick)),
     );
-    process.raw = raw_frame;
     let frame: &[u8] = if process.raw.len() <= sonde_core::frame::MAX_FRAME_BYTES {
         &process.raw
     } else {

@@ -322,7 +322,7 @@ impl Context {
             seen_cache: Mutex::new(HashSet::new()),
             malformed_log: RateLimit::new(MALFORMED_LOG_PERIOD),
             buffers: Mutex::new(Vec::new()),
-            encoder: Mutex::new(Encoder::new(encoder_seed())),
+            encoder: Mutex::new(Encoder::new()),
         }
     }
 
@@ -395,27 +395,24 @@ impl Context {
                 // again. Such a record is skipped as malformed, and the
                 // encoder (its caches possibly half-updated) starts afresh.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    enc.encode_record(payload, |body, r| {
+                    enc.encode_record(payload, |body, c| {
+                        // A raw frame always carries its ids.
+                        let id: &[u8] = c.ids.map_or(&[], |i| &i.record);
                         let fields = RecordFields {
-                            id: Some(&r.ids.record),
-                            app: Some(r.app),
-                            php_version: Some(r.php_version),
-                            ext_version: Some(r.ext_version),
+                            id: Some(id),
+                            app: Some(c.app),
+                            php_version: Some(c.php_version),
+                            ext_version: Some(c.ext_version),
                             host: None,
-                            dropped_records: Some(r.dropped_records),
+                            dropped_records: Some(c.dropped_records),
                         };
-                        self.record(
-                            Bytes::copy_from_slice(body),
-                            &r.ids.record,
-                            &fields,
-                            ring_end,
-                        );
+                        self.record(Bytes::copy_from_slice(body), id, &fields, ring_end);
                     })
                 }));
                 return match result {
                     Ok(done) => done.map_err(MessageError::from),
                     Err(_) => {
-                        *enc = Encoder::new(encoder_seed());
+                        *enc = Encoder::new();
                         Err(MessageError::EncodePanic)
                     }
                 };
@@ -505,17 +502,6 @@ impl Context {
             ..Default::default()
         });
     }
-}
-
-/// Seeds the ids the encoder makes up for a raw frame without them (the
-/// extension always sends its own): distinct per agent run.
-fn encoder_seed() -> [u64; 2] {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut h = DefaultHasher::new();
-    (now, std::process::id()).hash(&mut h);
-    [now, h.finish()]
 }
 
 /// One PHP worker's connection: read frames until it closes or shutdown.

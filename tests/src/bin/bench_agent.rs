@@ -223,7 +223,7 @@ fn encode_only(n: u64) -> Result<()> {
             out
         })
         .collect();
-    let mut enc = sonde_capture::raw::Encoder::new([1, 2]);
+    let mut enc = sonde_capture::raw::Encoder::new();
     let passes = 20;
     let t = Instant::now();
     let mut bytes = 0;

@@ -859,13 +859,10 @@ pub fn detail(
     };
     drop(rows);
     drop(stmt);
-    let blob: Option<Vec<u8>> = if !spans {
-        None
-    } else if legacy_detail(conn, day)? {
-        legacy_record(conn, day, seq)?
+    let blob = if spans {
+        record_blob(conn, day, seq, legacy_detail(conn, day)?)?
     } else {
-        block_of(conn, day, seq)?
-            .and_then(|(first, _, bytes)| find_in_block(&bytes, first, seq).map(<[u8]>::to_vec))
+        None
     };
     let (host, endpoint) = (cols.host.clone(), cols.endpoint.clone());
     let record = match blob {
@@ -958,14 +955,9 @@ fn find_caller(
             if caller == own {
                 continue;
             }
-            let blob = if legacy {
-                legacy_record(conn, day, seq)?
-            } else {
-                block_of(conn, day, seq)?.and_then(|(first, _, bytes)| {
-                    find_in_block(&bytes, first, seq).map(<[u8]>::to_vec)
-                })
+            let Some(blob) = record_blob(conn, day, seq, legacy)? else {
+                continue;
             };
-            let Some(blob) = blob else { continue };
             // Only the spans matter here: texts are not looked up.
             let Ok(record) = codec::decode(&blob, Columns::default(), &mut |_| Some(String::new()))
             else {
@@ -1055,6 +1047,21 @@ pub fn urls(conn: &Connection, ids: &[TxId]) -> Result<Vec<Option<String>>, Stor
 }
 
 /// The compact record `seq` of a day written before blocks.
+/// The compact record of row `seq` of `day`: from its detail block, or
+/// from the day's `rec_` table when the day is `legacy`.
+fn record_blob(
+    conn: &Connection,
+    day: i64,
+    seq: i64,
+    legacy: bool,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    if legacy {
+        return legacy_record(conn, day, seq);
+    }
+    Ok(block_of(conn, day, seq)?
+        .and_then(|(first, _, bytes)| find_in_block(&bytes, first, seq).map(<[u8]>::to_vec)))
+}
+
 fn legacy_record(conn: &Connection, day: i64, seq: i64) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(conn
         .prepare_cached(&format!(
