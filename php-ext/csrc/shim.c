@@ -1,4 +1,5 @@
 #include "shim.h"
+#include <dlfcn.h>
 #include "zend_exceptions.h"
 #include "zend_extensions.h"
 #include "ext/pdo/php_pdo_driver.h"
@@ -420,6 +421,26 @@ static int curl_injecting = 0;
 /* Slots filled since the last forget_all: most requests remember none. */
 static int curl_slots_used = 0;
 
+#define CURL_ARENA_BYTES 32768
+
+struct sonde_slist { /* libcurl's struct curl_slist */
+    char *data;
+    struct sonde_slist *next;
+};
+
+/* The lists handed to libcurl this request. libcurl reads a list only
+ * while it builds a request, and keeps the pointer; curl_copy_handle
+ * copies the pointer. So nothing in the arena is reused before the request
+ * ends (every handle is gone by then), except the list a handle re-runs
+ * with, rewritten in place when it is the newest one. Full: PHP's path. */
+static union {
+    struct sonde_slist align;
+    char bytes[CURL_ARENA_BYTES];
+} curl_arena;
+static size_t curl_arena_top = 0;
+static zend_object *curl_arena_last_ch = NULL;
+static size_t curl_arena_last_start = 0;
+
 void sonde_shim_curl_forget(zend_object *ch) {
     int i;
     if (!curl_slots_used) {
@@ -436,6 +457,10 @@ void sonde_shim_curl_forget(zend_object *ch) {
 
 void sonde_shim_curl_forget_all(void) {
     int i;
+    /* Every handle is gone or idle for good: the arena starts over. */
+    curl_arena_top = 0;
+    curl_arena_last_ch = NULL;
+    curl_arena_last_start = 0;
     if (!curl_slots_used) {
         return;
     }
@@ -491,6 +516,19 @@ void sonde_shim_curl_remember_from_array(zend_object *ch, zval *options) {
     }
 }
 
+void sonde_shim_curl_copied(zend_object *from, zend_object *copy) {
+    int i;
+    if (!curl_slots_used || !from || !copy) {
+        return;
+    }
+    for (i = 0; i < CURL_SLOTS; i++) {
+        if (curl_slots[i].ch == from) {
+            sonde_shim_curl_remember(copy, &curl_slots[i].headers);
+            return;
+        }
+    }
+}
+
 static int is_trace_header(zend_string *line) {
     return (ZSTR_LEN(line) >= 12 && strncasecmp(ZSTR_VAL(line), "traceparent:", 12) == 0) ||
            (ZSTR_LEN(line) >= 11 && strncasecmp(ZSTR_VAL(line), "tracestate:", 11) == 0);
@@ -533,24 +571,143 @@ static zend_string *header_line(const char *name, size_t name_len, const char *v
     return s;
 }
 
+/* ---- curl, straight through libcurl ----
+ *
+ * Going through PHP's curl_setopt to add the trace header means building
+ * a PHP array of the app's headers, a call frame, PHP turning the array
+ * into a malloc'd curl_slist, and freeing the previous one: per call.
+ * Instead the list is built in a per-process arena and handed to libcurl's
+ * own curl_easy_setopt, and curl_easy_getinfo reads the URL and status
+ * without PHP strings. Both are resolved from the process (PHP loads
+ * curl.so, and with it libcurl, RTLD_GLOBAL); the CURL handle is the first
+ * member of PHP's curl object, found through the object handlers' offset
+ * (the same arithmetic PHP's own curl_from_obj does; `cp` has been the
+ * first member since PHP 5). When any of that is missing, the calls go
+ * through PHP's functions as before. */
+
+#define SONDE_CURLINFO_TOTAL_TIME 0x300003
+
+typedef int (*sonde_curl_easy_fn)(void *curl, int option, ...);
+static sonde_curl_easy_fn lc_setopt, lc_getinfo;
+static zend_class_entry **curl_ce_ptr;
+static int curl_direct = 0; /* 0 not looked up yet, 1 usable, -1 not */
+
+static void *curl_easy_of(zval *ch) {
+    zend_object *obj;
+    uint32_t offset;
+    if (curl_direct == 0) {
+        void *self = dlopen(NULL, RTLD_LAZY);
+        curl_direct = -1;
+        if (self) {
+            lc_setopt = (sonde_curl_easy_fn)dlsym(self, "curl_easy_setopt");
+            lc_getinfo = (sonde_curl_easy_fn)dlsym(self, "curl_easy_getinfo");
+            curl_ce_ptr = (zend_class_entry **)dlsym(self, "curl_ce");
+            if (lc_setopt && lc_getinfo && curl_ce_ptr) {
+                curl_direct = 1;
+            }
+        }
+    }
+    if (curl_direct != 1 || !ch || Z_TYPE_P(ch) != IS_OBJECT) {
+        return NULL;
+    }
+    obj = Z_OBJ_P(ch);
+    offset = obj->handlers->offset;
+    if (!*curl_ce_ptr || obj->ce != *curl_ce_ptr || offset < sizeof(void *)) {
+        return NULL;
+    }
+    return *(void **)((char *)obj - offset);
+}
+
+static char *arena_line(size_t *top, const char *a, size_t a_len, const char *b, size_t b_len) {
+    char *s = curl_arena.bytes + *top;
+    memcpy(s, a, a_len);
+    memcpy(s + a_len, b, b_len);
+    s[a_len + b_len] = '\0';
+    *top += a_len + b_len + 1;
+    return s;
+}
+
+/* The app's remembered headers (minus trace headers), then ours, as a list
+ * in the arena handed to libcurl. 0 when it does not fit or cannot be set. */
+static int curl_inject_direct(void *cp, zend_object *obj, zval *app, const char *traceparent,
+                              size_t tp_len, const char *tracestate, size_t ts_len) {
+    size_t lines = 1 + (ts_len ? 1 : 0), bytes = 13 + tp_len + 1 + (ts_len ? 12 + ts_len + 1 : 0);
+    size_t start, top, i = 0;
+    struct sonde_slist *nodes;
+    zval *line;
+    if (app) {
+        ZEND_HASH_FOREACH_VAL(Z_ARRVAL_P(app), line) {
+            ZVAL_DEREF(line);
+            if (Z_TYPE_P(line) != IS_STRING) {
+                return 0; /* PHP's path converts it as PHP would */
+            }
+            if (!is_trace_header(Z_STR_P(line))) {
+                lines++;
+                bytes += Z_STRLEN_P(line) + 1;
+            }
+        } ZEND_HASH_FOREACH_END();
+    }
+    start = (curl_arena_top + sizeof(void *) - 1) & ~(sizeof(void *) - 1); /* nodes aligned */
+    if (obj == curl_arena_last_ch) {
+        start = curl_arena_last_start; /* its own newest list: rewrite it */
+    }
+    if (lines * sizeof(struct sonde_slist) + bytes > CURL_ARENA_BYTES - start) {
+        return 0;
+    }
+    nodes = (struct sonde_slist *)(curl_arena.bytes + start);
+    top = start + lines * sizeof(struct sonde_slist);
+    if (app) {
+        ZEND_HASH_FOREACH_VAL(Z_ARRVAL_P(app), line) {
+            ZVAL_DEREF(line);
+            if (!is_trace_header(Z_STR_P(line))) {
+                nodes[i++].data = arena_line(&top, Z_STRVAL_P(line), Z_STRLEN_P(line), "", 0);
+            }
+        } ZEND_HASH_FOREACH_END();
+    }
+    nodes[i++].data = arena_line(&top, "traceparent: ", 13, traceparent, tp_len);
+    if (ts_len) {
+        nodes[i++].data = arena_line(&top, "tracestate: ", 12, tracestate, ts_len);
+    }
+    for (i = 0; i + 1 < lines; i++) {
+        nodes[i].next = &nodes[i + 1];
+    }
+    nodes[lines - 1].next = NULL;
+    curl_arena_top = top;
+    curl_arena_last_ch = obj;
+    curl_arena_last_start = start;
+    return lc_setopt(cp, SONDE_CURLOPT_HTTPHEADER, (void *)nodes) == 0;
+}
+
 int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, const char *tracestate,
                            size_t ts_len) {
-    zval arr, opt, ret, *line;
+    zval arr, opt, ret, *line, *app = NULL;
+    void *cp;
     int i, ok;
     if (!ch || Z_TYPE_P(ch) != IS_OBJECT || EG(exception)) {
         return 0;
     }
-    array_init(&arr);
-    for (i = 0; i < CURL_SLOTS; i++) {
+    for (i = 0; curl_slots_used && i < CURL_SLOTS; i++) {
         if (curl_slots[i].ch == Z_OBJ_P(ch)) {
-            ZEND_HASH_FOREACH_VAL(Z_ARRVAL(curl_slots[i].headers), line) {
-                ZVAL_DEREF(line);
-                if (Z_TYPE_P(line) == IS_STRING && !is_trace_header(Z_STR_P(line))) {
-                    add_next_index_str(&arr, zend_string_copy(Z_STR_P(line)));
-                }
-            } ZEND_HASH_FOREACH_END();
+            app = &curl_slots[i].headers;
             break;
         }
+    }
+    cp = curl_easy_of(ch);
+    if (cp && curl_inject_direct(cp, Z_OBJ_P(ch), app, traceparent, tp_len, tracestate, ts_len)) {
+        return 1;
+    }
+    array_init(&arr);
+    if (app) {
+        ZEND_HASH_FOREACH_VAL(Z_ARRVAL_P(app), line) {
+            ZVAL_DEREF(line);
+            if (Z_TYPE_P(line) == IS_STRING) {
+                if (!is_trace_header(Z_STR_P(line))) {
+                    add_next_index_str(&arr, zend_string_copy(Z_STR_P(line)));
+                }
+            } else if (Z_TYPE_P(line) >= IS_NULL && Z_TYPE_P(line) <= IS_DOUBLE) { /* scalars, as PHP converts them */
+                add_next_index_str(&arr, zval_get_string(line));
+            }
+        } ZEND_HASH_FOREACH_END();
     }
     add_next_index_str(&arr, header_line("traceparent: ", 13, traceparent, tp_len));
     if (ts_len) { /* only the caller's own members, when it sent some */
@@ -568,25 +725,38 @@ int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, con
 int sonde_shim_curl_info(zval *ch, char *url, size_t url_cap, int64_t *status, char *error,
                          size_t error_cap, int want_error) {
     zval opt, ret;
+    void *cp;
     if (!ch || Z_TYPE_P(ch) != IS_OBJECT || EG(exception)) {
         return 0;
     }
     copy_out(url, url_cap, "", 0);
     copy_out(error, error_cap, "", 0);
     *status = 0;
-    ZVAL_LONG(&opt, SONDE_CURLINFO_EFFECTIVE_URL);
-    if (call2("curl_getinfo", &fn_curl_getinfo, ch, &opt, NULL, 2, &ret)) {
-        if (Z_TYPE(ret) == IS_STRING) {
-            copy_out(url, url_cap, Z_STRVAL(ret), Z_STRLEN(ret));
+    cp = curl_easy_of(ch);
+    if (cp) {
+        char *u = NULL;
+        long code = 0;
+        if (lc_getinfo(cp, SONDE_CURLINFO_EFFECTIVE_URL, &u) == 0 && u) {
+            copy_out(url, url_cap, u, strlen(u));
         }
-        zval_ptr_dtor(&ret);
-    }
-    ZVAL_LONG(&opt, SONDE_CURLINFO_RESPONSE_CODE);
-    if (call2("curl_getinfo", &fn_curl_getinfo, ch, &opt, NULL, 2, &ret)) {
-        if (Z_TYPE(ret) == IS_LONG) {
-            *status = (int64_t)Z_LVAL(ret);
+        if (lc_getinfo(cp, SONDE_CURLINFO_RESPONSE_CODE, &code) == 0) {
+            *status = (int64_t)code;
         }
-        zval_ptr_dtor(&ret);
+    } else {
+        ZVAL_LONG(&opt, SONDE_CURLINFO_EFFECTIVE_URL);
+        if (call2("curl_getinfo", &fn_curl_getinfo, ch, &opt, NULL, 2, &ret)) {
+            if (Z_TYPE(ret) == IS_STRING) {
+                copy_out(url, url_cap, Z_STRVAL(ret), Z_STRLEN(ret));
+            }
+            zval_ptr_dtor(&ret);
+        }
+        ZVAL_LONG(&opt, SONDE_CURLINFO_RESPONSE_CODE);
+        if (call2("curl_getinfo", &fn_curl_getinfo, ch, &opt, NULL, 2, &ret)) {
+            if (Z_TYPE(ret) == IS_LONG) {
+                *status = (int64_t)Z_LVAL(ret);
+            }
+            zval_ptr_dtor(&ret);
+        }
     }
     if (want_error && call2("curl_error", &fn_curl_error, ch, NULL, NULL, 1, &ret)) {
         if (Z_TYPE(ret) == IS_STRING) {
@@ -600,10 +770,15 @@ int sonde_shim_curl_info(zval *ch, char *url, size_t url_cap, int64_t *status, c
 double sonde_shim_curl_total_time(zval *ch) {
     zval opt, ret;
     double t = -1.0;
+    void *cp;
     if (!ch || Z_TYPE_P(ch) != IS_OBJECT || EG(exception)) {
         return t;
     }
-    ZVAL_LONG(&opt, 0x300003); /* CURLINFO_TOTAL_TIME */
+    cp = curl_easy_of(ch);
+    if (cp) {
+        return lc_getinfo(cp, SONDE_CURLINFO_TOTAL_TIME, &t) == 0 ? t : -1.0;
+    }
+    ZVAL_LONG(&opt, SONDE_CURLINFO_TOTAL_TIME);
     if (call2("curl_getinfo", &fn_curl_getinfo, ch, &opt, NULL, 2, &ret)) {
         if (Z_TYPE(ret) == IS_DOUBLE) {
             t = Z_DVAL(ret);

@@ -125,6 +125,8 @@ int sonde_shim_mysqli_result_rows(zend_object *result, int64_t *rows);
  * and error after it. Calls PHP's own curl functions; never throws. */
 void sonde_shim_curl_remember(zend_object *ch, zval *headers);
 void sonde_shim_curl_remember_from_array(zend_object *ch, zval *options);
+/* curl_copy_handle: the copy has the headers of the handle it copies. */
+void sonde_shim_curl_copied(zend_object *from, zend_object *copy);
 void sonde_shim_curl_forget(zend_object *ch);
 void sonde_shim_curl_forget_all(void);
 int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, const char *tracestate,

@@ -442,6 +442,13 @@ pub fn curl_remember(ch: *mut sys::zend_object, value: *mut sys::zval, from_arra
     }
 }
 
+/// curl: handle `copy` was copied from `from` (with its headers).
+pub fn curl_copied(from: *mut sys::zend_object, copy: *mut sys::zend_object) {
+    // SAFETY: compares `from` with remembered handles and takes a reference
+    // to the remembered array for `copy`, released at request end.
+    unsafe { sys::sonde_shim_curl_copied(from, copy) }
+}
+
 /// curl: forget handle `ch`'s headers (closed or reset).
 pub fn curl_forget(ch: *mut sys::zend_object) {
     // SAFETY: only compares the pointer and releases our own references.

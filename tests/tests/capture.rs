@@ -239,6 +239,30 @@ fn curl_calls_are_external_spans_and_the_callee_joins_the_trace() {
 }
 
 #[test]
+fn curl_handles_reused_copied_and_reset_keep_their_headers_and_one_traceparent() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let r = stack.web("GET", "/t/curl_reuse.php", &[], "").unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.body, stack.logs());
+    assert_eq!(
+        r.body,
+        "1 x-app=- traceparent=yes\n\
+         2 x-app=- traceparent=yes\n\
+         3 x-app=second traceparent=yes\n\
+         4 x-app=second traceparent=yes\n\
+         5 x-app=third traceparent=yes\n\
+         6 x-app=second traceparent=yes\n\
+         7 x-app=second traceparent=yes\n\
+         8 x-app=- traceparent=yes\n\
+         9 40\n\
+         10 x-app=1 traceparent=1\n"
+    );
+    // Every call is an external span of the caller.
+    let caller = detail_of(&stack, from, "/t/curl_reuse.php");
+    assert_eq!(caller["external_count"], 49, "{caller:#}");
+}
+
+#[test]
 fn redis_commands_are_cache_spans() {
     let stack = Stack::start(&StackOptions::default()).expect("start the stack");
     let from = now_ms() - 1_000;
@@ -718,7 +742,7 @@ fn a_routing_query_parameter_names_the_endpoint() {
     let r = stack
         .web("GET", "/t/callee.php?id=42&r=site/login", &[], "")
         .unwrap();
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 200, "{}\n{}", r.body, stack.logs());
     let d = detail_of(&stack, from, "/t/callee.php?r=site/login");
     assert_eq!(d["url"], "/t/callee.php?id=42&r=site/login");
 }

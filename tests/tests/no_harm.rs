@@ -170,6 +170,7 @@ fn hooked_functions_behave_identically() {
         "pg_query",
         "pg_close",
         "curl_exec",
+        "curl_copy_handle",
         "redis::get",
         "memcached::get",
         "memcached::increment",

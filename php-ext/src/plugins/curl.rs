@@ -37,6 +37,11 @@ pub const HOOKS: &[HookSpec] = &[
         |c| zend::curl_forget(zend::arg_obj(c, 1)),
         None
     ),
+    spec!(
+        c"curl_copy_handle",
+        |c| zend::curl_copied(zend::arg_obj(c, 1), zend::ret_obj(c)),
+        None
+    ),
     spec!(c"curl_setopt", setopt, None),
     spec!(c"curl_setopt_array", setopt_array, None),
     spec!(c"curl_exec", exec, Some(before_exec)),
