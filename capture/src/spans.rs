@@ -128,40 +128,44 @@ pub(crate) struct Db {
 
 /// The per-request buffer.
 #[derive(Debug)]
+#[repr(C)]
 pub struct SpanBuf {
+    // The fields a recorded call touches come first, declared in order
+    // (`repr(C)`): a hooked call that waited for the network finds none of
+    // this in the caches, and each further cache line is one more miss.
     pub(crate) spans: Vec<RawSpan>,
-    max_spans: usize,
     pub(crate) arena: Vec<u8>,
     pub(crate) dbs: Vec<Db>,
-    /// (result key, index of its fetch span or usize::MAX before the first fetch, its statement span)
-    open: [(usize, usize, usize); OPEN_RESULTS],
+    max_spans: usize,
+    /// SQL calls at least this long (ticks) record the PHP file and line.
+    pub slow_ticks: u64,
+    pub dropped_spans: u32,
+    pub truncated_texts: u32,
     open_next: usize,
     /// The slot of `open` used last (a hint, checked before use).
     open_last: usize,
-    prepared: [(usize, Text, u16); PREPARED],
+    /// (result key, index of its fetch span or usize::MAX before the first fetch, its statement span)
+    open: [(usize, usize, usize); OPEN_RESULTS],
+    /// Warnings, notices and deprecations raised in the request.
+    pub warnings: u32,
+    pending_len: usize,
+    /// Span ids of outgoing calls in progress (set before, used after).
+    pending: [[u8; 8]; 4],
     prepared_next: usize,
-    pub dropped_spans: u32,
-    pub truncated_texts: u32,
+    prepared: [(usize, Text, u16); PREPARED],
     /// The last exception thrown in the request (class, message).
     pub(crate) last_exception: Option<(Text, Text)>,
     pub(crate) error: Option<ReqError>,
-    /// Warnings, notices and deprecations raised in the request.
-    pub warnings: u32,
-    /// Span ids of outgoing calls in progress (set before, used after).
-    pending: [[u8; 8]; 4],
-    pending_len: usize,
-    /// curl_multi transfers in progress: (handle, start ticks, span id).
-    multi: [(usize, u64, [u8; 8]); MULTI],
     /// Whether `multi` was written since the last `clear`.
     multi_used: bool,
-    /// SQL calls at least this long (ticks) record the PHP file and line.
-    pub slow_ticks: u64,
+    /// curl_multi transfers in progress: (handle, start ticks, span id).
+    multi: [(usize, u64, [u8; 8]); MULTI],
     /// Span indices in start order (request end; allocated once).
     order: Vec<u32>,
-    /// Remote streams open now: (stream, its span, start ticks).
-    streams: [(usize, usize, u64); STREAMS],
     /// Whether `streams` was written since the last `clear`.
     streams_used: bool,
+    /// Remote streams open now: (stream, its span, start ticks).
+    streams: [(usize, usize, u64); STREAMS],
     /// An external span whose outcome the enclosing call decides (a SOAP
     /// request's fault is known only when `__soapCall` returns): its index
     /// and whether its status is known for sure.

@@ -17,11 +17,27 @@ const char *sonde_shim_build_id(void);
 int sonde_shim_register_ini(int module_number);
 void sonde_shim_unregister_ini(int module_number);
 
-/* An ini entry by name (NULL when not registered), and its current value
- * as a string (NULL when unset) or an integer (as zend_ini_long). */
-void *sonde_shim_ini_entry(const char *name, size_t len);
-const char *sonde_shim_ini_entry_str(void *entry);
-int64_t sonde_shim_ini_entry_long(void *entry);
+/* The extension's ini settings (Rust: zend::Setting). */
+enum sonde_setting {
+    SONDE_INI_ENABLED,
+    SONDE_INI_APP_NAME,
+    SONDE_INI_AGENT_SOCKET,
+    SONDE_INI_TRACE_CLI,
+    SONDE_INI_REDACT_PARAMS,
+    SONDE_INI_PROPAGATE,
+    SONDE_INI_SLOW_SQL_MS,
+    SONDE_INI_MAX_SPANS,
+    SONDE_INI_ENDPOINT_PARAMS,
+    SONDE_INI_SCOREBOARD,
+    SONDE_INI_CLIENT_IP_HEADER,
+    SONDE_INI_VISITOR_COOKIES,
+    SONDE_INI_COUNT
+};
+
+/* A setting's current value as a string (NULL before start-up) or an
+ * integer (strtol, base 0, as zend_ini_long). */
+const char *sonde_shim_setting_str(enum sonde_setting setting);
+int64_t sonde_shim_setting_long(enum sonde_setting setting);
 
 /* sapi_module.name ("fpm-fcgi", "cli", ...). */
 const char *sonde_shim_sapi_name(void);

@@ -8,10 +8,9 @@
 //! requests and then every 64th, so the ratio sharpens as the worker lives
 //! (after 1 ms of wall time the error is below 1e-4).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-static USE_TSC: AtomicBool = AtomicBool::new(false);
 /// Ticks and monotonic ns read together at start-up: by a worker's first
 /// request, far enough back for an accurate ratio (both clocks are shared
 /// across fork).
@@ -19,7 +18,7 @@ static ANCHOR: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
 
 /// Decides once (MINIT) whether the time-stamp counter can be used.
 pub fn init() {
-    USE_TSC.store(invariant_tsc(), Ordering::Relaxed);
+    crate::HOT.use_tsc.store(invariant_tsc(), Ordering::Relaxed);
     let _ = ANCHOR.set((ticks(), monotonic_ns()));
 }
 
@@ -53,7 +52,7 @@ pub fn monotonic_ns() -> u64 {
 #[inline]
 pub fn ticks() -> u64 {
     #[cfg(target_arch = "x86_64")]
-    if USE_TSC.load(Ordering::Relaxed) {
+    if crate::HOT.use_tsc.load(Ordering::Relaxed) {
         // SAFETY: RDTSC has no preconditions; only used when invariant.
         return unsafe { std::arch::x86_64::_rdtsc() };
     }
@@ -62,7 +61,7 @@ pub fn ticks() -> u64 {
 
 /// Whether ticks are nanoseconds already (no TSC).
 pub fn ticks_are_ns() -> bool {
-    !USE_TSC.load(Ordering::Relaxed)
+    !crate::HOT.use_tsc.load(Ordering::Relaxed)
 }
 
 /// Converts ticks to nanoseconds for one process.

@@ -14,7 +14,7 @@
 //! inside the panic boundary.
 
 use std::ffi::{c_void, CStr};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::sys;
 
@@ -66,33 +66,31 @@ static mut TABLE: Table = Table {
     hooks: [None; MAX_HOOKS],
 };
 static INSTALLED: AtomicUsize = AtomicUsize::new(0);
-static HANDLE: AtomicI32 = AtomicI32::new(-1);
-/// True while a traced request runs; hooks record only then.
-static RECORDING: AtomicBool = AtomicBool::new(false);
+
 /// Switched by the module (it owns the request state).
 pub fn set_recording(on: bool) {
-    RECORDING.store(on, Ordering::Relaxed);
+    crate::HOT.recording.store(on, Ordering::Relaxed);
 }
 
 /// Whether a traced request runs now.
 #[inline]
 pub fn recording() -> bool {
-    RECORDING.load(Ordering::Relaxed)
+    crate::HOT.recording.load(Ordering::Relaxed)
 }
 
 /// Installs every spec whose function exists now; already wrapped ones are
 /// skipped, so this can run more than once. Start-up only (single thread,
 /// before any request).
 pub fn install(specs: &[HookSpec]) {
-    if HANDLE.load(Ordering::Relaxed) < 0 {
+    if crate::HOT.handle.load(Ordering::Relaxed) < 0 {
         // SAFETY: start-up, single-threaded; reserves one `reserved` slot.
         let h = unsafe { sys::sonde_shim_resource_handle() };
         if h < 0 {
             return; // No slot left: stay uninstrumented rather than guess.
         }
-        HANDLE.store(h, Ordering::Relaxed);
+        crate::HOT.handle.store(h, Ordering::Relaxed);
     }
-    let handle = HANDLE.load(Ordering::Relaxed) as usize;
+    let handle = crate::HOT.handle.load(Ordering::Relaxed) as usize;
     for spec in specs {
         let class = spec.class.map_or(std::ptr::null(), CStr::as_ptr);
         // SAFETY: the names are NUL-terminated; lookups in the class and
@@ -149,7 +147,7 @@ pub fn installed() -> Vec<String> {
 
 /// The handler every wrapped function now has.
 unsafe extern "C" fn dispatch(ex: *mut sys::zend_execute_data, rv: *mut sys::zval) {
-    let handle = HANDLE.load(Ordering::Relaxed) as usize;
+    let handle = crate::HOT.handle.load(Ordering::Relaxed) as usize;
     // SAFETY: Zend calls a handler with the frame of the function it belongs
     // to; `install` stored a pointer to this function's static Hook in its
     // reserved slot before switching the handler to `dispatch`.
@@ -163,7 +161,7 @@ unsafe extern "C" fn dispatch(ex: *mut sys::zend_execute_data, rv: *mut sys::zva
     let Some(original) = hook.original else {
         return;
     };
-    if !RECORDING.load(Ordering::Relaxed) {
+    if !crate::HOT.recording.load(Ordering::Relaxed) {
         // SAFETY: calling the function's own handler with Zend's arguments.
         unsafe { original(ex, rv) };
         return;

@@ -2,67 +2,26 @@
 //! documented wrapper over one binding; callers get Rust types and never
 //! hold pointers into Zend memory past the current callback.
 
-use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::ffi::{c_char, c_int, CStr};
 
 use crate::sys;
 
-/// `zend_ini_long(name)`: 0 when unset.
-pub fn ini_long(name: &'static CStr) -> i64 {
-    let entry = ini_entry(name);
-    if entry.is_null() {
-        return 0;
-    }
-    // SAFETY: `entry` is a registered ini entry, alive for the process.
-    unsafe { sys::sonde_shim_ini_entry_long(entry) }
+/// The extension's ini settings, by name in `php-ext/csrc/shim.c`.
+pub use sys::sonde_setting as Setting;
+
+/// A setting's current value as an integer (strtol, base 0).
+pub fn setting_long(setting: Setting) -> i64 {
+    // SAFETY: reads the value the shim's on_modify handler last stored.
+    unsafe { sys::sonde_shim_setting_long(setting) }
 }
 
-/// `zend_ini_string_ex(name)`: the current value, `None` when the entry does
-/// not exist.
-pub fn ini_str(name: &'static CStr) -> Option<&'static CStr> {
-    let entry = ini_entry(name);
-    if entry.is_null() {
-        return None;
-    }
-    // SAFETY: as for ini_long. The returned string is owned by the ini
-    // entry and lives until it is changed, which cannot happen during the
-    // callback that reads it (callers copy it).
-    cstr(unsafe { sys::sonde_shim_ini_entry_str(entry) })
-}
-
-/// Ini entries looked up by name once per process, then read directly:
-/// a lookup in the ini table costs a hash of the name each time, and a
-/// request reads a dozen settings. The entries live as long as the
-/// process (values change in place per request or pool; the entry does
-/// not move).
-fn ini_entry(name: &'static CStr) -> *mut c_void {
-    const N: usize = 32;
-    static NAMES: [AtomicPtr<c_char>; N] = [const { AtomicPtr::new(std::ptr::null_mut()) }; N];
-    static ENTRIES: [AtomicPtr<c_void>; N] = [const { AtomicPtr::new(std::ptr::null_mut()) }; N];
-    let want = name.as_ptr().cast_mut();
-    // Open addressing by the name's address (a static string, distinct
-    // per setting): usually found at the first slot tried.
-    let first = (want as usize >> 3).wrapping_mul(0x9e37_79b9) >> 7;
-    for k in 0..N {
-        let i = (first + k) % N;
-        let n = NAMES[i].load(Ordering::Relaxed);
-        if n == want {
-            return ENTRIES[i].load(Ordering::Relaxed);
-        }
-        if n.is_null() {
-            // SAFETY: `name` is NUL-terminated; called from a Zend callback
-            // on the request thread, when the ini table exists.
-            let e = unsafe { sys::sonde_shim_ini_entry(name.as_ptr(), name.to_bytes().len()) };
-            if !e.is_null() {
-                ENTRIES[i].store(e.cast(), Ordering::Relaxed);
-                NAMES[i].store(want, Ordering::Relaxed);
-            }
-            return e.cast();
-        }
-    }
-    // More names than slots (never with the settings we have): look up.
-    // SAFETY: as above.
-    unsafe { sys::sonde_shim_ini_entry(name.as_ptr(), name.to_bytes().len()).cast() }
+/// A setting's current value as a string, `None` before start-up.
+pub fn setting_str(setting: Setting) -> Option<&'static CStr> {
+    // SAFETY: the string is the ini entry's current value, which lives
+    // until the setting changes (ini_set, or its restore at request end),
+    // which cannot happen during the callback that reads it (callers copy
+    // it).
+    cstr(unsafe { sys::sonde_shim_setting_str(setting) })
 }
 
 /// The SAPI's name (`fpm-fcgi`, `cli`, …).

@@ -65,7 +65,7 @@ fn setopt_array(call: &Call) {
 
 fn before_exec(call: &Call) {
     crate::module::running(sonde_core::scoreboard::CURRENT_EXTERNAL, b"curl_exec");
-    let propagate = zend::ini_long(c"sonde.propagate") != 0;
+    let propagate = zend::setting_long(zend::Setting::SONDE_INI_PROPAGATE) != 0;
     let ch = zend::arg_zval(call, 1);
     if let Some(o) = outgoing() {
         if propagate {
@@ -101,7 +101,7 @@ fn exec(call: &Call) {
 }
 
 fn before_multi_add(call: &Call) {
-    let propagate = zend::ini_long(c"sonde.propagate") != 0;
+    let propagate = zend::setting_long(zend::Setting::SONDE_INI_PROPAGATE) != 0;
     let ch = zend::arg_zval(call, 2);
     if let Some(o) = outgoing() {
         if propagate {
