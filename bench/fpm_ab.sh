@@ -66,33 +66,9 @@ if [ -n "${SONDE_AB_AGENT:-}" ]; then
     exit 1
   fi
 fi
-server() { # args: web port, fpm port
-  cat <<EOF
-  server {
-    listen 127.0.0.1:$1;
-    location = /ping { return 204; }
-    location = /bench_page.php {
-      include /etc/nginx/fastcgi_params;
-      fastcgi_param SCRIPT_FILENAME $PWD/${SONDE_AB_PAGE:-tests/php/bench_page.php};
-      fastcgi_pass 127.0.0.1:$2;
-    }
-  }
-EOF
-}
-cat >"$D/nginx.conf" <<EOF
-worker_processes 1;
-pid $D/nginx.pid;
-error_log $D/nginx-error.log warn;
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path $D/tmp; proxy_temp_path $D/tmp; fastcgi_temp_path $D/tmp;
-  uwsgi_temp_path $D/tmp; scgi_temp_path $D/tmp;
-$(server "$WEB_A" "$FPM_A")
-$(server "$WEB_B" "$FPM_B")
-}
-EOF
-nginx -c "$D/nginx.conf"
+PAGE=${SONDE_AB_PAGE:-tests/php/bench_page.php}
+start_nginx "$(bench_server "$WEB_A" "$FPM_A" "$PAGE")
+$(bench_server "$WEB_B" "$FPM_B" "$PAGE")"
 
 start_fpm() { # args: name, fpm port, php -d arguments...
   local name=$1 port=$2
@@ -117,14 +93,6 @@ ext=(-d "extension=$SO")
 if [ -n "${SONDE_AB_SAME:-}" ]; then ext=(-d opcache.enable=1); fi
 for setting in ${SONDE_INI:-}; do ext+=(-d "$setting"); done
 
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 did not open" >&2
-  return 1
-}
 # Starts both masters; the extension's side alternates between rounds
 # (nginx's two servers and the two wrk clients are not quite alike: an A/A
 # run here measured one side ≈ 3 % faster than the other).

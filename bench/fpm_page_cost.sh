@@ -31,36 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$D/tmp"
-cat >"$D/nginx.conf" <<EOF
-worker_processes 1;
-pid $D/nginx.pid;
-error_log $D/nginx-error.log warn;
-events { worker_connections 64; }
-http {
-  access_log off;
-  client_body_temp_path $D/tmp; proxy_temp_path $D/tmp; fastcgi_temp_path $D/tmp;
-  uwsgi_temp_path $D/tmp; scgi_temp_path $D/tmp;
-  server {
-    listen 127.0.0.1:$WEB;
-    location = /ping { return 204; }
-    location = /bench_page.php {
-      include /etc/nginx/fastcgi_params;
-      fastcgi_param SCRIPT_FILENAME $PWD/tests/php/bench_page.php;
-      fastcgi_pass 127.0.0.1:$FPM_PORT;
-    }
-  }
-}
-EOF
-nginx -c "$D/nginx.conf"
-
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 did not open" >&2
-  return 1
-}
+start_nginx "$(bench_server "$WEB" "$FPM_PORT")"
 
 # Instructions of the worker after serving N requests.
 count() { # args: with|without, N

@@ -75,3 +75,48 @@ cli_growth() { # args: script, N, extra php args...
 report_per_unit() { # args: unit, base growth, with growth, units
   echo "instructions per $1: without $(($2 / $4)), with $(($3 / $4)), extra $((($3 - $2) / $4))"
 }
+
+# An nginx server block for the php-fpm scripts: /ping answers 204 (the
+# page's curl call), /bench_page.php runs the page (default
+# tests/php/bench_page.php) on php-fpm at the given port.
+bench_server() { # args: web port, fpm port, [page]
+  cat <<EOF
+  server {
+    listen 127.0.0.1:$1;
+    location = /ping { return 204; }
+    location = /bench_page.php {
+      include /etc/nginx/fastcgi_params;
+      fastcgi_param SCRIPT_FILENAME $PWD/${3:-tests/php/bench_page.php};
+      fastcgi_pass 127.0.0.1:$2;
+    }
+  }
+EOF
+}
+
+# Starts nginx (one worker; pid, logs and temp files in $D) serving the
+# server blocks given.
+start_nginx() { # args: server blocks
+  cat >"$D/nginx.conf" <<EOF
+worker_processes 1;
+pid $D/nginx.pid;
+error_log $D/nginx-error.log warn;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path $D/tmp; proxy_temp_path $D/tmp; fastcgi_temp_path $D/tmp;
+  uwsgi_temp_path $D/tmp; scgi_temp_path $D/tmp;
+$1
+}
+EOF
+  nginx -c "$D/nginx.conf"
+}
+
+# Waits until something listens on a local TCP port (20 s at most).
+wait_port() { # args: port
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "port $1 did not open" >&2
+  return 1
+}
