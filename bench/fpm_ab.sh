@@ -73,18 +73,7 @@ $(bench_server "$WEB_B" "$FPM_B" "$PAGE")"
 start_fpm() { # args: name, fpm port, php -d arguments...
   local name=$1 port=$2
   shift 2
-  cat >"$D/$name.conf" <<EOF
-[global]
-pid = $D/$name.pid
-error_log = $D/$name-error.log
-daemonize = no
-[www]
-listen = 127.0.0.1:$port
-pm = static
-pm.max_children = $WORKERS
-clear_env = no
-php_admin_value[sonde.agent_socket] = $AGENT_SOCKET
-EOF
+  fpm_conf "$name" "$port" "$WORKERS"
   "$FPM" --nodaemonize --fpm-config "$D/$name.conf" --allow-to-run-as-root \
     -d opcache.enable=1 "$@" >"$D/$name.log" 2>&1 &
   MASTERS+=($!)

@@ -41,18 +41,7 @@ count() { # args: with|without, N
     for setting in ${SONDE_INI:-}; do ext+=(-d "$setting"); done
   fi
   mkdir -p "$out"
-  cat >"$D/fpm.conf" <<EOF
-[global]
-pid = $D/fpm.pid
-error_log = $D/fpm-error.log
-daemonize = no
-[www]
-listen = 127.0.0.1:$FPM_PORT
-pm = static
-pm.max_children = 1
-clear_env = no
-php_admin_value[sonde.agent_socket] = $AGENT_SOCKET
-EOF
+  fpm_conf fpm "$FPM_PORT" 1
   valgrind --tool=callgrind --callgrind-out-file="$out/cg.%p" \
     "$FPM" --nodaemonize --fpm-config "$D/fpm.conf" --allow-to-run-as-root \
     -d opcache.enable=1 "${ext[@]}" >"$D/fpm.log" 2>&1 &

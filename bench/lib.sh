@@ -120,3 +120,20 @@ wait_port() { # args: port
   echo "port $1 did not open" >&2
   return 1
 }
+
+# Writes $D/<name>.conf: a php-fpm pool of static workers on a local port,
+# in the foreground, with the extension's agent socket set per pool.
+fpm_conf() { # args: name, fpm port, workers
+  cat >"$D/$1.conf" <<EOF
+[global]
+pid = $D/$1.pid
+error_log = $D/$1-error.log
+daemonize = no
+[www]
+listen = 127.0.0.1:$2
+pm = static
+pm.max_children = $3
+clear_env = no
+php_admin_value[sonde.agent_socket] = $AGENT_SOCKET
+EOF
+}

@@ -459,17 +459,27 @@ static size_t curl_arena_top = 0;
 static zend_object *curl_arena_last_ch = NULL;
 static size_t curl_arena_last_start = 0;
 
-void sonde_shim_curl_forget(zend_object *ch) {
+/* The slot remembering handle `ch`'s headers, -1 when none (a handle has
+ * one slot at most: remembering forgets first). */
+static int curl_slot_of(zend_object *ch) {
     int i;
-    if (!curl_slots_used) {
-        return; /* nothing remembered in this request (the usual case) */
+    if (!curl_slots_used || !ch) {
+        return -1; /* nothing remembered in this request (the usual case) */
     }
     for (i = 0; i < CURL_SLOTS; i++) {
-        if (curl_slots[i].ch == ch && ch) {
-            zval_ptr_dtor(&curl_slots[i].headers);
-            ZVAL_UNDEF(&curl_slots[i].headers);
-            curl_slots[i].ch = NULL;
+        if (curl_slots[i].ch == ch) {
+            return i;
         }
+    }
+    return -1;
+}
+
+void sonde_shim_curl_forget(zend_object *ch) {
+    int i = curl_slot_of(ch);
+    if (i >= 0) {
+        zval_ptr_dtor(&curl_slots[i].headers);
+        ZVAL_UNDEF(&curl_slots[i].headers);
+        curl_slots[i].ch = NULL;
     }
 }
 
@@ -535,15 +545,9 @@ void sonde_shim_curl_remember_from_array(zend_object *ch, zval *options) {
 }
 
 void sonde_shim_curl_copied(zend_object *from, zend_object *copy) {
-    int i;
-    if (!curl_slots_used || !from || !copy) {
-        return;
-    }
-    for (i = 0; i < CURL_SLOTS; i++) {
-        if (curl_slots[i].ch == from) {
-            sonde_shim_curl_remember(copy, &curl_slots[i].headers);
-            return;
-        }
+    int i = curl_slot_of(from);
+    if (i >= 0 && copy) {
+        sonde_shim_curl_remember(copy, &curl_slots[i].headers);
     }
 }
 
@@ -700,15 +704,13 @@ int sonde_shim_curl_inject(zval *ch, const char *traceparent, size_t tp_len, con
                            size_t ts_len) {
     zval arr, opt, ret, *line, *app = NULL;
     void *cp;
-    int i, ok;
+    int slot, ok;
     if (!ch || Z_TYPE_P(ch) != IS_OBJECT || EG(exception)) {
         return 0;
     }
-    for (i = 0; curl_slots_used && i < CURL_SLOTS; i++) {
-        if (curl_slots[i].ch == Z_OBJ_P(ch)) {
-            app = &curl_slots[i].headers;
-            break;
-        }
+    slot = curl_slot_of(Z_OBJ_P(ch));
+    if (slot >= 0) {
+        app = &curl_slots[slot].headers;
     }
     cp = curl_easy_of(ch);
     if (cp && curl_inject_direct(cp, Z_OBJ_P(ch), app, traceparent, tp_len, tracestate, ts_len)) {

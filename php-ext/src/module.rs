@@ -38,17 +38,11 @@ struct Global<T>(UnsafeCell<T>);
 unsafe impl<T> Sync for Global<T> {}
 
 #[derive(Default)]
-#[repr(C)]
 struct State {
-    /// The traced request's start in `clock::ticks()`, `Some` exactly while
-    /// `request` is: a copy beside the span buffer's head, so that a hooked
-    /// call, which finds none of this in the caches after waiting for the
-    /// network, reads one cache line less (declared first: `repr(C)`).
-    traced_since: Option<u64>,
-    /// Spans of the current request; allocated on the first traced request.
-    spans: Option<SpanBuf>,
     /// The current request, between RINIT and RSHUTDOWN.
     request: Option<Request>,
+    /// Spans of the current request; allocated on the first traced request.
+    spans: Option<SpanBuf>,
     /// Set up lazily on the first traced request of each process.
     process: Option<Process>,
     socket: AgentSocket,
@@ -151,8 +145,8 @@ fn state() -> &'static mut State {
 /// (The second argument is the request's start in `clock::ticks()`.)
 pub(crate) fn with_spans(f: impl FnOnce(&mut SpanBuf, u64)) {
     let st = state();
-    if let (Some(start), Some(buf)) = (st.traced_since, &mut st.spans) {
-        f(buf, start);
+    if let (Some(req), Some(buf)) = (&st.request, &mut st.spans) {
+        f(buf, req.start_ticks);
     }
 }
 
@@ -363,7 +357,6 @@ unsafe extern "C" fn module_shutdown(_type: c_int, module_number: c_int) -> sys:
     boundary(|| {
         if let Some(st) = state_if_any() {
             st.request = None;
-            st.traced_since = None;
             st.board.release(pid());
         }
     });
@@ -390,7 +383,6 @@ unsafe extern "C" fn request_shutdown(_type: c_int, _module_number: c_int) -> sy
 fn request_start() {
     let st = state();
     st.request = None;
-    st.traced_since = None;
     if zend::setting_long(zend::Setting::SONDE_INI_ENABLED) == 0 {
         return;
     }
@@ -441,7 +433,6 @@ fn request_start() {
     };
     let url = uri.map_or(&b""[..], |(n, _)| &uri_buf[..n]);
     board_begin(st, pid, start, start_unix_ns, &ids, url);
-    st.traced_since = Some(start_ticks);
     st.request = Some(Request {
         name: None,
         attributes: Vec::new(),
@@ -587,7 +578,6 @@ fn request_end() {
     hooks::set_recording(false);
     zend::curl_forget_all();
     let st = state();
-    st.traced_since = None;
     let Some(req) = st.request.take() else {
         return;
     };

@@ -65,8 +65,13 @@ fn setopt_array(call: &Call) {
 
 fn before_exec(call: &Call) {
     crate::module::running(sonde_core::scoreboard::CURRENT_EXTERNAL, b"curl_exec");
+    pass_trace_on(zend::arg_zval(call, 1));
+}
+
+/// A new span id for the call about to start (taken by the after-hook),
+/// and the trace headers on handle `ch` unless `sonde.propagate` is off.
+fn pass_trace_on(ch: *mut sys::zval) {
     let propagate = zend::setting_long(zend::Setting::SONDE_INI_PROPAGATE) != 0;
-    let ch = zend::arg_zval(call, 1);
     if let Some(o) = outgoing() {
         if propagate {
             zend::curl_inject(ch, o.traceparent.as_str(), &o.tracestate);
@@ -101,13 +106,7 @@ fn exec(call: &Call) {
 }
 
 fn before_multi_add(call: &Call) {
-    let propagate = zend::setting_long(zend::Setting::SONDE_INI_PROPAGATE) != 0;
-    let ch = zend::arg_zval(call, 2);
-    if let Some(o) = outgoing() {
-        if propagate {
-            zend::curl_inject(ch, o.traceparent.as_str(), &o.tracestate);
-        }
-    }
+    pass_trace_on(zend::arg_zval(call, 2));
 }
 
 fn multi_added(call: &Call) {
