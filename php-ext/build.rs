@@ -76,6 +76,8 @@ fn main() {
         .allowlist_function("sonde_shim_.*")
         .allowlist_type("sonde_setting")
         .rustified_enum("sonde_setting")
+        .allowlist_type("sonde_layout")
+        .constified_enum_module("sonde_layout")
         .allowlist_function("zend_memory_peak_usage")
         .allowlist_function("zend_get_executed_filename")
         .allowlist_function("zend_get_executed_lineno")

@@ -274,6 +274,10 @@ static void copy_out(char *buf, size_t cap, const char *src, size_t len) {
 
 int sonde_shim_has_exception(void) { return EG(exception) != NULL; }
 
+const zval *sonde_shim_zval_deref(const zval *zv) { return deref(zv); }
+
+void **sonde_shim_exception_slot(void) { return (void **)&EG(exception); }
+
 int sonde_shim_exception(char *class_buf, size_t class_cap, char *msg_buf, size_t msg_cap) {
     return sonde_shim_object_exception(EG(exception), class_buf, class_cap, msg_buf, msg_cap);
 }

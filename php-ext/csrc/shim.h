@@ -9,6 +9,20 @@
 #include "SAPI.h"
 #include "ext/standard/info.h"
 #include "zend_ini.h"
+#include "ext/pdo/php_pdo_driver.h"
+
+/* Layouts the hot path reads in Rust instead of calling a function here
+ * (a call into this file is one more cache line to fetch after a hooked
+ * call; these are compile-time constants, bound by bindgen). */
+enum sonde_layout {
+    /* ZEND_CALL_FRAME_SLOT: arguments start this many zvals past the frame. */
+    SONDE_CALL_FRAME_SLOT = ZEND_CALL_FRAME_SLOT,
+    /* pdo_stmt_t: its zend_object, query text, row count and connection. */
+    SONDE_PDO_STMT_STD = offsetof(pdo_stmt_t, std),
+    SONDE_PDO_STMT_QUERY = offsetof(pdo_stmt_t, query_string),
+    SONDE_PDO_STMT_ROWS = offsetof(pdo_stmt_t, row_count),
+    SONDE_PDO_STMT_DBH = offsetof(pdo_stmt_t, database_object_handle),
+};
 
 /* ZEND_MODULE_BUILD_ID of the headers we were built against. */
 const char *sonde_shim_build_id(void);
@@ -106,6 +120,10 @@ zend_object *sonde_shim_zval_obj(const zval *zv);            /* NULL unless an o
 int sonde_shim_exception(char *class_buf, size_t class_cap, char *msg_buf, size_t msg_cap);
 /* Whether an exception is pending (cheap; no copy). */
 int sonde_shim_has_exception(void);
+/* The zval a reference holds (ZVAL_DEREF); other zvals as given. */
+const zval *sonde_shim_zval_deref(const zval *zv);
+/* &EG(exception): where the pending exception is kept (NTS: fixed). */
+void **sonde_shim_exception_slot(void);
 
 /* The same for a given exception object. */
 int sonde_shim_object_exception(zend_object *ex, char *class_buf, size_t class_cap, char *msg_buf,

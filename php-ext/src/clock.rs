@@ -59,6 +59,19 @@ pub fn ticks() -> u64 {
     monotonic_ns()
 }
 
+/// The current tick count, the clock choice (`HOT.use_tsc`) read by the
+/// caller beforehand (a hook reads it before the wrapped call, not after).
+#[inline]
+pub fn ticks_with(tsc: bool) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if tsc {
+        // SAFETY: RDTSC has no preconditions; only used when invariant.
+        return unsafe { std::arch::x86_64::_rdtsc() };
+    }
+    let _ = tsc;
+    monotonic_ns()
+}
+
 /// Whether ticks are nanoseconds already (no TSC).
 pub fn ticks_are_ns() -> bool {
     !crate::HOT.use_tsc.load(Ordering::Relaxed)

@@ -16,6 +16,7 @@
 use std::ffi::{c_void, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::later::Capture;
 use crate::sys;
 
 /// What a plugin asks to wrap.
@@ -26,11 +27,22 @@ pub struct HookSpec {
     /// Lower-case function or method name.
     pub function: &'static CStr,
     /// Records the call after it returned.
-    pub record: Recorder,
-    /// Runs before the call (e.g. to add a header to an outgoing request).
-    /// It sees the arguments; its `Call` has no times (0) and no return
-    /// value yet.
-    pub before: Option<Recorder>,
+    pub after: After,
+    /// Runs before the call. It sees the arguments; its `Call` has no
+    /// times (0) and no return value yet.
+    pub before: Before,
+}
+
+/// What runs before a call.
+#[derive(Debug, Clone, Copy)]
+pub enum Before {
+    No,
+    /// Always (e.g. adding a header to an outgoing request).
+    Always(Recorder),
+    /// Only while the request shows what it runs in a scoreboard slot
+    /// (`HOT.board`): what the call is about to run. Without an agent no
+    /// call pays for it, not even a call into the plugin.
+    Shown(Recorder),
 }
 
 /// One finished call, as a recorder sees it.
@@ -46,24 +58,45 @@ pub struct Call {
 
 pub type Recorder = fn(&Call);
 
-/// An installed hook.
+/// How a call is recorded after it returned.
+#[derive(Debug, Clone, Copy)]
+pub enum After {
+    /// At once, into the span buffer.
+    Now(Recorder),
+    /// As an event queued for later (`later`): for the calls a request
+    /// makes many of.
+    Later(Capture),
+}
+
+/// An installed hook: what a wrapped call reads, one cache line.
 #[derive(Clone, Copy)]
+#[repr(C, align(64))]
 struct Hook {
+    /// None: a free slot.
     original: sys::zif_handler,
-    record: Recorder,
-    before: Option<Recorder>,
-    name: &'static CStr,
-    class: Option<&'static CStr>,
+    after: After,
+    before: Before,
 }
 
 const MAX_HOOKS: usize = 512;
 
 struct Table {
-    hooks: [Option<Hook>; MAX_HOOKS],
+    hooks: [Hook; MAX_HOOKS],
+    /// (class, function) of each hook, apart from what calls read.
+    names: [(Option<&'static CStr>, &'static CStr); MAX_HOOKS],
 }
 
+const FREE: Hook = Hook {
+    original: None,
+    after: After::Now(ignore),
+    before: Before::No,
+};
+
+fn ignore(_: &Call) {}
+
 static mut TABLE: Table = Table {
-    hooks: [None; MAX_HOOKS],
+    hooks: [FREE; MAX_HOOKS],
+    names: [(None, c""); MAX_HOOKS],
 };
 static INSTALLED: AtomicUsize = AtomicUsize::new(0);
 
@@ -116,15 +149,14 @@ pub fn install(specs: &[HookSpec]) {
             if n >= MAX_HOOKS {
                 return;
             }
-            table.hooks[n] = Some(Hook {
+            table.hooks[n] = Hook {
                 original: current,
-                record: spec.record,
+                after: spec.after,
                 before: spec.before,
-                name: spec.function,
-                class: spec.class,
-            });
-            (*f).reserved[handle] = (&table.hooks[n] as *const Option<Hook>) as *mut c_void;
-            (*f).handler = Some(dispatch);
+            };
+            table.names[n] = (spec.class, spec.function);
+            (*f).reserved[handle] = (&table.hooks[n] as *const Hook) as *mut c_void;
+            (*f).handler = dispatch_for(handle);
             INSTALLED.store(n + 1, Ordering::Relaxed);
         }
     }
@@ -135,38 +167,62 @@ pub fn installed() -> Vec<String> {
     let n = INSTALLED.load(Ordering::Relaxed);
     // SAFETY: the table is only written at start-up, before this is read.
     let table = unsafe { &*std::ptr::addr_of!(TABLE) };
-    table.hooks[..n]
+    table.names[..n]
         .iter()
-        .flatten()
-        .map(|h| match h.class {
-            Some(c) => format!("{}::{}", c.to_string_lossy(), h.name.to_string_lossy()),
-            None => h.name.to_string_lossy().into_owned(),
+        .map(|(class, name)| match class {
+            Some(c) => format!("{}::{}", c.to_string_lossy(), name.to_string_lossy()),
+            None => name.to_string_lossy().into_owned(),
         })
         .collect()
 }
 
-/// The handler every wrapped function now has.
-unsafe extern "C" fn dispatch(ex: *mut sys::zend_execute_data, rv: *mut sys::zval) {
-    let handle = crate::HOT.handle.load(Ordering::Relaxed) as usize;
+/// The handler every wrapped function now has, one per `reserved` slot
+/// (the slot is a constant in each: no load of it before the hook's).
+fn dispatch_for(handle: usize) -> sys::zif_handler {
+    Some(match handle {
+        0 => dispatch::<0>,
+        1 => dispatch::<1>,
+        2 => dispatch::<2>,
+        3 => dispatch::<3>,
+        4 => dispatch::<4>,
+        _ => dispatch::<5>,
+    })
+}
+
+/// What it reads after the original handler returns is kept in registers
+/// or on the stack from before the call (the clock choice, the hook, where
+/// PHP keeps the pending exception): after a call that waited on the
+/// network a load from our own data is a cache miss.
+unsafe extern "C" fn dispatch<const HANDLE: usize>(
+    ex: *mut sys::zend_execute_data,
+    rv: *mut sys::zval,
+) {
     // SAFETY: Zend calls a handler with the frame of the function it belongs
     // to; `install` stored a pointer to this function's static Hook in its
-    // reserved slot before switching the handler to `dispatch`.
+    // reserved slot HANDLE before switching the handler to `dispatch`.
     let hook: Hook = unsafe {
         let func = (*ex).func;
-        match *((*func).internal_function.reserved[handle] as *const Option<Hook>) {
-            Some(h) => h,
-            None => return,
-        }
+        *((*func).internal_function.reserved[HANDLE] as *const Hook)
     };
     let Some(original) = hook.original else {
         return;
     };
-    if !crate::HOT.recording.load(Ordering::Relaxed) {
+    let hot = &crate::HOT;
+    // `recording` is off once `disabled` is set (`module::boundary`).
+    if !hot.recording.load(Ordering::Relaxed) {
         // SAFETY: calling the function's own handler with Zend's arguments.
         unsafe { original(ex, rv) };
         return;
     }
-    if let Some(before) = hook.before {
+    let tsc = hot.use_tsc.load(Ordering::Relaxed);
+    let exception = hot.exception.load(Ordering::Relaxed);
+    let mut fine = true;
+    let before = match hook.before {
+        Before::Always(f) => Some(f),
+        Before::Shown(f) if hot.board.load(Ordering::Relaxed) => Some(f),
+        _ => None,
+    };
+    if let Some(before) = before {
         // No clock read: before hooks look at the arguments, not the time.
         let call = Call {
             execute_data: ex,
@@ -174,18 +230,31 @@ unsafe extern "C" fn dispatch(ex: *mut sys::zend_execute_data, rv: *mut sys::zva
             start: 0,
             end: 0,
         };
-        crate::module::in_boundary(|| before(&call));
+        fine = crate::module::in_boundary(|| before(&call));
     }
-    let start = crate::clock::ticks();
+    let start = crate::clock::ticks_with(tsc);
     // SAFETY: as above. It may longjmp out (bailout); nothing here needs
     // dropping.
     unsafe { original(ex, rv) };
-    let end = crate::clock::ticks();
+    let end = crate::clock::ticks_with(tsc);
     let call = Call {
         execute_data: ex,
         return_value: rv,
         start,
         end,
     };
-    crate::module::in_boundary(|| (hook.record)(&call));
+    if !fine {
+        return; // the before hook failed: the extension is off now
+    }
+    // Not disabled: `recording` was on and nothing but the before hook
+    // (which returned fine) ran in between.
+    match hook.after {
+        After::Now(record) => crate::module::in_boundary_enabled(|| record(&call)),
+        After::Later(capture) => crate::module::in_boundary_enabled(|| {
+            // SAFETY: `exception` is &EG(exception) (set at start-up, NTS:
+            // one per process), valid while PHP runs.
+            let threw = !exception.is_null() && unsafe { !(*exception).is_null() };
+            crate::later::after(capture, &call, threw)
+        }),
+    };
 }

@@ -10,7 +10,8 @@
 //!
 //! Layout: `sys` (bindgen + C shim), `zend` (the only code that reads Zend
 //! state), `module` (the callbacks Zend calls), `hooks` (wrapping internal
-//! functions' handlers), `plugins/` (one file per instrumented library),
+//! functions' handlers), `later` (the calls recorded in a batch),
+//! `plugins/` (one file per instrumented library),
 //! `spans` (the per-request span buffer) and `record` (ids, and the
 //! `sonde.v1.RequestRecord` encoding used when a request is too large to
 //! hand over raw) from the PHP-free `sonde-capture` crate, whose `raw`
@@ -26,12 +27,15 @@ pub mod scoreboard;
 pub mod shm;
 pub use sonde_capture::{pb, raw, record, spans};
 
-use std::sync::atomic::{AtomicBool, AtomicI32};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr};
 
 #[cfg(not(test))]
 mod errors;
 #[cfg(not(test))]
 mod hooks;
+#[cfg(not(test))]
+mod later;
 #[cfg(not(test))]
 mod module;
 #[cfg(not(test))]
@@ -53,15 +57,23 @@ pub struct Hot {
     pub use_tsc: AtomicBool,
     /// Set when a panic was caught: the extension stays off in this process.
     pub disabled: AtomicBool,
+    /// Whether this request shows what it runs in a scoreboard slot
+    /// (before hooks look only then).
+    pub board: AtomicBool,
     /// Our slot in each internal function's `reserved` array.
     pub handle: AtomicI32,
+    /// `&EG(exception)`: where PHP keeps the pending exception (NTS: one
+    /// per process, set at start-up).
+    pub exception: AtomicPtr<*mut c_void>,
 }
 
 pub static HOT: Hot = Hot {
     recording: AtomicBool::new(false),
     use_tsc: AtomicBool::new(false),
     disabled: AtomicBool::new(false),
+    board: AtomicBool::new(false),
     handle: AtomicI32::new(-1),
+    exception: AtomicPtr::new(std::ptr::null_mut()),
 };
 
 /// This extension's version, reported to PHP and in every record.

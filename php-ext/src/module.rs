@@ -20,7 +20,7 @@ use crate::record::{Builder, Captured, Ids, Spans, Traceparent};
 use crate::ring::{PushError, Ring};
 use crate::scoreboard::Board;
 use crate::spans::{SpanBuf, DEFAULT_MAX_SPANS};
-use crate::{errors, hooks, plugins, sys, zend};
+use crate::{errors, hooks, later, plugins, sys, zend};
 
 const SUCCESS: sys::zend_result = sys::ZEND_RESULT_CODE_SUCCESS;
 /// Longest URI kept; longer ones are cut and counted as truncated.
@@ -143,11 +143,18 @@ fn state() -> &'static mut State {
 /// request is being traced. Hooks call this after the original handler has
 /// returned, never across it.
 /// (The second argument is the request's start in `clock::ticks()`.)
+/// Calls recorded `later` are in the buffer before `f` sees it.
 pub(crate) fn with_spans(f: impl FnOnce(&mut SpanBuf, u64)) {
     let st = state();
     if let (Some(req), Some(buf)) = (&st.request, &mut st.spans) {
+        later::flush_into(buf, req.start_ticks);
         f(buf, req.start_ticks);
     }
+}
+
+/// Turns the calls queued by `later` into spans now.
+pub(crate) fn flush_later() {
+    with_spans(|_, _| {});
 }
 
 /// Most attributes one request keeps; later ones are ignored.
@@ -236,6 +243,7 @@ pub extern "C" fn sonde_rs_record_error(error: *mut sys::zend_object) -> c_int {
     let until_nul = |b: &[u8]| b.iter().position(|c| *c == 0).unwrap_or(b.len());
     api(|st| {
         if let (Some(req), Some(buf)) = (&st.request, &mut st.spans) {
+            later::flush_into(buf, req.start_ticks);
             let at = crate::clock::ticks().saturating_sub(req.start_ticks);
             buf.recorded_error(at, &class[..until_nul(&class)], &msg[..until_nul(&msg)]);
         }
@@ -265,8 +273,9 @@ pub(crate) fn ns_to_ticks(ns: f64) -> u64 {
 /// The trace context an outgoing call passes on.
 pub(crate) struct Outgoing {
     pub traceparent: Traceparent,
-    /// The request's `tracestate` (shared, not copied, per call).
-    pub tracestate: Rc<str>,
+    /// The request's `tracestate` (shared, not copied, per call); None
+    /// when there is nothing to pass on (most requests: no allocation).
+    pub tracestate: Option<Rc<str>>,
 }
 
 /// For an outgoing call of the current request (if traced): a new span
@@ -279,35 +288,58 @@ pub(crate) fn outgoing() -> Option<Outgoing> {
     let (Some(req), Some(p), Some(buf)) = (&mut st.request, &mut st.process, &mut st.spans) else {
         return None;
     };
+    later::flush_into(buf, req.start_ticks);
     let span = p.builder.span_id();
     buf.push_pending(span);
     let ids = &req.ids;
     // The caller's own members only (usually none: then no header at all,
     // which also spares libcurl a header); the callee is linked to this
     // transaction by trace id and span id.
-    let ts = req
-        .tracestate
-        .get_or_insert_with(|| Rc::from(sonde_core::trace::passed_on(&ids.tracestate)));
+    let ts = if ids.tracestate.is_empty() {
+        None
+    } else {
+        Some(
+            req.tracestate
+                .get_or_insert_with(|| Rc::from(sonde_core::trace::passed_on(&ids.tracestate)))
+                .clone(),
+        )
+    };
     Some(Outgoing {
         traceparent: Traceparent::new(&ids.trace, &span),
-        tracestate: ts.clone(),
+        tracestate: ts,
     })
 }
 
 /// The panic boundary, for hooks.
-pub(crate) fn in_boundary(f: impl FnOnce()) {
+/// Whether `f` ran to its end.
+pub(crate) fn in_boundary(f: impl FnOnce()) -> bool {
     boundary(f)
 }
 
+/// `in_boundary` for a caller that knows the extension is on (it saw
+/// `recording` on and nothing ran since): skips reading the flag.
+#[inline]
+pub(crate) fn in_boundary_enabled(f: impl FnOnce()) -> bool {
+    unwind_boundary(f)
+}
+
 /// Runs `f` with panics caught; a panic switches the extension off.
-fn boundary(f: impl FnOnce()) {
+/// Whether `f` ran to its end.
+fn boundary(f: impl FnOnce()) -> bool {
     if crate::HOT.disabled.load(Ordering::Relaxed) {
-        return;
+        return false;
     }
+    unwind_boundary(f)
+}
+
+#[inline(always)]
+fn unwind_boundary(f: impl FnOnce()) -> bool {
     if catch_unwind(AssertUnwindSafe(f)).is_err() {
         crate::HOT.disabled.store(true, Ordering::Relaxed);
         hooks::set_recording(false);
+        return false;
     }
+    true
 }
 
 fn install_hooks() {
@@ -342,6 +374,10 @@ unsafe extern "C" fn module_startup(_type: c_int, module_number: c_int) -> sys::
     unsafe { sys::sonde_shim_register_ini(module_number) };
     #[cfg(not(php_zts))]
     {
+        // SAFETY: returns the address of a field of PHP's executor globals,
+        // fixed for the process in an NTS build.
+        let slot = unsafe { sys::sonde_shim_exception_slot() };
+        crate::HOT.exception.store(slot, Ordering::Relaxed);
         boundary(install_hooks);
         boundary(errors::install);
         // SAFETY: MINIT is single-threaded; chains the previous callback.
@@ -383,6 +419,7 @@ unsafe extern "C" fn request_shutdown(_type: c_int, _module_number: c_int) -> sy
 fn request_start() {
     let st = state();
     st.request = None;
+    crate::HOT.board.store(false, Ordering::Relaxed);
     if zend::setting_long(zend::Setting::SONDE_INI_ENABLED) == 0 {
         return;
     }
@@ -411,6 +448,7 @@ fn request_start() {
     if let Some(buf) = &mut st.spans {
         let ms = zend::setting_long(zend::Setting::SONDE_INI_SLOW_SQL_MS).max(0) as f64;
         buf.slow_ticks = (ms * 1e6 / per_tick) as u64;
+        later::start(buf.slow_ticks);
     }
     // The incoming trace context and the URI (read once, for the
     // scoreboard now and the record at the end) go to the scratch space.
@@ -475,6 +513,9 @@ fn board_begin(st: &mut State, pid: u32, now: Instant, start_unix_ns: i64, ids: 
     let db = st.conns.published.unwrap_or(0);
     st.board
         .begin(start_unix_ns, &ids.record, method, app, url, db);
+    crate::HOT
+        .board
+        .store(st.board.slot().is_some(), Ordering::Relaxed);
 }
 
 /// A database connection object was opened (`persistent`: it is counted
@@ -515,7 +556,12 @@ pub(crate) fn db_changed() {
 
 /// Writes the worker's open database connections to its scoreboard slot
 /// when the count changed. At request end only persistent ones remain.
+/// Nothing to do without a slot (no agent): the count is taken when a
+/// connection opens with a slot there.
 fn publish_db_connections(st: &mut State, request_over: bool) {
+    if st.board.slot().is_none() {
+        return;
+    }
     let persistent = zend::persistent_db_connections();
     let n = if request_over {
         persistent
@@ -533,12 +579,16 @@ fn publish_db_connections(st: &mut State, request_over: bool) {
 
 /// Whether this worker has a scoreboard slot to show what runs now in
 /// (before hooks check it before reading what they would show).
+#[inline]
 pub(crate) fn board_active() -> bool {
-    state().board.slot().is_some()
+    crate::HOT.board.load(Ordering::Relaxed)
 }
 
 /// The current request now runs `text` (scoreboard `CURRENT_*` kind).
 pub(crate) fn running(kind: u32, text: &[u8]) {
+    if !board_active() {
+        return;
+    }
     let st = state();
     if st.board.slot().is_none() {
         return;
@@ -550,6 +600,9 @@ pub(crate) fn running(kind: u32, text: &[u8]) {
 
 /// Like `running`, for a statement prepared earlier in the request.
 pub(crate) fn running_prepared(kind: u32, key: usize) {
+    if !board_active() {
+        return;
+    }
     let st = state();
     if st.board.slot().is_none() {
         return;
@@ -557,7 +610,11 @@ pub(crate) fn running_prepared(kind: u32, key: usize) {
     let Some(now) = request_now_unix_ns(st) else {
         return;
     };
-    if let Some(text) = st.spans.as_ref().and_then(|buf| buf.prepared_bytes(key)) {
+    let (Some(req), Some(buf)) = (&st.request, &mut st.spans) else {
+        return;
+    };
+    later::flush_into(buf, req.start_ticks);
+    if let Some(text) = buf.prepared_bytes(key) {
         st.board.current(kind, text, now);
     }
 }
@@ -588,10 +645,13 @@ fn request_end() {
     }
     st.conns.clear();
     st.board.end();
+    crate::HOT.board.store(false, Ordering::Relaxed);
     if req.ignore {
+        later::discard();
         return;
     }
     if let Some(buf) = &mut st.spans {
+        later::flush_into(buf, req.start_ticks);
         buf.close_streams(crate::clock::ticks());
     }
     let end = Instant::now();

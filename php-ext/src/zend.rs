@@ -133,25 +133,40 @@ pub fn this(call: &Call) -> *mut sys::zend_object {
 /// Argument `n` (1-based) as bytes when it is a string. Valid until the
 /// recorder returns (the caller copies it).
 pub fn arg_str(call: &Call, n: u32) -> Option<&[u8]> {
-    // SAFETY: the frame is live; the shim bounds-checks `n` and returns
-    // NULL past the end.
-    let zv = unsafe { sys::sonde_shim_arg(call.execute_data, n) };
-    zval_str(zv)
+    zval_str(arg_zval(call, n))
 }
 
+/// The zval a pointer names, with a reference followed (in the shim: rare).
+#[inline]
+fn deref(zv: *const sys::zval) -> *const sys::zval {
+    // SAFETY: callers pass a valid zval (or null, returned as is).
+    unsafe {
+        if !zv.is_null() && u32::from((*zv).u1.v.type_) == sys::IS_REFERENCE {
+            return sys::sonde_shim_zval_deref(zv);
+        }
+    }
+    zv
+}
+
+/// A string zval's bytes (read in Rust: `Z_STRVAL`/`Z_STRLEN`).
+#[inline]
 fn zval_str<'a>(zv: *const sys::zval) -> Option<&'a [u8]> {
+    let zv = deref(zv);
     if zv.is_null() {
         return None;
     }
-    let mut len = 0usize;
-    // SAFETY: `zv` is a valid zval; the string it holds outlives the
-    // recorder, and the caller copies the bytes before returning.
-    let p = unsafe { sys::sonde_shim_zval_str(zv, &mut len) };
-    if p.is_null() {
-        return None;
+    // SAFETY: `zv` is a valid zval; a string one holds a live zend_string
+    // of `len` bytes at `val`, which outlives the recorder (callers copy).
+    unsafe {
+        if u32::from((*zv).u1.v.type_) != sys::IS_STRING {
+            return None;
+        }
+        let s = (*zv).value.str_;
+        Some(std::slice::from_raw_parts(
+            (*s).val.as_ptr().cast::<u8>(),
+            (*s).len,
+        ))
     }
-    // SAFETY: `p` points to `len` bytes of a zend_string.
-    Some(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
 }
 
 /// The type (IS_*) of the call's return value.
@@ -175,27 +190,65 @@ pub fn ret_type(call: &Call) -> u32 {
 
 /// The return value as an int (0 unless it is one).
 pub fn ret_long(call: &Call) -> i64 {
-    // SAFETY: as ret_type.
-    unsafe { sys::sonde_shim_zval_long(call.return_value) }
+    zval_long(call.return_value)
 }
 
 /// Elements of the returned array (0 unless an array).
 pub fn ret_count(call: &Call) -> u32 {
-    // SAFETY: as ret_type.
-    unsafe { sys::sonde_shim_zval_count(call.return_value) }
+    let zv = deref(call.return_value);
+    // SAFETY: a valid zval (or null); an array one points to a live
+    // HashTable (`zend_hash_num_elements` is its nNumOfElements).
+    unsafe {
+        if zv.is_null() || u32::from((*zv).u1.v.type_) != sys::IS_ARRAY {
+            return 0;
+        }
+        (*(*zv).value.arr).nNumOfElements
+    }
 }
 
 /// The returned object (null unless an object).
 pub fn ret_obj(call: &Call) -> *mut sys::zend_object {
-    // SAFETY: as ret_type.
-    unsafe { sys::sonde_shim_zval_obj(call.return_value) }
+    zval_obj(call.return_value)
+}
+
+/// An int zval's value (0 unless an int).
+#[inline]
+fn zval_long(zv: *const sys::zval) -> i64 {
+    let zv = deref(zv);
+    // SAFETY: a valid zval (or null).
+    unsafe {
+        if zv.is_null() || u32::from((*zv).u1.v.type_) != sys::IS_LONG {
+            return 0;
+        }
+        (*zv).value.lval
+    }
+}
+
+/// An object zval's object (null unless an object).
+#[inline]
+fn zval_obj(zv: *const sys::zval) -> *mut sys::zend_object {
+    let zv = deref(zv);
+    // SAFETY: a valid zval (or null).
+    unsafe {
+        if zv.is_null() || u32::from((*zv).u1.v.type_) != sys::IS_OBJECT {
+            return std::ptr::null_mut();
+        }
+        (*zv).value.obj
+    }
 }
 
 /// Whether an exception is pending (the call just made threw).
 #[inline]
 pub fn has_exception() -> bool {
-    // SAFETY: reads EG(exception), valid during a request.
-    unsafe { sys::sonde_shim_has_exception() != 0 }
+    let slot = crate::HOT
+        .exception
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if slot.is_null() {
+        // SAFETY: reads EG(exception), valid during a request.
+        return unsafe { sys::sonde_shim_has_exception() != 0 };
+    }
+    // SAFETY: `slot` is &EG(exception), fixed for the process (NTS).
+    unsafe { !(*slot).is_null() }
 }
 
 /// The pending exception's class and message, copied into the buffers.
@@ -224,26 +277,34 @@ pub fn exception<'b>(
     Some((c, m))
 }
 
-/// A PDOStatement's query text, row count and connection object.
+/// A PDOStatement's query text, row count and connection object, read
+/// in Rust from `pdo_stmt_t` (its layout bound from the headers).
 pub fn pdo_stmt<'a>(obj: *mut sys::zend_object) -> Option<(&'a [u8], i64, *mut sys::zend_object)> {
+    use sys::sonde_layout as l;
     if obj.is_null() {
         return None;
     }
-    let (mut q, mut qlen, mut rows, mut dbh) =
-        (std::ptr::null(), 0usize, 0i64, std::ptr::null_mut());
-    // SAFETY: `obj` is the `$this` of a PDOStatement method (our hooks are
-    // only on that class), so the shim's container_of is valid.
-    let ok = unsafe { sys::sonde_shim_pdo_stmt(obj, &mut q, &mut qlen, &mut rows, &mut dbh) };
-    if ok == 0 {
-        return None;
+    // SAFETY: `obj` is the `$this` of a PDOStatement method or the object a
+    // PDO call returned (our hooks are only on those), so it is the `std`
+    // member of a pdo_stmt_t (`php_pdo_stmt_fetch_object`); the fields are
+    // read at their offsets: a zend_string pointer (or null), a zend_long
+    // and a zval.
+    unsafe {
+        let stmt = obj.cast::<u8>().sub(l::SONDE_PDO_STMT_STD as usize);
+        let q = *stmt
+            .add(l::SONDE_PDO_STMT_QUERY as usize)
+            .cast::<*mut sys::zend_string>();
+        let rows = *stmt
+            .add(l::SONDE_PDO_STMT_ROWS as usize)
+            .cast::<sys::zend_long>();
+        let dbh = zval_obj(stmt.add(l::SONDE_PDO_STMT_DBH as usize).cast::<sys::zval>());
+        let text = if q.is_null() {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts((*q).val.as_ptr().cast::<u8>(), (*q).len)
+        };
+        Some((text, rows, dbh))
     }
-    let text = if q.is_null() {
-        &[][..]
-    } else {
-        // SAFETY: `q` points to the statement's zend_string of `qlen` bytes.
-        unsafe { std::slice::from_raw_parts(q.cast::<u8>(), qlen) }
-    };
-    Some((text, rows, dbh))
 }
 
 /// A PDO connection's driver name and DSN.
@@ -272,15 +333,7 @@ pub fn pdo_dbh<'a>(obj: *mut sys::zend_object) -> Option<(&'a [u8], &'a [u8])> {
 
 /// Argument `n` (1-based) when it is an object.
 pub fn arg_obj(call: &Call, n: u32) -> *mut sys::zend_object {
-    // SAFETY: the frame is live; the shim bounds-checks `n`.
-    unsafe {
-        let zv = sys::sonde_shim_arg(call.execute_data, n);
-        if zv.is_null() {
-            std::ptr::null_mut()
-        } else {
-            sys::sonde_shim_zval_obj(zv)
-        }
-    }
+    zval_obj(arg_zval(call, n))
 }
 
 /// The number of arguments passed.
@@ -368,20 +421,26 @@ pub fn mysqli_result_rows(obj: *mut sys::zend_object) -> Option<i64> {
     (ok != 0).then_some(rows)
 }
 
-/// Argument `n` (1-based) as a zval pointer (null past the end).
+/// Argument `n` (1-based) as a zval pointer (null past the end), a
+/// reference followed. `ZEND_CALL_ARG` in Rust: the arguments follow the
+/// frame, `ZEND_CALL_FRAME_SLOT` zvals in.
+#[inline]
 pub fn arg_zval(call: &Call, n: u32) -> *mut sys::zval {
-    // SAFETY: the frame is live; the shim bounds-checks `n`.
-    unsafe { sys::sonde_shim_arg(call.execute_data, n) }
+    let ex = call.execute_data;
+    // SAFETY: the frame is live; `This.u2.num_args` is its argument count
+    // (`ZEND_CALL_NUM_ARGS`) and `n` is checked against it.
+    unsafe {
+        if n == 0 || n > (*ex).This.u2.num_args {
+            return std::ptr::null_mut();
+        }
+        let slot = sys::sonde_layout::SONDE_CALL_FRAME_SLOT as usize + n as usize - 1;
+        deref(ex.cast::<sys::zval>().add(slot)).cast_mut()
+    }
 }
 
 /// Argument `n` as an int (0 unless one).
 pub fn arg_long(call: &Call, n: u32) -> i64 {
-    let zv = arg_zval(call, n);
-    if zv.is_null() {
-        return 0;
-    }
-    // SAFETY: a valid zval of the live frame.
-    unsafe { sys::sonde_shim_zval_long(zv) }
+    zval_long(arg_zval(call, n))
 }
 
 /// curl: keep the app's header list of handle `ch` (`headers` is the value

@@ -119,6 +119,87 @@ fn pdo_mysql_statements_and_fetches_are_spans_of_one_transaction() {
     );
 }
 
+/// The extension queues PDO calls and turns them into spans in batches
+/// (php-ext/src/later.rs): past the queue's length, its text space, the
+/// connections it remembers, and with an exception recorded at once in the
+/// middle, every call is still one span, in order, each fetch attributed
+/// to its own statement and connection.
+#[test]
+fn many_pdo_calls_keep_their_order_statements_and_connections() {
+    let stack = Stack::start(&StackOptions::default()).expect("start the stack");
+    let from = now_ms() - 1_000;
+    let tag = std::process::id();
+    let r = stack
+        .web("GET", &format!("/t/pdo_many.php?t={tag}"), &[], "")
+        .unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.body, stack.logs());
+    assert!(r.body.contains("names=301 rows=15"), "{}", r.body);
+
+    let d = detail_of(&stack, from, "/t/pdo_many.php");
+    let t = format!("sonde_many_{tag}");
+    let spans = d["spans"].as_array().expect("spans");
+    let summary: Vec<(String, String, i64, i64)> = spans
+        .iter()
+        .map(|s| {
+            let statement = s["statement"].as_str().unwrap_or("");
+            // The long IN lists are cut (16 KiB kept): compare their start.
+            let statement = match statement.find(" IN (") {
+                Some(i) => &statement[..i + 5],
+                None => statement,
+            };
+            (
+                s["kind"].as_str().unwrap().to_string(),
+                statement.to_string(),
+                s["rows"].as_i64().unwrap_or(-1),
+                s["calls"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let sql = |stmt: &str, rows: i64| ("sql".to_string(), stmt.replace("{T}", &t), rows, 0);
+    let fetch = |stmt: &str, rows: i64| ("fetch".to_string(), stmt.replace("{T}", &t), rows, 1);
+    let mut expected = vec![
+        sql("DROP TABLE IF EXISTS {T}", 0),
+        sql("CREATE TABLE {T} (id INT PRIMARY KEY, name VARCHAR(?))", 0),
+        sql("INSERT INTO {T} (id, name) VALUES (?, ?)", 3),
+    ];
+    for i in 0..300 {
+        expected.push(sql("SELECT name FROM {T} WHERE id = ?", 1));
+        expected.push(fetch("SELECT name FROM {T} WHERE id = ?", 1));
+        if i == 150 {
+            expected.push(sql("SELECT * FROM no_such_table_sonde", 0));
+            expected.push(("error".to_string(), String::new(), -1, 0));
+        }
+    }
+    for _ in 0..5 {
+        expected.push(sql("SELECT name FROM {T} WHERE id IN (", 3));
+        expected.push(fetch("SELECT name FROM {T} WHERE id IN (", 3));
+    }
+    expected.push(sql("DROP TABLE {T}", 0));
+    assert_eq!(summary.len(), expected.len(), "{summary:#?}");
+    for (i, (got, want)) in summary.iter().zip(&expected).enumerate() {
+        assert_eq!(got, want, "span {i} of {}", summary.len());
+    }
+    for s in spans.iter().filter(|s| s["kind"] != "error") {
+        assert_eq!(s["db"], "mysql://127.0.0.1:3306/test", "{s}");
+    }
+    let failed = spans
+        .iter()
+        .find(|s| s["statement"] == "SELECT * FROM no_such_table_sonde")
+        .unwrap();
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("PDOException: "),
+        "{failed}"
+    );
+    let starts: Vec<f64> = spans
+        .iter()
+        .map(|s| s["start_ms"].as_f64().unwrap())
+        .collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
+}
+
 #[test]
 fn mysqli_and_pgsql_statements_and_fetches() {
     let stack = Stack::start(&StackOptions::default()).expect("start the stack");

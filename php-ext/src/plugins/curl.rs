@@ -7,7 +7,7 @@
 //! `curl_multi_add_handle` (trace headers added then) lasting curl's own
 //! transfer time, recorded at `curl_multi_remove_handle`.
 
-use crate::hooks::{Call, HookSpec};
+use crate::hooks::{After, Before, Call, HookSpec};
 use crate::module::{outgoing, with_spans};
 use crate::{sys, zend};
 
@@ -19,38 +19,42 @@ macro_rules! spec {
         HookSpec {
             class: None,
             function: $f,
-            record: $rec,
+            after: After::Now($rec),
             before: $before,
         }
     };
 }
 
 pub const HOOKS: &[HookSpec] = &[
-    spec!(c"curl_init", |c| zend::curl_forget(zend::ret_obj(c)), None),
+    spec!(
+        c"curl_init",
+        |c| zend::curl_forget(zend::ret_obj(c)),
+        Before::No
+    ),
     spec!(
         c"curl_close",
         |c| zend::curl_forget(zend::arg_obj(c, 1)),
-        None
+        Before::No
     ),
     spec!(
         c"curl_reset",
         |c| zend::curl_forget(zend::arg_obj(c, 1)),
-        None
+        Before::No
     ),
     spec!(
         c"curl_copy_handle",
         |c| zend::curl_copied(zend::arg_obj(c, 1), zend::ret_obj(c)),
-        None
+        Before::No
     ),
-    spec!(c"curl_setopt", setopt, None),
-    spec!(c"curl_setopt_array", setopt_array, None),
-    spec!(c"curl_exec", exec, Some(before_exec)),
+    spec!(c"curl_setopt", setopt, Before::No),
+    spec!(c"curl_setopt_array", setopt_array, Before::No),
+    spec!(c"curl_exec", exec, Before::Always(before_exec)),
     spec!(
         c"curl_multi_add_handle",
         multi_added,
-        Some(before_multi_add)
+        Before::Always(before_multi_add)
     ),
-    spec!(c"curl_multi_remove_handle", multi_removed, None),
+    spec!(c"curl_multi_remove_handle", multi_removed, Before::No),
 ];
 
 fn setopt(call: &Call) {
@@ -74,7 +78,11 @@ fn pass_trace_on(ch: *mut sys::zval) {
     let propagate = zend::setting_long(zend::Setting::SONDE_INI_PROPAGATE) != 0;
     if let Some(o) = outgoing() {
         if propagate {
-            zend::curl_inject(ch, o.traceparent.as_str(), &o.tracestate);
+            zend::curl_inject(
+                ch,
+                o.traceparent.as_str(),
+                o.tracestate.as_deref().unwrap_or(""),
+            );
         }
     }
 }

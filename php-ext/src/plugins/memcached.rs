@@ -11,7 +11,7 @@
 //! text is `getResultMessage()`. Both are read with the Memcached class's
 //! own methods, which change nothing the app can see.
 
-use crate::hooks::{Call, HookSpec};
+use crate::hooks::{After, Before, Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
 
@@ -19,7 +19,7 @@ const LIBRARY: crate::spans::Library = crate::spans::Library::MEMCACHED;
 
 macro_rules! commands {
     ($($name:literal),* $(,)?) => {
-        &[$(HookSpec { class: Some(c"memcached"), function: $name, record: command, before: Some(running) }),*]
+        &[$(HookSpec { class: Some(c"memcached"), function: $name, after: After::Now(command), before: Before::Shown(running) }),*]
     };
 }
 

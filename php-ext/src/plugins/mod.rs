@@ -14,8 +14,9 @@ pub mod soap;
 use sonde_proto::v1::SpanKind;
 
 use crate::hooks::{Call, HookSpec};
+use crate::later::{self, Event};
 use crate::module::with_spans;
-use crate::spans::{Library, RawSpan, Text};
+use crate::spans::{Library, RawSpan, SpanBuf, Text};
 use crate::zend;
 
 /// Every plugin's hooks.
@@ -34,12 +35,12 @@ pub const ALL: &[&[HookSpec]] = &[
 pub(crate) enum Statement<'a> {
     /// The text as passed, and the connection `key` with its (driver, DSN).
     Text(Option<&'a [u8]>, usize, Option<(&'a [u8], &'a [u8])>),
-    /// The text as passed, on PDO connection `dbh`, whose driver and DSN
-    /// are read only the first time the request sees it.
-    Pdo(Option<&'a [u8]>, *mut crate::sys::zend_object),
     /// A statement prepared earlier in the request, by its key.
     Prepared(usize),
 }
+
+/// `Event::flags`: the call returned false (or no statement).
+pub(crate) const FAILED: u32 = 1;
 
 /// Records a SQL span for `call`: its statement, `rows`, and an error when
 /// the call threw or `failed`; a slow one also gets the PHP file and line.
@@ -51,42 +52,81 @@ pub(crate) fn sql_span(
     rows: i64,
     failed: bool,
 ) -> Option<usize> {
-    let threw = zend::has_exception();
     let mut idx = None;
-    let mut slow = false;
     with_spans(|buf, req_start| {
         let (text, db) = match statement {
             Statement::Text(text, key, driver_dsn) => (
                 buf.text(text.unwrap_or_default()),
                 buf.db(key, || driver_dsn),
             ),
-            Statement::Pdo(text, dbh) => (
-                buf.text(text.unwrap_or_default()),
-                buf.db(dbh as usize, || zend::pdo_dbh(dbh)),
-            ),
             Statement::Prepared(key) => buf
                 .prepared_text(key)
                 .unwrap_or((Text::default(), u16::MAX)),
         };
-        let error = error_text(buf, threw, failed);
-        let duration = call.end.saturating_sub(call.start);
-        slow = duration >= buf.slow_ticks;
-        idx = buf.push(RawSpan {
-            kind: SpanKind::Sql as i32,
-            library,
-            start_ns: call.start.saturating_sub(req_start),
-            duration_ns: duration,
-            text,
-            db,
-            rows: rows.max(0),
-            calls: 1,
-            error,
-            ..Default::default()
-        });
+        let (start, end) = (call.start, call.end);
+        idx = push_sql(
+            buf, req_start, true, library, text, db, start, end, rows, failed,
+        );
     });
-    if let (true, Some(i)) = (slow, idx) {
+    idx
+}
+
+/// Records the SQL span of a call recorded `later` (`now`: at call time).
+/// The connection (`ev.db`) is named from `driver_dsn` the first time the
+/// request sees it (only ever asked at call time: an event is queued only
+/// for a connection already named).
+pub(crate) fn sql_event<'a>(
+    ev: &Event,
+    buf: &mut SpanBuf,
+    req_start: u64,
+    now: bool,
+    library: Library,
+    driver_dsn: impl FnOnce() -> Option<(&'a [u8], &'a [u8])>,
+) -> Option<usize> {
+    let text = buf.text(ev.text());
+    let db = buf.db(ev.db, driver_dsn);
+    if db != u16::MAX {
+        later::db_noted(ev.db);
+    }
+    let failed = ev.flags & FAILED != 0;
+    push_sql(
+        buf, req_start, now, library, text, db, ev.start, ev.end, ev.rows, failed,
+    )
+}
+
+/// The SQL span itself; at call time (`now`) with the exception it threw
+/// and, when slow, the PHP file and line.
+#[allow(clippy::too_many_arguments)]
+fn push_sql(
+    buf: &mut SpanBuf,
+    req_start: u64,
+    now: bool,
+    library: Library,
+    text: Text,
+    db: u16,
+    start: u64,
+    end: u64,
+    rows: i64,
+    failed: bool,
+) -> Option<usize> {
+    let threw = now && zend::has_exception();
+    let error = error_text(buf, threw, failed);
+    let duration = end.saturating_sub(start);
+    let idx = buf.push(RawSpan {
+        kind: SpanKind::Sql as i32,
+        library,
+        start_ns: start.saturating_sub(req_start),
+        duration_ns: duration,
+        text,
+        db,
+        rows: rows.max(0),
+        calls: 1,
+        error,
+        ..Default::default()
+    });
+    if let (true, true, Some(i)) = (now, duration >= buf.slow_ticks, idx) {
         let (file, line) = zend::executed_location();
-        with_spans(|buf, _| buf.set_location(i, file, line));
+        buf.set_location(i, file, line);
     }
     idx
 }

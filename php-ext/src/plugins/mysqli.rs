@@ -7,7 +7,7 @@
 
 use super::{dsn_into, fetch, sql_span, Statement};
 use crate::connections::Kind;
-use crate::hooks::{Call, HookSpec};
+use crate::hooks::{After, Before, Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
 
@@ -15,13 +15,13 @@ const LIBRARY: crate::spans::Library = crate::spans::Library::MYSQLI;
 
 macro_rules! spec {
     ($class:expr, $f:expr, $rec:expr) => {
-        spec!($class, $f, $rec, None)
+        spec!($class, $f, $rec, Before::No)
     };
     ($class:expr, $f:expr, $rec:expr, $before:expr) => {
         HookSpec {
             class: $class,
             function: $f,
-            record: $rec,
+            after: After::Now($rec),
             before: $before,
         }
     };
@@ -43,12 +43,17 @@ pub const HOOKS: &[HookSpec] = &[
     spec!(M, c"close", closed),
     spec!(None, c"mysqli_close", closed),
     // Object style: the link (statement, result) is $this, the SQL argument 1.
-    spec!(M, c"query", query_this, Some(running_this)),
-    spec!(M, c"real_query", query_this, Some(running_this)),
-    spec!(M, c"multi_query", query_this, Some(running_this)),
-    spec!(M, c"execute_query", query_this, Some(running_this)),
+    spec!(M, c"query", query_this, Before::Shown(running_this)),
+    spec!(M, c"real_query", query_this, Before::Shown(running_this)),
+    spec!(M, c"multi_query", query_this, Before::Shown(running_this)),
+    spec!(M, c"execute_query", query_this, Before::Shown(running_this)),
     spec!(M, c"prepare", |c| prepare(c, Link::This)),
-    spec!(STMT, c"execute", execute_this, Some(running_stmt_this)),
+    spec!(
+        STMT,
+        c"execute",
+        execute_this,
+        Before::Shown(running_stmt_this)
+    ),
     spec!(STMT, c"get_result", |c| get_result(c, zend::this(c))),
     spec!(STMT, c"fetch", |c| stmt_fetch(c, zend::this(c))),
     spec!(RES, c"fetch_assoc", fetch_one_this),
@@ -58,18 +63,38 @@ pub const HOOKS: &[HookSpec] = &[
     spec!(RES, c"fetch_column", fetch_one_this),
     spec!(RES, c"fetch_all", |c| fetch_all(c, zend::this(c))),
     // Procedural style: the link (statement, result) is argument 1.
-    spec!(None, c"mysqli_query", query_arg, Some(running_arg)),
-    spec!(None, c"mysqli_real_query", query_arg, Some(running_arg)),
-    spec!(None, c"mysqli_multi_query", query_arg, Some(running_arg)),
-    spec!(None, c"mysqli_execute_query", query_arg, Some(running_arg)),
+    spec!(None, c"mysqli_query", query_arg, Before::Shown(running_arg)),
+    spec!(
+        None,
+        c"mysqli_real_query",
+        query_arg,
+        Before::Shown(running_arg)
+    ),
+    spec!(
+        None,
+        c"mysqli_multi_query",
+        query_arg,
+        Before::Shown(running_arg)
+    ),
+    spec!(
+        None,
+        c"mysqli_execute_query",
+        query_arg,
+        Before::Shown(running_arg)
+    ),
     spec!(None, c"mysqli_prepare", |c| prepare(c, Link::Arg1)),
     spec!(
         None,
         c"mysqli_stmt_execute",
         execute_arg,
-        Some(running_stmt_arg)
+        Before::Shown(running_stmt_arg)
     ),
-    spec!(None, c"mysqli_execute", execute_arg, Some(running_stmt_arg)),
+    spec!(
+        None,
+        c"mysqli_execute",
+        execute_arg,
+        Before::Shown(running_stmt_arg)
+    ),
     spec!(None, c"mysqli_stmt_get_result", |c| get_result(
         c,
         zend::arg_obj(c, 1)

@@ -8,60 +8,61 @@
 //! default) the rows arrived during execute, so fetch spans measure turning
 //! them into PHP values.
 
-use super::{sql_span, Statement};
+use super::{sql_event, FAILED};
 use crate::connections::Kind;
-use crate::hooks::{Call, HookSpec};
-use crate::module::with_spans;
+use crate::hooks::{After, Before, Call, HookSpec};
+use crate::later::{self, Event, Keep};
+use crate::spans::SpanBuf;
 use crate::{sys, zend};
 
 pub const HOOKS: &[HookSpec] = &[
     HookSpec {
         class: Some(c"pdo"),
         function: c"__construct",
-        record: connected,
-        before: None,
+        after: After::Now(connected),
+        before: Before::No,
     },
     HookSpec {
         class: Some(c"pdo"),
         function: c"exec",
-        record: exec,
-        before: Some(running_arg1),
+        after: After::Later(exec),
+        before: Before::Shown(running_arg1),
     },
     HookSpec {
         class: Some(c"pdo"),
         function: c"query",
-        record: query,
-        before: Some(running_arg1),
+        after: After::Later(query),
+        before: Before::Shown(running_arg1),
     },
     HookSpec {
         class: Some(c"pdostatement"),
         function: c"execute",
-        record: execute,
-        before: Some(running_stmt),
+        after: After::Later(execute),
+        before: Before::Shown(running_stmt),
     },
     HookSpec {
         class: Some(c"pdostatement"),
         function: c"fetch",
-        record: fetch_one,
-        before: None,
+        after: After::Later(fetch_one),
+        before: Before::No,
     },
     HookSpec {
         class: Some(c"pdostatement"),
         function: c"fetchobject",
-        record: fetch_one,
-        before: None,
+        after: After::Later(fetch_one),
+        before: Before::No,
     },
     HookSpec {
         class: Some(c"pdostatement"),
         function: c"fetchcolumn",
-        record: fetch_one,
-        before: None,
+        after: After::Later(fetch_one),
+        before: Before::No,
     },
     HookSpec {
         class: Some(c"pdostatement"),
         function: c"fetchall",
-        record: fetch_all,
-        before: None,
+        after: After::Later(fetch_all),
+        before: Before::No,
     },
 ];
 
@@ -79,57 +80,97 @@ fn connected(call: &Call) {
     }
 }
 
-fn exec(call: &Call) {
+/// Statements are recorded later (`later`): the events carry the text,
+/// rows, connection and statement object; the connection is named at once
+/// the first time the request uses it.
+fn exec(call: &Call, ev: &mut Event) -> Keep {
     let dbh = zend::this(call);
-    let sql = zend::arg_str(call, 1);
-    let (rows, failed) = match zend::ret_type(call) {
-        t if t == sys::IS_LONG => (zend::ret_long(call), false),
-        _ => (0, true),
-    };
-    sql_span(call, LIBRARY, Statement::Pdo(sql, dbh), rows, failed);
+    if let Some(sql) = zend::arg_str(call, 1) {
+        ev.set_text(sql);
+    }
+    match zend::ret_type(call) {
+        t if t == sys::IS_LONG => ev.rows = zend::ret_long(call),
+        _ => ev.flags = FAILED,
+    }
+    on(ev, dbh)
 }
 
-fn query(call: &Call) {
+fn query(call: &Call, ev: &mut Event) -> Keep {
     let dbh = zend::this(call);
-    let sql = zend::arg_str(call, 1);
+    if let Some(sql) = zend::arg_str(call, 1) {
+        ev.set_text(sql);
+    }
     let stmt = zend::ret_obj(call);
-    let rows = zend::pdo_stmt(stmt).map_or(0, |(_, rows, _)| rows);
-    let idx = sql_span(
-        call,
-        LIBRARY,
-        Statement::Pdo(sql, dbh),
-        rows,
-        stmt.is_null(),
-    );
-    if !stmt.is_null() {
-        with_spans(|buf, _| buf.open_result(stmt as usize, idx));
+    ev.rows = zend::pdo_stmt(stmt).map_or(0, |(_, rows, _)| rows);
+    if stmt.is_null() {
+        ev.flags = FAILED;
+    }
+    ev.key = stmt as usize;
+    on(ev, dbh)
+}
+
+fn execute(call: &Call, ev: &mut Event) -> Keep {
+    let stmt = zend::this(call);
+    let Some((sql, rows, dbh)) = zend::pdo_stmt(stmt) else {
+        return Keep::No;
+    };
+    ev.set_text(sql);
+    ev.rows = rows;
+    if zend::ret_type(call) != sys::IS_TRUE {
+        ev.flags = FAILED;
+    }
+    ev.key = stmt as usize;
+    on(ev, dbh)
+}
+
+/// The statement ran on connection `dbh`: later if the request knows it.
+fn on(ev: &mut Event, dbh: *mut sys::zend_object) -> Keep {
+    ev.db = dbh as usize;
+    ev.replay = statement;
+    if later::db_known(ev.db) {
+        Keep::Later
+    } else {
+        Keep::Now
     }
 }
 
-fn execute(call: &Call) {
-    let stmt = zend::this(call);
-    let Some((sql, rows, dbh)) = zend::pdo_stmt(stmt) else {
-        return;
-    };
-    let failed = zend::ret_type(call) != sys::IS_TRUE;
-    let idx = sql_span(call, LIBRARY, Statement::Pdo(Some(sql), dbh), rows, failed);
-    with_spans(|buf, _| buf.open_result(stmt as usize, idx));
+/// A SQL span; a statement object (`key`) opens a result set its fetches
+/// are aggregated into.
+fn statement(ev: &Event, buf: &mut SpanBuf, req_start: u64, now: bool) {
+    let dbh = ev.db as *mut sys::zend_object;
+    let idx = sql_event(ev, buf, req_start, now, LIBRARY, || {
+        if now {
+            zend::pdo_dbh(dbh)
+        } else {
+            None
+        }
+    });
+    if ev.key != 0 {
+        buf.open_result(ev.key, idx);
+    }
 }
 
-fn fetch_one(call: &Call) {
-    let rows = match zend::ret_type(call) {
+fn fetch_one(call: &Call, ev: &mut Event) -> Keep {
+    ev.rows = match zend::ret_type(call) {
         t if t == sys::IS_FALSE || t == sys::IS_UNDEF => 0,
         _ => 1,
     };
-    fetch(call, rows);
+    fetched(call, ev)
 }
 
-fn fetch_all(call: &Call) {
-    fetch(call, zend::ret_count(call) as i64);
+fn fetch_all(call: &Call, ev: &mut Event) -> Keep {
+    ev.rows = zend::ret_count(call) as i64;
+    fetched(call, ev)
 }
 
-fn fetch(call: &Call, rows: i64) {
-    super::fetch(call, LIBRARY, zend::this(call) as usize, rows);
+fn fetched(call: &Call, ev: &mut Event) -> Keep {
+    ev.key = zend::this(call) as usize;
+    ev.replay = |ev, buf, req_start, _| {
+        let start = ev.start.saturating_sub(req_start);
+        let end = ev.end.saturating_sub(req_start);
+        buf.fetch(ev.key, LIBRARY, start, end, ev.rows);
+    };
+    Keep::Later
 }
 
 fn running_arg1(call: &Call) {

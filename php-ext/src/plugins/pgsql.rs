@@ -9,7 +9,7 @@
 
 use super::{fetch, sql_span, Statement};
 use crate::connections::Kind;
-use crate::hooks::{Call, HookSpec};
+use crate::hooks::{After, Before, Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
 
@@ -19,13 +19,13 @@ const DEFAULT_CONN: usize = usize::MAX;
 
 macro_rules! spec {
     ($f:expr, $rec:expr) => {
-        spec!($f, $rec, None)
+        spec!($f, $rec, Before::No)
     };
     ($f:expr, $rec:expr, $before:expr) => {
         HookSpec {
             class: None,
             function: $f,
-            record: $rec,
+            after: After::Now($rec),
             before: $before,
         }
     };
@@ -35,11 +35,23 @@ pub const HOOKS: &[HookSpec] = &[
     spec!(c"pg_connect", |c| connect(c, false)),
     spec!(c"pg_pconnect", |c| connect(c, true)),
     spec!(c"pg_close", close),
-    spec!(c"pg_query", |c| query(c, 2), Some(|c| running(c, 2))),
-    spec!(c"pg_exec", |c| query(c, 2), Some(|c| running(c, 2))),
-    spec!(c"pg_query_params", |c| query(c, 3), Some(|c| running(c, 3))),
+    spec!(
+        c"pg_query",
+        |c| query(c, 2),
+        Before::Shown(|c| running(c, 2))
+    ),
+    spec!(
+        c"pg_exec",
+        |c| query(c, 2),
+        Before::Shown(|c| running(c, 2))
+    ),
+    spec!(
+        c"pg_query_params",
+        |c| query(c, 3),
+        Before::Shown(|c| running(c, 3))
+    ),
     spec!(c"pg_prepare", prepare),
-    spec!(c"pg_execute", execute, Some(running_prepared)),
+    spec!(c"pg_execute", execute, Before::Shown(running_prepared)),
     spec!(c"pg_fetch_assoc", fetch_one),
     spec!(c"pg_fetch_row", fetch_one),
     spec!(c"pg_fetch_array", fetch_one),

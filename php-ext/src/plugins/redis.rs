@@ -3,7 +3,7 @@
 //! `pconnect` in the same request (a connection reused from an earlier
 //! request shows none).
 
-use crate::hooks::{Call, HookSpec};
+use crate::hooks::{After, Before, Call, HookSpec};
 use crate::module::with_spans;
 use crate::zend;
 
@@ -11,7 +11,7 @@ const LIBRARY: crate::spans::Library = crate::spans::Library::REDIS;
 
 macro_rules! commands {
     ($($name:literal),* $(,)?) => {
-        &[$(HookSpec { class: Some(c"redis"), function: $name, record: command, before: Some(running) }),*]
+        &[$(HookSpec { class: Some(c"redis"), function: $name, after: After::Now(command), before: Before::Shown(running) }),*]
     };
 }
 
@@ -20,26 +20,26 @@ pub const HOOKS: &[HookSpec] = &[
     HookSpec {
         class: Some(c"redis"),
         function: c"connect",
-        record: connect,
-        before: None,
+        after: After::Now(connect),
+        before: Before::No,
     },
     HookSpec {
         class: Some(c"redis"),
         function: c"pconnect",
-        record: connect,
-        before: None,
+        after: After::Now(connect),
+        before: Before::No,
     },
     HookSpec {
         class: Some(c"redis"),
         function: c"open",
-        record: connect,
-        before: None,
+        after: After::Now(connect),
+        before: Before::No,
     },
     HookSpec {
         class: Some(c"redis"),
         function: c"popen",
-        record: connect,
-        before: None,
+        after: After::Now(connect),
+        before: Before::No,
     },
 ];
 

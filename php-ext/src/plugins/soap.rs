@@ -13,7 +13,7 @@
 //! a non-SOAP HTTP error: the fault then says which, e.g. `HTTP: Not
 //! Found`). Trace headers are not added to SOAP requests.
 
-use crate::hooks::{Call, HookSpec};
+use crate::hooks::{After, Before, Call, HookSpec};
 use crate::module::with_spans;
 use crate::{sys, zend};
 
@@ -23,20 +23,20 @@ pub const HOOKS: &[HookSpec] = &[
     HookSpec {
         class: Some(c"soapclient"),
         function: c"__dorequest",
-        record: request_done,
-        before: Some(request_starts),
+        after: After::Now(request_done),
+        before: Before::Always(request_starts),
     },
     HookSpec {
         class: Some(c"soapclient"),
         function: c"__soapcall",
-        record: call_done,
-        before: Some(call_starts),
+        after: After::Now(call_done),
+        before: Before::Always(call_starts),
     },
     HookSpec {
         class: Some(c"soapclient"),
         function: c"__call",
-        record: call_done,
-        before: Some(call_starts),
+        after: After::Now(call_done),
+        before: Before::Always(call_starts),
     },
 ];
 
