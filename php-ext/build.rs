@@ -77,6 +77,7 @@ fn main() {
         .allowlist_type("sonde_setting")
         .rustified_enum("sonde_setting")
         .allowlist_type("sonde_layout")
+        .allowlist_var("sonde_setting_(value|long)")
         .constified_enum_module("sonde_layout")
         .allowlist_function("zend_memory_peak_usage")
         .allowlist_function("zend_get_executed_filename")

@@ -83,15 +83,15 @@ const zend_function_entry *sonde_shim_functions(void) { return sonde_functions; 
  * two small arrays instead of looking each entry up and parsing it, and
  * touches a few cache lines instead of a dozen scattered ones. The strings
  * are the entries' own values, alive until the next change. */
-static zend_string *setting_value[SONDE_INI_COUNT];
-static zend_long setting_long[SONDE_INI_COUNT];
+zend_string *sonde_setting_value[SONDE_INI_COUNT];
+zend_long sonde_setting_long[SONDE_INI_COUNT];
 
 static ZEND_INI_MH(sonde_on_modify) {
     uintptr_t i = (uintptr_t)mh_arg1;
     (void)entry, (void)mh_arg2, (void)mh_arg3, (void)stage;
     if (i < SONDE_INI_COUNT) {
-        setting_value[i] = new_value;
-        setting_long[i] = new_value ? ZEND_STRTOL(ZSTR_VAL(new_value), NULL, 0) : 0;
+        sonde_setting_value[i] = new_value;
+        sonde_setting_long[i] = new_value ? ZEND_STRTOL(ZSTR_VAL(new_value), NULL, 0) : 0;
     }
     return SUCCESS;
 }
@@ -123,17 +123,8 @@ int sonde_shim_register_ini(int module_number) {
 void sonde_shim_unregister_ini(int module_number) {
     int type = MODULE_PERSISTENT;
     UNREGISTER_INI_ENTRIES();
-    memset(setting_value, 0, sizeof(setting_value));
-    memset(setting_long, 0, sizeof(setting_long));
-}
-
-const char *sonde_shim_setting_str(enum sonde_setting setting) {
-    zend_string *v = (unsigned)setting < SONDE_INI_COUNT ? setting_value[setting] : NULL;
-    return v ? ZSTR_VAL(v) : NULL;
-}
-
-int64_t sonde_shim_setting_long(enum sonde_setting setting) {
-    return (unsigned)setting < SONDE_INI_COUNT ? (int64_t)setting_long[setting] : 0;
+    memset(sonde_setting_value, 0, sizeof(sonde_setting_value));
+    memset(sonde_setting_long, 0, sizeof(sonde_setting_long));
 }
 
 const char *sonde_shim_sapi_name(void) { return sapi_module.name; }

@@ -48,10 +48,11 @@ enum sonde_setting {
     SONDE_INI_COUNT
 };
 
-/* A setting's current value as a string (NULL before start-up) or an
- * integer (strtol, base 0, as zend_ini_long). */
-const char *sonde_shim_setting_str(enum sonde_setting setting);
-int64_t sonde_shim_setting_long(enum sonde_setting setting);
+/* Each setting's current value (see sonde_on_modify in shim.c), read by
+ * Rust directly: the string (NULL before start-up) and it as an integer
+ * (strtol, base 0, as zend_ini_long). */
+extern zend_string *sonde_setting_value[SONDE_INI_COUNT];
+extern zend_long sonde_setting_long[SONDE_INI_COUNT];
 
 /* sapi_module.name ("fpm-fcgi", "cli", ...). */
 const char *sonde_shim_sapi_name(void);

@@ -11,25 +11,36 @@ pub use sys::sonde_setting as Setting;
 
 /// A setting's current value as an integer (strtol, base 0).
 pub fn setting_long(setting: Setting) -> i64 {
-    // SAFETY: reads the value the shim's on_modify handler last stored.
-    unsafe { sys::sonde_shim_setting_long(setting) }
+    // SAFETY: reads the value the shim's on_modify handler last stored
+    // (Zend calls it on this thread, never during our callbacks).
+    let values = unsafe { &*std::ptr::addr_of!(sys::sonde_setting_long) };
+    values.get(setting as usize).copied().unwrap_or(0)
 }
 
 /// A setting's current value as a string, `None` before start-up.
 pub fn setting_str(setting: Setting) -> Option<&'static CStr> {
-    // SAFETY: the string is the ini entry's current value, which lives
-    // until the setting changes (ini_set, or its restore at request end),
-    // which cannot happen during the callback that reads it (callers copy
-    // it).
-    cstr(unsafe { sys::sonde_shim_setting_str(setting) })
+    // SAFETY: as in `setting_long`; the string is the ini entry's current
+    // value (a NUL-terminated zend_string), which lives until the setting
+    // changes (ini_set, or its restore at request end), which cannot happen
+    // during the callback that reads it (callers copy it).
+    let values = unsafe { &*std::ptr::addr_of!(sys::sonde_setting_value) };
+    let v = values.get(setting as usize).copied()?;
+    if v.is_null() {
+        return None;
+    }
+    // SAFETY: as above.
+    Some(unsafe { CStr::from_ptr((*v).val.as_ptr()) })
 }
 
 /// The SAPI's name (`fpm-fcgi`, `cli`, …).
 pub fn sapi_name() -> &'static str {
-    // SAFETY: sapi_module.name is a static string set before MINIT.
-    cstr(unsafe { sys::sonde_shim_sapi_name() })
-        .and_then(|s| s.to_str().ok())
-        .unwrap_or("")
+    static NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        // SAFETY: sapi_module.name is a static string set before MINIT.
+        cstr(unsafe { sys::sonde_shim_sapi_name() })
+            .and_then(|s| s.to_str().ok())
+            .unwrap_or("")
+    })
 }
 
 /// `SG(request_info).request_method`.
@@ -94,10 +105,13 @@ pub fn peak_memory() -> u64 {
 
 /// The PHP version of the headers this extension was built against.
 pub fn php_version() -> &'static str {
-    CStr::from_bytes_with_nul(sys::PHP_VERSION)
-        .ok()
-        .and_then(|s| s.to_str().ok())
-        .unwrap_or("")
+    static VERSION: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        CStr::from_bytes_with_nul(sys::PHP_VERSION)
+            .ok()
+            .and_then(|s| s.to_str().ok())
+            .unwrap_or("")
+    })
 }
 
 fn cstr(p: *const c_char) -> Option<&'static CStr> {
