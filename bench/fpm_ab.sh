@@ -25,6 +25,11 @@
 # both sides).
 # SONDE_AB_PAGE: another page to load (a path from the repository root,
 # e.g. bench/empty.php for the fixed cost per request).
+# SONDE_AB_PERF=1: also sample both sides' workers with `perf record -e
+# cpu-clock` (2 kHz) during each round and print, at the end, each shared
+# object's CPU per request on both sides (µs) — where the difference goes,
+# measured under the same conditions (e.g. the extension's own code against
+# the rest; with SONDE_BASE_SO, one build's own code against the other's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -41,6 +46,7 @@ FPM_B=$((WEB_A + 3))
 D=$(mktemp -d)
 MASTERS=()
 DAEMONS=()
+PERFS=()
 cleanup() {
   for m in "${MASTERS[@]}" "${DAEMONS[@]}"; do kill "$m" 2>/dev/null || true; done
   if [ -f "$D/nginx.pid" ]; then kill "$(cat "$D/nginx.pid")" 2>/dev/null || true; fi
@@ -137,13 +143,24 @@ RATIOS_CPU=()
 for round in $(seq 1 "$ROUNDS"); do
   start_sides "$round"
   load 2 # warm up: opcache, persistent connections, the table
+  if [ -n "${SONDE_AB_PERF:-}" ]; then
+    for side in 0 1; do
+      perf record -q -e cpu-clock -F 2000 -o "$D/perf.$side.$round" \
+        -p "$(tr -s ' ' ',' <"/proc/${MASTERS[$side]}/task/${MASTERS[$side]}/children" | sed 's/,$//')" \
+        -- sleep "$SECS" >/dev/null 2>&1 &
+      PERFS[side]=$!
+    done
+  fi
   a0=$(ticks "${MASTERS[0]}")
   b0=$(ticks "${MASTERS[1]}")
   load "$SECS"
   a1=$(ticks "${MASTERS[0]}")
   b1=$(ticks "${MASTERS[1]}")
+  if [ -n "${SONDE_AB_PERF:-}" ]; then wait "${PERFS[@]}" || true; fi
   ra=$(requests "$D/wrk.a")
   rb=$(requests "$D/wrk.b")
+  echo "$ra" >"$D/requests.0.$round"
+  echo "$rb" >"$D/requests.1.$round"
   stop_sides
   # /proc counts USER_HZ (100) ticks per second.
   line=$(awk -v ra="$ra" -v rb="$rb" -v ta=$((a1 - a0)) -v tb=$((b1 - b0)) -v s="$SECS" -v r="$round" 'BEGIN {
@@ -162,3 +179,16 @@ summary() { # args: label, values...
 }
 summary "throughput with/without" "${RATIOS_RPS[@]}"
 summary "php-fpm CPU per request with/without" "${RATIOS_CPU[@]}"
+if [ -n "${SONDE_AB_PERF:-}" ]; then
+  # Samples (500 µs each at 2 kHz) per shared object over all rounds,
+  # divided by the side's requests.
+  echo "CPU per request by shared object (perf samples), µs: without | with | difference"
+  for side in 0 1; do
+    reqs=$(cat "$D"/requests.$side.* | awk '{ s += $1 } END { print s }')
+    for f in "$D"/perf.$side.*; do
+      perf report -i "$f" --stdio --sort dso -F sample,dso 2>/dev/null | grep -v '^#' | grep .
+    done | awk -v r="$reqs" -v side=$side '{ n[$2] += $1 } END { for (k in n) printf "%s %s %.2f\n", side, k, n[k] * 500 / r }'
+  done | awk '{ v[$2, $1] = $3; t[$1] += $3; seen[$2] = 1 } END {
+    printf "%-28s %8.1f %8.1f %+8.1f\n", "(all)", t[0], t[1], t[1] - t[0]
+    for (k in seen) printf "%-28s %8.1f %8.1f %+8.1f\n", k, v[k, 0], v[k, 1], v[k, 1] - v[k, 0] }' | sort -k3 -rn | head -16
+fi

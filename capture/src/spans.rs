@@ -643,6 +643,21 @@ impl SpanBuf {
 
     /// Records one fetch call on result set `key` that returned `rows` rows.
     pub fn fetch(&mut self, key: usize, library: Library, start_ns: u64, end_ns: u64, rows: i64) {
+        let duration = end_ns.saturating_sub(start_ns);
+        self.fetch_calls(key, library, start_ns, duration, 1, rows);
+    }
+
+    /// Records `calls` fetch calls on result set `key`, the first starting
+    /// at `start_ns`, together lasting `duration_ns` and returning `rows`.
+    pub fn fetch_calls(
+        &mut self,
+        key: usize,
+        library: Library,
+        start_ns: u64,
+        duration_ns: u64,
+        calls: u32,
+        rows: i64,
+    ) {
         let slot = self.open_slot(key);
         let (fetch_idx, stmt_idx) = match slot {
             Some(i) => (self.open[i].1, self.open[i].2),
@@ -650,8 +665,8 @@ impl SpanBuf {
         };
         if fetch_idx != usize::MAX {
             let s = &mut self.spans[fetch_idx];
-            s.duration_ns += end_ns.saturating_sub(start_ns);
-            s.calls += 1;
+            s.duration_ns += duration_ns;
+            s.calls += calls;
             s.rows += rows;
             return;
         }
@@ -663,11 +678,11 @@ impl SpanBuf {
             kind: SpanKind::Fetch as i32,
             library,
             start_ns,
-            duration_ns: end_ns.saturating_sub(start_ns),
+            duration_ns,
             text,
             db,
             rows,
-            calls: 1,
+            calls,
             error: Text::default(),
             ..Default::default()
         });
@@ -1395,6 +1410,22 @@ mod tests {
         assert_eq!(spans[1].db, "mysql://127.0.0.1:3306/test");
         assert_eq!(spans[3].rows, 1000);
         assert_eq!(spans[3].calls, 1);
+    }
+
+    /// Fetches merged before they reach the buffer (the extension's queue
+    /// adds up a fetch loop) count as the calls they stand for.
+    #[test]
+    fn merged_fetches_count_every_call() {
+        let mut b = SpanBuf::new(100);
+        let s = sql_span(&mut b, "SELECT * FROM t", 0);
+        b.open_result(0xBB, s);
+        b.fetch_calls(0xBB, Library::PDO, 100, 40, 5, 5);
+        b.fetch(0xBB, Library::PDO, 200, 210, 0);
+        let spans = finish(&mut b, &mut StatementCache::default());
+        assert_eq!(spans.len(), 2);
+        assert_eq!((spans[1].calls, spans[1].rows), (6, 5));
+        assert_eq!(spans[1].duration_ns, 50);
+        assert_eq!(spans[1].start_ns, 100);
     }
 
     #[test]

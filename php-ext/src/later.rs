@@ -54,6 +54,10 @@ pub enum Keep {
     Later,
     /// Record it now: it needs PHP's state of the call.
     Now,
+    /// Queue it, or add it to the last queued event when that one has the
+    /// same `replay` and `key` (a fetch loop on one result set): `end`
+    /// grows by this call's duration, `rows` and `calls` add up.
+    Merge,
 }
 
 /// One hooked call's outcome, one cache line.
@@ -75,7 +79,9 @@ pub struct Event {
     text: *const u8,
     text_len: u32,
     /// Plugin-defined bits (e.g. "failed").
-    pub flags: u32,
+    pub flags: u16,
+    /// Calls this event stands for (more than 1 once merged).
+    pub calls: u16,
 }
 
 fn nothing(_: &Event, _: &mut SpanBuf, _: u64, _: bool) {}
@@ -90,6 +96,7 @@ const EMPTY: Event = Event {
     text: std::ptr::null(),
     text_len: 0,
     flags: 0,
+    calls: 1,
 };
 
 impl Event {
@@ -186,8 +193,10 @@ pub fn after(capture: Capture, call: &Call, threw: bool) {
         ..EMPTY
     };
     let keep = match capture(call, &mut ev) {
-        Keep::Later if !threw && call.end.saturating_sub(call.start) < head().slow_ticks => {
-            Keep::Later
+        k @ (Keep::Later | Keep::Merge)
+            if !threw && call.end.saturating_sub(call.start) < head().slow_ticks =>
+        {
+            k
         }
         Keep::No => Keep::No,
         _ => Keep::Now,
@@ -195,10 +204,34 @@ pub fn after(capture: Capture, call: &Call, threw: bool) {
     match keep {
         Keep::No => {}
         Keep::Later => queue(ev),
+        Keep::Merge => {
+            if !merged(&ev) {
+                queue(ev)
+            }
+        }
         Keep::Now => crate::module::with_spans(|buf, req_start| {
             (ev.replay)(&ev, buf, req_start, true);
         }),
     }
+}
+
+/// Adds `ev` to the last queued event if that one is the same kind of
+/// call on the same object (see `Keep::Merge`).
+fn merged(ev: &Event) -> bool {
+    let len = head().len;
+    if len == 0 {
+        return false;
+    }
+    // SAFETY: see `Cell`; `len - 1 < EVENTS` is a queued event.
+    let last = unsafe { &mut (*QUEUE.0.get())[len - 1] };
+    let same = last.replay as usize == ev.replay as usize && last.key == ev.key;
+    if !same || last.calls == u16::MAX {
+        return false;
+    }
+    last.end = last.end.saturating_add(ev.end.saturating_sub(ev.start));
+    last.rows = last.rows.saturating_add(ev.rows);
+    last.calls += 1;
+    true
 }
 
 fn queue(mut ev: Event) {

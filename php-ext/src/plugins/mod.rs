@@ -40,7 +40,7 @@ pub(crate) enum Statement<'a> {
 }
 
 /// `Event::flags`: the call returned false (or no statement).
-pub(crate) const FAILED: u32 = 1;
+pub(crate) const FAILED: u16 = 1;
 
 /// Records a SQL span for `call`: its statement, `rows`, and an error when
 /// the call threw or `failed`; a slow one also gets the PHP file and line.

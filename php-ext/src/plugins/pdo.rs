@@ -163,14 +163,16 @@ fn fetch_all(call: &Call, ev: &mut Event) -> Keep {
     fetched(call, ev)
 }
 
+/// Fetches on one result set in a row become one event (`Keep::Merge`).
 fn fetched(call: &Call, ev: &mut Event) -> Keep {
     ev.key = zend::this(call) as usize;
     ev.replay = |ev, buf, req_start, _| {
         let start = ev.start.saturating_sub(req_start);
-        let end = ev.end.saturating_sub(req_start);
-        buf.fetch(ev.key, LIBRARY, start, end, ev.rows);
+        let duration = ev.end.saturating_sub(ev.start);
+        let calls = u32::from(ev.calls);
+        buf.fetch_calls(ev.key, LIBRARY, start, duration, calls, ev.rows);
     };
-    Keep::Later
+    Keep::Merge
 }
 
 fn running_arg1(call: &Call) {
