@@ -189,6 +189,9 @@ if [ -n "${SONDE_AB_PERF:-}" ]; then
       perf report -i "$f" --stdio --sort dso -F sample,dso 2>/dev/null | grep -v '^#' | grep .
     done | awk -v r="$reqs" -v side=$side '{ n[$2] += $1 } END { for (k in n) printf "%s %s %.2f\n", side, k, n[k] * 500 / r }'
   done | awk '{ v[$2, $1] = $3; t[$1] += $3; seen[$2] = 1 } END {
-    printf "%-28s %8.1f %8.1f %+8.1f\n", "(all)", t[0], t[1], t[1] - t[0]
-    for (k in seen) printf "%-28s %8.1f %8.1f %+8.1f\n", k, v[k, 0], v[k, 1], v[k, 1] - v[k, 0] }' | sort -k3 -rn | head -16
+    printf "%9.1f %-28s %8.1f %8.1f %+8.1f\n", 1e9, "(all)", t[0], t[1], t[1] - t[0]
+    for (k in seen) {
+      big = v[k, 0] > v[k, 1] ? v[k, 0] : v[k, 1]
+      printf "%9.1f %-28s %8.1f %8.1f %+8.1f\n", big, k, v[k, 0], v[k, 1], v[k, 1] - v[k, 0]
+    } }' | sort -rn | head -16 | cut -c11-
 fi

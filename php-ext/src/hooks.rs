@@ -124,6 +124,9 @@ pub fn install(specs: &[HookSpec]) {
         crate::HOT.handle.store(h, Ordering::Relaxed);
     }
     let handle = crate::HOT.handle.load(Ordering::Relaxed) as usize;
+    let Some(handler) = dispatch_for(handle) else {
+        return; // a slot no dispatcher reads: stay uninstrumented
+    };
     for spec in specs {
         let class = spec.class.map_or(std::ptr::null(), CStr::as_ptr);
         // SAFETY: the names are NUL-terminated; lookups in the class and
@@ -156,7 +159,7 @@ pub fn install(specs: &[HookSpec]) {
             };
             table.names[n] = (spec.class, spec.function);
             (*f).reserved[handle] = (&table.hooks[n] as *const Hook) as *mut c_void;
-            (*f).handler = dispatch_for(handle);
+            (*f).handler = Some(handler);
             INSTALLED.store(n + 1, Ordering::Relaxed);
         }
     }
@@ -178,15 +181,18 @@ pub fn installed() -> Vec<String> {
 
 /// The handler every wrapped function now has, one per `reserved` slot
 /// (the slot is a constant in each: no load of it before the hook's).
+/// None for a slot past the six PHP 8.x has (`ZEND_MAX_RESERVED_RESOURCES`):
+/// then nothing is wrapped.
 fn dispatch_for(handle: usize) -> sys::zif_handler {
-    Some(match handle {
-        0 => dispatch::<0>,
-        1 => dispatch::<1>,
-        2 => dispatch::<2>,
-        3 => dispatch::<3>,
-        4 => dispatch::<4>,
-        _ => dispatch::<5>,
-    })
+    match handle {
+        0 => Some(dispatch::<0>),
+        1 => Some(dispatch::<1>),
+        2 => Some(dispatch::<2>),
+        3 => Some(dispatch::<3>),
+        4 => Some(dispatch::<4>),
+        5 => Some(dispatch::<5>),
+        _ => None,
+    }
 }
 
 /// What it reads after the original handler returns is kept in registers

@@ -60,10 +60,24 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, and never handed out
+/// before in this test process. Tests run in parallel threads, each
+/// starting servers on ports from here: without the record, two stacks
+/// could be given the same port (the first's listener is closed before
+/// its server binds), and one stack's nginx would then pass its requests
+/// to the other's nginx instead of its own php-fpm — a 502 on the first
+/// request, now and then.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local_addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Waits until `cond` holds or `timeout` passes.
