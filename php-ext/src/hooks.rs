@@ -252,8 +252,10 @@ unsafe extern "C" fn dispatch<const HANDLE: usize>(
     if !fine {
         return; // the before hook failed: the extension is off now
     }
-    // Not disabled: `recording` was on and nothing but the before hook
-    // (which returned fine) ran in between.
+    // The flag is not read again here (a miss after the call): the
+    // extension was on before it, and a fault in a hook nested inside the
+    // original (PHP code the call ran) switched it off for every later call
+    // but lets this one recorder run, inside its own boundary.
     match hook.after {
         After::Now(record) => crate::module::in_boundary_enabled(|| record(&call)),
         After::Later(capture) => crate::module::in_boundary_enabled(|| {

@@ -316,8 +316,8 @@ pub(crate) fn in_boundary(f: impl FnOnce()) -> bool {
     boundary(f)
 }
 
-/// `in_boundary` for a caller that knows the extension is on (it saw
-/// `recording` on and nothing ran since): skips reading the flag.
+/// `in_boundary` without reading the flag, for the dispatcher after a
+/// wrapped call (see `hooks::dispatch`).
 #[inline]
 pub(crate) fn in_boundary_enabled(f: impl FnOnce()) -> bool {
     unwind_boundary(f)
