@@ -51,7 +51,7 @@ cleanup() {
   for m in "${MASTERS[@]}" "${DAEMONS[@]}"; do kill "$m" 2>/dev/null || true; done
   if [ -f "$D/nginx.pid" ]; then kill "$(cat "$D/nginx.pid")" 2>/dev/null || true; fi
   wait 2>/dev/null || true
-  rm -rf "$D"
+  rm -rf "$D" "${RUN:-}"
 }
 trap cleanup EXIT
 mkdir -p "$D/tmp"
@@ -59,7 +59,12 @@ if [ -n "${SONDE_AB_AGENT:-}" ]; then
   BIN=${SONDE_BIN_DIR:-$PWD/target/release}
   printf '[grpc]\nlisten = "127.0.0.1:%s"\n[http]\nlisten = "127.0.0.1:%s"\n[storage]\npath = "%s"\n[auth]\nagent_tokens = ["bench-token"]\n' \
     $((WEB_A + 4)) $((WEB_A + 5)) "$D/collector-data" >"$D/collector.toml"
-  AGENT_SOCKET=$D/agent.sock
+  # The socket, and the ring and scoreboard beside it, in memory as in
+  # production (/run is tmpfs there; on this machine it is the root disk,
+  # where the kernel's writeback of the ring's dirty pages makes the
+  # workers fault them back in).
+  RUN=$(mktemp -d -p /dev/shm)
+  AGENT_SOCKET=$RUN/agent.sock
   printf 'collector = "http://127.0.0.1:%s"\ntoken = "bench-token"\nsocket = "%s"\nsocket_group = "root"\nspool_dir = "%s"\n' \
     $((WEB_A + 4)) "$AGENT_SOCKET" "$D/agent-spool" >"$D/agent.toml"
   "$BIN/sonde-collector" --config "$D/collector.toml" >"$D/collector.log" 2>&1 &
@@ -189,7 +194,7 @@ if [ -n "${SONDE_AB_PERF:-}" ]; then
       perf report -i "$f" --stdio --sort dso -F sample,dso 2>/dev/null | grep -v '^#' | grep .
     done | awk -v r="$reqs" -v side=$side '{ n[$2] += $1 } END { for (k in n) printf "%s %s %.2f\n", side, k, n[k] * 500 / r }'
   done | awk '{ v[$2, $1] = $3; t[$1] += $3; seen[$2] = 1 } END {
-    printf "%9.1f %-28s %8.1f %8.1f %+8.1f\n", 1e9, "(all)", t[0], t[1], t[1] - t[0]
+    printf "%9.1f %-28s %8.1f %8.1f %+8.1f\n", 999999, "(all)", t[0], t[1], t[1] - t[0]
     for (k in seen) {
       big = v[k, 0] > v[k, 1] ? v[k, 0] : v[k, 1]
       printf "%9.1f %-28s %8.1f %8.1f %+8.1f\n", big, k, v[k, 0], v[k, 1], v[k, 1] - v[k, 0]
