@@ -192,8 +192,6 @@ zend_result sonde_shim_call_prev_post_startup(void) {
     return prev_post_startup ? prev_post_startup() : SUCCESS;
 }
 
-zend_function *sonde_shim_func(zend_execute_data *ex) { return ex->func; }
-
 const char *sonde_shim_function_name(zend_execute_data *ex, size_t *len) {
     zend_string *name = ex->func ? ex->func->common.function_name : NULL;
     if (!name) {
@@ -204,21 +202,7 @@ const char *sonde_shim_function_name(zend_execute_data *ex, size_t *len) {
     return ZSTR_VAL(name);
 }
 
-zend_object *sonde_shim_this(zend_execute_data *ex) {
-    return Z_TYPE(ex->This) == IS_OBJECT ? Z_OBJ(ex->This) : NULL;
-}
-
 uint32_t sonde_shim_num_args(zend_execute_data *ex) { return ZEND_CALL_NUM_ARGS(ex); }
-
-zval *sonde_shim_arg(zend_execute_data *ex, uint32_t n) {
-    zval *zv;
-    if (n == 0 || n > ZEND_CALL_NUM_ARGS(ex)) {
-        return NULL;
-    }
-    zv = ZEND_CALL_ARG(ex, n);
-    ZVAL_DEREF(zv);
-    return zv;
-}
 
 static const zval *deref(const zval *zv) {
     if (zv && Z_TYPE_P(zv) == IS_REFERENCE) {
@@ -228,30 +212,6 @@ static const zval *deref(const zval *zv) {
 }
 
 int sonde_shim_zval_type(const zval *zv) { zv = deref(zv); return zv ? Z_TYPE_P(zv) : IS_UNDEF; }
-
-const char *sonde_shim_zval_str(const zval *zv, size_t *len) {
-    zv = deref(zv);
-    if (!zv || Z_TYPE_P(zv) != IS_STRING) {
-        return NULL;
-    }
-    *len = Z_STRLEN_P(zv);
-    return Z_STRVAL_P(zv);
-}
-
-int64_t sonde_shim_zval_long(const zval *zv) {
-    zv = deref(zv);
-    return (zv && Z_TYPE_P(zv) == IS_LONG) ? (int64_t)Z_LVAL_P(zv) : 0;
-}
-
-uint32_t sonde_shim_zval_count(const zval *zv) {
-    zv = deref(zv);
-    return (zv && Z_TYPE_P(zv) == IS_ARRAY) ? zend_hash_num_elements(Z_ARRVAL_P(zv)) : 0;
-}
-
-zend_object *sonde_shim_zval_obj(const zval *zv) {
-    zv = deref(zv);
-    return (zv && Z_TYPE_P(zv) == IS_OBJECT) ? Z_OBJ_P(zv) : NULL;
-}
 
 static void copy_out(char *buf, size_t cap, const char *src, size_t len) {
     size_t n;
@@ -289,25 +249,6 @@ int sonde_shim_object_exception(zend_object *ex, char *class_buf, size_t class_c
     } else {
         copy_out(msg_buf, msg_cap, "", 0);
     }
-    return 1;
-}
-
-int sonde_shim_pdo_stmt(zend_object *stmt_obj, const char **query, size_t *query_len,
-                        int64_t *row_count, zend_object **dbh_obj) {
-    pdo_stmt_t *stmt;
-    if (!stmt_obj) {
-        return 0;
-    }
-    stmt = php_pdo_stmt_fetch_object(stmt_obj);
-    if (!stmt->query_string) {
-        *query = NULL;
-        *query_len = 0;
-    } else {
-        *query = ZSTR_VAL(stmt->query_string);
-        *query_len = ZSTR_LEN(stmt->query_string);
-    }
-    *row_count = (int64_t)stmt->row_count;
-    *dbh_obj = Z_TYPE(stmt->database_object_handle) == IS_OBJECT ? Z_OBJ(stmt->database_object_handle) : NULL;
     return 1;
 }
 

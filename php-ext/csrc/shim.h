@@ -100,21 +100,14 @@ int sonde_shim_resource_handle(void);
 void sonde_shim_set_post_startup(zend_result (*cb)(void));
 zend_result sonde_shim_call_prev_post_startup(void);
 
-/* The function being called, its $this object (NULL for plain functions),
- * the number of arguments, and argument n (1-based; NULL past the end). */
-zend_function *sonde_shim_func(zend_execute_data *ex);
-/* The called function's name as declared (e.g. "hGetAll"). */
+/* The called function's name as declared (e.g. "hGetAll"), and the
+ * number of arguments. (Arguments, $this, zvals and pdo_stmt_t fields are
+ * read in Rust: zend.rs, with the layouts above.) */
 const char *sonde_shim_function_name(zend_execute_data *ex, size_t *len);
-zend_object *sonde_shim_this(zend_execute_data *ex);
 uint32_t sonde_shim_num_args(zend_execute_data *ex);
-zval *sonde_shim_arg(zend_execute_data *ex, uint32_t n);
 
-/* zval accessors (after dereferencing references). */
+/* The type of a zval after dereferencing a reference. */
 int sonde_shim_zval_type(const zval *zv);
-const char *sonde_shim_zval_str(const zval *zv, size_t *len); /* NULL unless a string */
-int64_t sonde_shim_zval_long(const zval *zv);                /* 0 unless an int */
-uint32_t sonde_shim_zval_count(const zval *zv);              /* elements of an array, else 0 */
-zend_object *sonde_shim_zval_obj(const zval *zv);            /* NULL unless an object */
 
 /* The exception thrown by the call just made, if any: its class name and
  * message copied (truncated) into the buffers; returns 0 when none. */
@@ -137,10 +130,8 @@ typedef void (*sonde_error_fn)(int type, const char *file, size_t file_len, uint
 typedef void (*sonde_throw_fn)(zend_object *ex);
 void sonde_shim_install_error_hooks(sonde_error_fn on_error, sonde_throw_fn on_throw);
 
-/* PDO: the statement's query text and row count; the connection's DSN and
- * driver name. Return 0 when the object is not (yet) usable. */
-int sonde_shim_pdo_stmt(zend_object *stmt_obj, const char **query, size_t *query_len,
-                        int64_t *row_count, zend_object **dbh_obj);
+/* PDO: the connection's DSN and driver name; 0 when the object is not
+ * (yet) usable. */
 int sonde_shim_pdo_dbh(zend_object *dbh_obj, const char **dsn, size_t *dsn_len,
                        const char **driver, size_t *driver_len);
 

@@ -51,12 +51,7 @@ pub fn monotonic_ns() -> u64 {
 /// The current tick count.
 #[inline]
 pub fn ticks() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::HOT.use_tsc.load(Ordering::Relaxed) {
-        // SAFETY: RDTSC has no preconditions; only used when invariant.
-        return unsafe { std::arch::x86_64::_rdtsc() };
-    }
-    monotonic_ns()
+    ticks_with(crate::HOT.use_tsc.load(Ordering::Relaxed))
 }
 
 /// The current tick count, the clock choice (`HOT.use_tsc`) read by the
